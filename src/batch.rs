@@ -1,0 +1,287 @@
+//! One batch: a single transaction that checks the lease, updates the next keys after the cursor
+//! and moves the cursor, so the rows and the checkpoint commit together or not at all.
+
+use std::time::Duration;
+
+use sqlx::{Acquire, PgPool, Row};
+use uuid::Uuid;
+
+use crate::db::{sql, Schema};
+use crate::statement::{BatchSql, Lower};
+use crate::store::{jobs, progress, JobState};
+
+/// Why a batch did not commit, and whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct BatchError {
+    pub message: String,
+    pub sqlstate: Option<String>,
+    pub retryable: bool,
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> BatchError {
+        match &error {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.to_string());
+                let retryable = code.as_deref().is_some_and(is_retryable_sqlstate);
+                BatchError {
+                    message: match &code {
+                        Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+                        None => db.message().to_string(),
+                    },
+                    sqlstate: code,
+                    retryable,
+                }
+            }
+            // Lost connections, pool time-outs and I/O errors: the next attempt gets a new
+            // connection, and the rolled-back batch left nothing behind.
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => BatchError {
+                message: error.to_string(),
+                sqlstate: None,
+                retryable: true,
+            },
+            _ => BatchError {
+                message: error.to_string(),
+                sqlstate: None,
+                retryable: false,
+            },
+        }
+    }
+}
+
+/// Errors a later attempt can get past: contention, timeouts, the server going away.
+fn is_retryable_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" // serialization_failure
+        | "40P01" // deadlock_detected
+        | "55P03" // lock_not_available (lock_timeout)
+        | "57014" // query_canceled (statement_timeout)
+        | "57P01" // admin_shutdown
+        | "57P02" // crash_shutdown
+        | "57P03" // cannot_connect_now
+        | "53300" // too_many_connections
+        | "25P03" // idle_in_transaction_session_timeout
+    ) || code.starts_with("08") // connection exceptions
+}
+
+/// Where a partition stands, as its worker tracks it between batches.
+#[derive(Debug, Clone)]
+pub struct Position {
+    pub job_id: i64,
+    pub partition_index: i32,
+    pub lease_token: Uuid,
+    pub lower_bound: Option<String>,
+    pub upper_bound: Option<String>,
+    pub cursor: Option<Vec<String>>,
+}
+
+/// Settings applied with `SET LOCAL` to each batch transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    /// Kills a session left idle inside a batch (a stalled process), freeing its locks.
+    pub idle_in_transaction: Option<Duration>,
+}
+
+/// The live tunables read in the batch's own transaction (PATCH takes effect here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tunables {
+    pub batch_size: u32,
+    pub rows_per_second: Option<u32>,
+    pub pause: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Committed {
+        scanned: i64,
+        updated: i64,
+        /// This batch reached the end of the partition.
+        partition_done: bool,
+        /// ...and with it every partition of the job: the job is now completed.
+        job_completed: bool,
+        tunables: Tunables,
+    },
+    /// The job is no longer running (paused, cancelled, failed by another worker).
+    Stopped(JobState),
+    /// Another process holds this partition now; nothing was written.
+    LeaseLost,
+}
+
+pub struct BatchContext<'a> {
+    pub pool: &'a PgPool,
+    pub schema: &'a Schema,
+    pub sql: &'a BatchSql,
+    pub timeouts: Timeouts,
+    pub lease_ttl: Duration,
+    /// Recorded as the actor when the batch completes the job.
+    pub actor: &'a str,
+}
+
+/// Runs one batch for `position`. On commit, `position.cursor` moves to the last key taken.
+pub async fn run(ctx: &BatchContext<'_>, position: &mut Position) -> Result<Outcome, BatchError> {
+    let mut conn = ctx.pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    set_local_timeouts(&mut tx, &ctx.timeouts).await?;
+
+    let Some(fence) = progress::fence(
+        &mut tx,
+        ctx.schema,
+        position.job_id,
+        position.partition_index,
+        position.lease_token,
+    )
+    .await?
+    else {
+        return Ok(Outcome::LeaseLost);
+    };
+    if fence.cursor != position.cursor {
+        // Someone moved the cursor under our token: never write on a stale view.
+        return Ok(Outcome::LeaseLost);
+    }
+    let job_state = JobState::parse(&fence.job_state).unwrap_or(JobState::Failed);
+    if job_state != JobState::Running {
+        return Ok(Outcome::Stopped(job_state));
+    }
+    let tunables = Tunables {
+        batch_size: fence.batch_size.clamp(1, i64::from(u32::MAX)) as u32,
+        rows_per_second: fence
+            .rows_per_second
+            .map(|r| r.clamp(1, i64::from(u32::MAX)) as u32),
+        pause: fence
+            .pause
+            .as_deref()
+            .and_then(|p| humantime::parse_duration(p).ok()),
+    };
+    let limit = i64::from(tunables.batch_size);
+
+    let (lower, binds): (Lower, Vec<String>) = match (&position.cursor, &position.lower_bound) {
+        (Some(cursor), _) => (Lower::Cursor, cursor.clone()),
+        (None, Some(lower)) => (Lower::Partition, vec![lower.clone()]),
+        (None, None) => (Lower::Unbounded, Vec::new()),
+    };
+    let statement = ctx.sql.batch(lower, position.upper_bound.is_some());
+    let mut query = sqlx::query(sql(statement));
+    for value in binds {
+        query = query.bind(value);
+    }
+    if let Some(upper) = &position.upper_bound {
+        query = query.bind(upper.clone());
+    }
+    let row = query.bind(limit).fetch_one(&mut *tx).await?;
+    let scanned: i64 = row.try_get("scanned")?;
+    let updated: i64 = row.try_get("updated")?;
+    let last_key: Option<Vec<String>> = row.try_get("last_key")?;
+
+    let partition_done = scanned < limit;
+    let cursor = last_key.or_else(|| position.cursor.clone());
+    let fenced = progress::checkpoint(
+        &mut tx,
+        ctx.schema,
+        position.job_id,
+        position.partition_index,
+        position.lease_token,
+        cursor.as_deref(),
+        scanned,
+        updated,
+        partition_done,
+        ctx.lease_ttl,
+    )
+    .await?;
+    if !fenced {
+        return Ok(Outcome::LeaseLost);
+    }
+    let job_completed = partition_done && complete_if_all_done(&mut tx, ctx, position).await?;
+    tx.commit().await?;
+    position.cursor = cursor;
+    Ok(Outcome::Committed {
+        scanned,
+        updated,
+        partition_done,
+        job_completed,
+        tunables,
+    })
+}
+
+async fn set_local_timeouts(
+    tx: &mut sqlx::PgConnection,
+    timeouts: &Timeouts,
+) -> Result<(), sqlx::Error> {
+    let settings = [
+        ("lock_timeout", timeouts.lock_timeout),
+        ("statement_timeout", timeouts.statement_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            timeouts.idle_in_transaction,
+        ),
+    ];
+    for (name, value) in settings {
+        if let Some(value) = value {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(name)
+                .bind(format!("{}ms", value.as_millis().max(1)))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks the job completed if this batch finished its last pending partition. The job row is
+/// locked first, so of two partitions finishing at once the second sees the first's commit.
+async fn complete_if_all_done(
+    tx: &mut sqlx::PgConnection,
+    ctx: &BatchContext<'_>,
+    position: &Position,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(sql(format!(
+        "SELECT 1 FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        ctx.schema.q
+    )))
+    .bind(position.job_id)
+    .execute(&mut *tx)
+    .await?;
+    if !progress::all_done(&mut *tx, ctx.schema, position.job_id).await? {
+        return Ok(false);
+    }
+    let transition = jobs::transition(
+        &mut *tx,
+        ctx.schema,
+        position.job_id,
+        JobState::Completed,
+        ctx.actor,
+        Some("every partition reached the end of its key range"),
+    )
+    .await?;
+    Ok(matches!(transition, jobs::Transition::Done { .. }))
+}
+
+/// Records a batch failure in the job: `failed` with the database's message, in the log too.
+pub async fn fail_job(
+    pool: &PgPool,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let transition = jobs::transition(
+        &mut tx,
+        schema,
+        job_id,
+        JobState::Failed,
+        actor,
+        Some(message),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(matches!(transition, jobs::Transition::Done { .. }))
+}

@@ -1,0 +1,302 @@
+//! Checks a job spec against the live catalog: the table, key and `set` columns exist, the key
+//! is unique and NOT NULL, and every statement the job will run prepares. Writes nothing.
+
+use sqlx::postgres::PgRow;
+use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
+
+use crate::db::sql;
+use crate::spec::JobSpec;
+use crate::statement::{BatchSql, KeyColumn};
+
+/// Why the database refused a job. Every variant names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("table: {0} does not exist (or is not a table)")]
+    TableNotFound(String),
+    #[error("{field}: column {column:?} does not exist in {table}")]
+    ColumnNotFound {
+        field: &'static str,
+        column: String,
+        table: String,
+    },
+    #[error("key: ({columns}) is not unique in {table}: it needs a primary key or a unique index (not partial) on exactly these columns")]
+    KeyNotUnique { columns: String, table: String },
+    #[error("key: column {column:?} is nullable; the key must be NOT NULL")]
+    KeyNullable { column: String },
+    #[error("set: column {column:?} is a generated column and cannot be set")]
+    Generated { column: String },
+    #[error("{field}: {message}")]
+    Sql { field: String, message: String },
+    #[error("{field}: must be a single expression, but it yields {columns} values")]
+    NotSingleExpression { field: String, columns: usize },
+    #[error("where: must be a boolean expression, but it is of type {found}")]
+    WhereNotBoolean { found: String },
+    #[error("checking against the database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// How the first key column can be split into ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Integer,
+    Uuid,
+    /// Any other orderable type: split at sampled quantiles.
+    Other,
+}
+
+/// A job spec bound to the catalog: what the engine needs to run it.
+#[derive(Debug, Clone)]
+pub struct ResolvedJob {
+    pub schema: String,
+    pub table: String,
+    pub key: Vec<KeyColumn>,
+    pub key_kind: KeyKind,
+    /// The unique index (or primary key) the key walk rides on.
+    pub key_index: String,
+    /// The planner's row estimate (`pg_class.reltuples`); -1 when never analyzed.
+    pub estimated_rows: i64,
+    pub sql: BatchSql,
+}
+
+struct ColumnInfo {
+    name: String,
+    type_sql: String,
+    type_name: String,
+    not_null: bool,
+    generated: bool,
+}
+
+/// Resolves and checks `spec`. Runs only catalog reads and PREPAREs.
+pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<ResolvedJob, CheckError> {
+    let (schema_name, table_name) = match spec.table.split_once('.') {
+        Some((schema, table)) => (Some(schema), table),
+        None => (None, spec.table.as_str()),
+    };
+    // Unqualified names resolve through search_path, as PostgreSQL itself would.
+    let found: Option<(sqlx::postgres::types::Oid, String, String, f32)> = sqlx::query_as(
+        "SELECT c.oid, n.nspname::text, c.relname::text, c.reltuples
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relname = $2 AND c.relkind IN ('r', 'p')
+            AND CASE WHEN $1::text IS NULL THEN n.nspname = ANY (current_schemas(false))
+                     ELSE n.nspname = $1 END
+          ORDER BY array_position(current_schemas(false), n.nspname::name)
+          LIMIT 1",
+    )
+    .bind(schema_name)
+    .bind(table_name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((oid, schema, table, reltuples)) = found else {
+        return Err(CheckError::TableNotFound(format!("{:?}", spec.table)));
+    };
+    let display_table = format!("{schema}.{table}");
+
+    let columns: Vec<ColumnInfo> = sqlx::query(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
+                a.attnotnull, a.attgenerated <> ''
+           FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(oid)
+    .map(|row: PgRow| ColumnInfo {
+        name: row.get(0),
+        type_sql: row.get(1),
+        type_name: row.get(2),
+        not_null: row.get(3),
+        generated: row.get(4),
+    })
+    .fetch_all(&mut *conn)
+    .await?;
+    let column = |field: &'static str, name: &str| {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| CheckError::ColumnNotFound {
+                field,
+                column: name.to_string(),
+                table: display_table.clone(),
+            })
+    };
+
+    let mut key = Vec::new();
+    for name in spec.key_columns() {
+        let info = column("key", name)?;
+        if !info.not_null {
+            return Err(CheckError::KeyNullable {
+                column: name.clone(),
+            });
+        }
+        key.push(KeyColumn {
+            name: info.name.clone(),
+            type_sql: info.type_sql.clone(),
+        });
+    }
+    for name in spec.set.keys() {
+        if column("set", name)?.generated {
+            return Err(CheckError::Generated {
+                column: name.clone(),
+            });
+        }
+    }
+
+    let key_index = unique_index_on(&mut *conn, oid, spec.key_columns())
+        .await?
+        .ok_or_else(|| CheckError::KeyNotUnique {
+            columns: spec.key_columns().join(", "),
+            table: display_table.clone(),
+        })?;
+
+    let key_kind = match column("key", &spec.key_columns()[0])?.type_name.as_str() {
+        "int2" | "int4" | "int8" => KeyKind::Integer,
+        "uuid" => KeyKind::Uuid,
+        _ => KeyKind::Other,
+    };
+
+    let batch_sql = BatchSql::new(
+        &schema,
+        &table,
+        key.clone(),
+        spec.set.clone(),
+        spec.filter.clone(),
+    );
+    check_statements(conn, spec, &batch_sql).await?;
+
+    Ok(ResolvedJob {
+        schema,
+        table,
+        key,
+        key_kind,
+        key_index,
+        estimated_rows: reltuples as i64,
+        sql: batch_sql,
+    })
+}
+
+/// A valid, non-partial unique index whose key columns are exactly `key` (in any order),
+/// preferring one in the key's own order, then the primary key.
+async fn unique_index_on(
+    conn: &mut PgConnection,
+    table: sqlx::postgres::types::Oid,
+    key: &[String],
+) -> Result<Option<String>, sqlx::Error> {
+    let indexes: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, i.indisprimary,
+                ARRAY(SELECT a.attname::text
+                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                       WHERE k.ord <= i.indnkeyatts
+                       ORDER BY k.ord)
+           FROM pg_index i
+          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+            AND i.indexprs IS NULL",
+    )
+    .bind(table)
+    .fetch_all(conn)
+    .await?;
+    let mut wanted: Vec<&String> = key.iter().collect();
+    wanted.sort();
+    let mut matching: Vec<(String, bool, bool)> = indexes
+        .into_iter()
+        .filter(|(_, _, cols)| {
+            let mut have: Vec<&String> = cols.iter().collect();
+            have.sort();
+            have == wanted
+        })
+        .map(|(name, primary, cols)| (name, cols.as_slice() == key, primary))
+        .collect();
+    matching.sort_by_key(|(_, in_order, primary)| (!in_order, !primary));
+    Ok(matching.into_iter().next().map(|(name, _, _)| name))
+}
+
+/// Prepares each expression alone (so an error names its field), then every batch variant.
+async fn check_statements(
+    conn: &mut PgConnection,
+    spec: &JobSpec,
+    batch_sql: &BatchSql,
+) -> Result<(), CheckError> {
+    for (column, expression) in &spec.set {
+        let field = format!("set.{column}");
+        let columns = prepare(conn, batch_sql.probe_expression(expression), &field).await?;
+        if columns.len() != 1 {
+            return Err(CheckError::NotSingleExpression {
+                field,
+                columns: columns.len(),
+            });
+        }
+    }
+    if let Some(filter) = &spec.filter {
+        let columns = prepare(conn, batch_sql.probe_expression(filter), "where").await?;
+        if columns.len() != 1 {
+            return Err(CheckError::NotSingleExpression {
+                field: "where".into(),
+                columns: columns.len(),
+            });
+        }
+        if columns[0] != "BOOL" {
+            return Err(CheckError::WhereNotBoolean {
+                found: columns[0].to_lowercase(),
+            });
+        }
+    }
+    for statement in batch_sql.all_variants() {
+        let columns = prepare(conn, statement, "batch statement").await?;
+        // The batch statement always yields (scanned, updated, last_key): anything else means
+        // an expression broke out of its parentheses.
+        if columns.len() != 3 {
+            return Err(CheckError::NotSingleExpression {
+                field: "set".into(),
+                columns: columns.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Prepares `text` and returns its result columns' type names; a database error becomes a
+/// `CheckError::Sql` carrying the database's own message.
+async fn prepare(
+    conn: &mut PgConnection,
+    text: String,
+    field: &str,
+) -> Result<Vec<String>, CheckError> {
+    match conn.prepare(sql(text)).await {
+        Ok(statement) => Ok(statement
+            .columns()
+            .iter()
+            .map(|c| c.type_info().name().to_string())
+            .collect()),
+        Err(sqlx::Error::Database(e)) => {
+            let mut message = e.message().to_string();
+            if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(detail) = pg.detail() {
+                    message.push_str(&format!(" ({detail})"));
+                }
+                if let Some(hint) = pg.hint() {
+                    message.push_str(&format!(" hint: {hint}"));
+                }
+            }
+            Err(CheckError::Sql {
+                field: field.to_string(),
+                message,
+            })
+        }
+        Err(other) => Err(CheckError::Database(other)),
+    }
+}
+
+/// What `check` reports about the key walk: the plan's first line and whether it rides an index.
+pub async fn explain_walk(
+    conn: &mut PgConnection,
+    resolved: &ResolvedJob,
+    batch_size: u32,
+) -> Result<(bool, Vec<String>), sqlx::Error> {
+    let lines: Vec<String> = sqlx::query_scalar(sql(format!(
+        "EXPLAIN {}",
+        resolved.sql.key_walk(batch_size)
+    )))
+    .fetch_all(conn)
+    .await?;
+    let uses_index = lines.iter().any(|l| l.contains("Index"));
+    Ok((uses_index, lines))
+}

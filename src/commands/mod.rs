@@ -1,0 +1,30 @@
+//! One module per command of the command line.
+
+pub mod check;
+pub mod demo;
+pub mod migrate;
+pub mod run;
+
+use sqlx::PgPool;
+
+use crate::cli::CliError;
+use crate::config::Settings;
+use crate::db::{self, Schema};
+
+/// Connects: failures are exit-2 errors (config or connection).
+pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, CliError> {
+    let url = settings.require_database_url().map_err(CliError::invalid)?;
+    db::connect(url, max_connections)
+        .await
+        .map_err(CliError::invalid)
+}
+
+/// Applies backfilld's migrations; every command that writes calls this once it knows its
+/// input is valid, so bad input leaves even the daemon's schema uncreated.
+pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<Schema, CliError> {
+    let schema = Schema::new(&settings.schema);
+    crate::migrate::run(pool, &schema)
+        .await
+        .map_err(CliError::invalid)?;
+    Ok(schema)
+}

@@ -1,0 +1,206 @@
+//! `backfilld run JOB.toml`: runs one job in the foreground to its end. Running the same file
+//! again after any interruption continues from the checkpoint.
+//!
+//! Exit codes (DESIGN.md §3): 0 completed (also when it already was), 1 failed, 2 invalid job,
+//! config or connection, 3 paused or cancelled by an operator, 130/143 after SIGINT/SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::PgPool;
+
+use crate::cli::CliError;
+use crate::config::Settings;
+use crate::db::Schema;
+use crate::display::{Baseline, Display};
+use crate::scheduler::{Scheduler, SchedulerExit};
+use crate::shutdown::Shutdown;
+use crate::spec::JobSpec;
+use crate::store::{jobs, progress, JobState};
+use crate::submit::{self, SubmitError};
+use crate::worker::JobRuntime;
+
+/// Recorded as the actor of what a foreground run does.
+pub const ACTOR: &str = "cli";
+
+pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> {
+    let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
+    let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
+    run_job(settings, &spec, &shutdown).await
+}
+
+/// Runs `spec` to its end (or until `shutdown`); returns the exit code.
+pub async fn run_job(
+    settings: &Settings,
+    spec: &JobSpec,
+    shutdown: &Shutdown,
+) -> Result<i32, CliError> {
+    let pool = super::connect(settings, spec.partitions.saturating_add(3)).await?;
+    let submit_error = |e: SubmitError| match e {
+        SubmitError::Database(e) => CliError::Other(e.into()),
+        other => CliError::invalid(other),
+    };
+    let resolved = submit::resolve(&pool, spec).await.map_err(submit_error)?;
+    let schema = super::migrate(settings, &pool).await?;
+    let submitted = submit::find_or_submit(&pool, &schema, spec, resolved, ACTOR)
+        .await
+        .map_err(submit_error)?;
+    let job = submitted.job;
+    if submitted.created {
+        tracing::info!(job = %spec.name, "submitted");
+    }
+    match job.state() {
+        JobState::Completed => {
+            println!(
+                "job {} is already completed ({} rows updated); nothing to do",
+                job.name,
+                updated_rows(&pool, &schema, job.id).await?
+            );
+            return Ok(0);
+        }
+        JobState::Cancelled => {
+            println!(
+                "job {} was cancelled by an operator; submit the work under a new name to run it again",
+                job.name
+            );
+            return Ok(3);
+        }
+        JobState::Paused => {
+            println!(
+                "job {} is paused by an operator; resume it (`backfilld resume {}`) and run again",
+                job.name, job.name
+            );
+            return Ok(3);
+        }
+        JobState::Queued | JobState::Failed => {
+            let detail = match job.state() {
+                JobState::Failed => "resumed by a new run after a failure",
+                _ => "started by run",
+            };
+            let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
+            jobs::transition(
+                &mut tx,
+                &schema,
+                job.id,
+                JobState::Running,
+                ACTOR,
+                Some(detail),
+            )
+            .await
+            .map_err(anyhow::Error::from)?;
+            tx.commit().await.map_err(anyhow::Error::from)?;
+        }
+        JobState::Running => {}
+    }
+    retune_from_file(&pool, &schema, &job, spec).await?;
+
+    let runtime = Arc::new(JobRuntime::new(
+        job.id,
+        spec,
+        &submitted.resolved,
+        settings.lease_ttl,
+    ));
+    let partitions = progress::list(&pool, &schema, job.id)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let baseline = Baseline {
+        scanned: partitions.iter().map(|p| p.rows_scanned as u64).sum(),
+        updated: partitions.iter().map(|p| p.rows_updated as u64).sum(),
+        estimated_total: job.estimated_rows.max(0) as u64,
+    };
+    if baseline.scanned > 0 {
+        tracing::info!(
+            job = %spec.name,
+            rows_scanned = baseline.scanned,
+            "resuming from the checkpoint"
+        );
+    }
+    let started = Instant::now();
+    let display = Display::start(runtime.clone(), baseline);
+    let url = settings.require_database_url().map_err(CliError::invalid)?;
+    let scheduler = Scheduler::new(
+        pool.clone(),
+        schema.clone(),
+        url,
+        settings.lease_ttl,
+        partitions.len().max(1),
+        ACTOR,
+    )
+    .only(runtime);
+    let exit = scheduler.run(shutdown.token()).await;
+    display.finish().await;
+    let exit = exit.map_err(anyhow::Error::from)?;
+
+    let job = jobs::find(&pool, &schema, job.id)
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(|| anyhow::anyhow!("job {} disappeared", spec.name))?;
+    let partitions = progress::list(&pool, &schema, job.id)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
+    let updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
+    let elapsed =
+        humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
+    let code = match exit {
+        SchedulerExit::Shutdown => {
+            let signal = shutdown.signal().unwrap_or(crate::shutdown::SIGINT);
+            println!(
+                "job {}: interrupted after {elapsed}; checkpoint written at {scanned} rows scanned. Run the same file again to continue.",
+                job.name
+            );
+            128 + signal
+        }
+        SchedulerExit::JobEnded(JobState::Completed) => {
+            println!(
+                "job {}: completed — {scanned} rows scanned, {updated} updated (this run: {elapsed})",
+                job.name
+            );
+            0
+        }
+        SchedulerExit::JobEnded(JobState::Failed) => {
+            eprintln!(
+                "job {}: failed — {}. Fix the cause and run again to retry from the checkpoint.",
+                job.name,
+                job.last_error.as_deref().unwrap_or("no error recorded")
+            );
+            1
+        }
+        SchedulerExit::JobEnded(state) => {
+            println!(
+                "job {}: {state} by an operator at {scanned} rows scanned",
+                job.name
+            );
+            3
+        }
+    };
+    Ok(code)
+}
+
+/// The file is authoritative for a foreground run: tunables that differ from the stored job
+/// (an earlier file, or a PATCH) are written back, and the change is logged as an event.
+async fn retune_from_file(
+    pool: &PgPool,
+    schema: &Schema,
+    job: &jobs::JobRow,
+    spec: &JobSpec,
+) -> Result<(), CliError> {
+    let stored = job.spec().map_err(CliError::invalid)?;
+    if stored == *spec {
+        return Ok(());
+    }
+    let changed = stored.differences(spec).join(", ");
+    jobs::replace_spec(pool, schema, job.id, spec, ACTOR, &changed)
+        .await
+        .map_err(anyhow::Error::from)?;
+    tracing::info!(job = %spec.name, changed = %changed, "applied the file's tunables");
+    Ok(())
+}
+
+async fn updated_rows(pool: &PgPool, schema: &Schema, job_id: i64) -> Result<i64, CliError> {
+    let partitions = progress::list(pool, schema, job_id)
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(partitions.iter().map(|p| p.rows_updated).sum())
+}

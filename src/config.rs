@@ -1,0 +1,220 @@
+//! The daemon's settings: one typed tree, layered defaults < file < `BACKFILLD__*` env < flags,
+//! validated once at start-up so a bad value is an error naming its key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(String),
+    #[error("config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Operate,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database_url: Option<String>,
+    pub listen: String,
+    /// Partitions this process runs at once.
+    pub workers: usize,
+    pub jobs_dir: PathBuf,
+    /// The schema holding the daemon's own tables.
+    pub schema: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub jobs_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+}
+
+impl Settings {
+    pub fn load(overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder()
+            .set_default("listen", "127.0.0.1:9780")
+            .and_then(|b| b.set_default("workers", 4))
+            .and_then(|b| b.set_default("jobs_dir", "jobs"))
+            .and_then(|b| b.set_default("schema", "backfilld"))
+            .and_then(|b| b.set_default("shutdown_timeout", "30s"))
+            .and_then(|b| b.set_default("lease_ttl", "30s"))
+            .and_then(|b| b.set_default("log_format", "text"))
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        // $DATABASE_URL is the conventional fallback; anything more explicit wins over it.
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                builder = builder
+                    .set_default("database_url", url)
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("BACKFILLD_CONFIG").map(PathBuf::from));
+        if let Some(file) = &file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder
+                .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("BACKFILLD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let overrides_list = [
+            ("database_url", overrides.database_url.clone()),
+            ("listen", overrides.listen.clone()),
+            (
+                "jobs_dir",
+                overrides.jobs_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("log_format", overrides.log_format.clone()),
+        ];
+        for (key, value) in overrides_list {
+            if let Some(value) = value {
+                builder = builder
+                    .set_override(key, value)
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
+        let origin = file
+            .as_deref()
+            .map(Path::display)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "defaults and environment".into());
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(format!("{origin}: {e}")))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(invalid("workers", "must be between 1 and 1024"));
+        }
+        if self.schema.is_empty() || self.schema.len() > 63 {
+            return Err(invalid("schema", "must be 1 to 63 characters"));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("lease_ttl", "must be at least 1s"));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                "must be an address and port such as 127.0.0.1:9780",
+            ));
+        }
+        for (i, token) in self.tokens.iter().enumerate() {
+            let key = format!("tokens[{i}]");
+            if token.name.is_empty() {
+                return Err(invalid(&key, "name is empty"));
+            }
+            match (&token.token, &token.token_env) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(&key, "give either token or token_env, not both"))
+                }
+                (None, None) => return Err(invalid(&key, "token or token_env is required")),
+                (Some(t), None) if t.len() < 8 => {
+                    return Err(invalid(&key, "token must be at least 8 characters"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, or an error saying how to give one.
+    pub fn require_database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "database_url".into(),
+                message: "no database given: pass --database-url, set DATABASE_URL, or set database_url in the config file".into(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("backfilld-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "workers = 7\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let settings = Settings::load(&Overrides {
+            config_file: Some(file.clone()),
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(settings.workers, 7);
+        assert_eq!(settings.listen, "127.0.0.1:2");
+        assert_eq!(settings.schema, "backfilld");
+
+        std::fs::write(&file, "workers = 0\n").unwrap();
+        let err = Settings::load(&Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("workers"), "{err}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The worker pool: claims runnable partitions from the database up to `workers` at a time, runs
+//! a [`Worker`] for each, and releases leases as workers end. `run` uses it for one job, `serve`
+//! for all of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::batch::Position;
+use crate::catalog;
+use crate::db::Schema;
+use crate::lease::{self, HeldLeases, Presence};
+use crate::store::{jobs, progress, JobState};
+use crate::worker::{JobRuntime, Worker, WorkerEnv, WorkerExit};
+
+/// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchedulerExit {
+    /// One-job mode: the job left `running` (completed, paused, cancelled, failed).
+    JobEnded(JobState),
+    /// The root token was cancelled and every in-flight batch has committed.
+    Shutdown,
+}
+
+pub struct Scheduler {
+    env: WorkerEnv,
+    workers: usize,
+    /// `Some(id)`: run only this job and return when it leaves `running`.
+    only_job: Option<i64>,
+    presence: Arc<Presence>,
+    held: HeldLeases,
+    /// Resolved jobs by id, shared by their workers (rate limiter, counters).
+    runtimes: HashMap<i64, Arc<JobRuntime>>,
+    /// Which lease each worker task holds, so even a panicked worker's lease is released.
+    tasks: HashMap<tokio::task::Id, Uuid>,
+}
+
+impl Scheduler {
+    pub fn new(
+        pool: PgPool,
+        schema: Schema,
+        database_url: &str,
+        lease_ttl: Duration,
+        workers: usize,
+        actor: &str,
+    ) -> Scheduler {
+        Scheduler {
+            env: WorkerEnv {
+                pool,
+                schema,
+                lease_ttl,
+                actor: actor.to_string(),
+            },
+            workers,
+            only_job: None,
+            presence: Arc::new(Presence::new(database_url)),
+            held: HeldLeases::default(),
+            runtimes: HashMap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    /// Restricts the pool to one job whose runtime the caller already built (and watches).
+    pub fn only(mut self, runtime: Arc<JobRuntime>) -> Scheduler {
+        self.only_job = Some(runtime.id);
+        self.runtimes.insert(runtime.id, runtime);
+        self
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<SchedulerExit, sqlx::Error> {
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(lease::heartbeat(
+            self.env.pool.clone(),
+            self.env.schema.clone(),
+            self.presence.clone(),
+            self.held.clone(),
+            self.env.lease_ttl,
+            heartbeat_stop.clone(),
+        ));
+        let result = self.schedule(&cancel).await;
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+        self.presence.close().await;
+        result
+    }
+
+    async fn schedule(&mut self, cancel: &CancellationToken) -> Result<SchedulerExit, sqlx::Error> {
+        let mut active: JoinSet<WorkerExit> = JoinSet::new();
+        loop {
+            if cancel.is_cancelled() {
+                // Stop taking batches; the workers notice between batches and return.
+                while let Some(joined) = active.join_next_with_id().await {
+                    self.finish(joined).await;
+                }
+                return Ok(SchedulerExit::Shutdown);
+            }
+            let free = self.workers.saturating_sub(active.len());
+            if free > 0 {
+                if let Err(e) = self.claim_and_spawn(free, &mut active, cancel).await {
+                    tracing::warn!(error = %e, "could not claim partitions; will retry");
+                }
+            }
+            if active.is_empty() {
+                if let Some(job_id) = self.only_job {
+                    let state = jobs::find(&self.env.pool, &self.env.schema, job_id)
+                        .await?
+                        .map(|j| j.state())
+                        .unwrap_or(JobState::Cancelled);
+                    if state != JobState::Running {
+                        return Ok(SchedulerExit::JobEnded(state));
+                    }
+                    // Still running but nothing to claim: another process holds the rest.
+                }
+            }
+            tokio::select! {
+                Some(joined) = active.join_next_with_id() => self.finish(joined).await,
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+
+    async fn claim_and_spawn(
+        &mut self,
+        free: usize,
+        active: &mut JoinSet<WorkerExit>,
+        cancel: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        let holder = self.presence.holder().await?;
+        let claims = progress::claim(
+            &self.env.pool,
+            &self.env.schema,
+            &holder,
+            self.env.lease_ttl,
+            self.only_job,
+            free as i64,
+        )
+        .await?;
+        for claim in claims {
+            self.held.insert(claim.lease_token);
+            let Some(runtime) = self.runtime(claim.job_id).await? else {
+                self.release(claim.lease_token).await;
+                continue;
+            };
+            tracing::info!(
+                job = %runtime.name,
+                partition = claim.partition_index,
+                cursor = ?claim.cursor,
+                "claimed partition"
+            );
+            let worker = Worker::new(
+                self.env.clone(),
+                runtime,
+                Position {
+                    job_id: claim.job_id,
+                    partition_index: claim.partition_index,
+                    lease_token: claim.lease_token,
+                    lower_bound: claim.lower_bound,
+                    upper_bound: claim.upper_bound,
+                    cursor: claim.cursor,
+                },
+            );
+            let handle = active.spawn(worker.run(cancel.clone()));
+            self.tasks.insert(handle.id(), claim.lease_token);
+        }
+        Ok(())
+    }
+
+    /// The job's runtime, resolving its spec against the catalog the first time. A job that no
+    /// longer resolves (its table or a column is gone) is failed with the reason.
+    async fn runtime(&mut self, job_id: i64) -> Result<Option<Arc<JobRuntime>>, sqlx::Error> {
+        if let Some(runtime) = self.runtimes.get(&job_id) {
+            return Ok(Some(runtime.clone()));
+        }
+        let Some(row) = jobs::find(&self.env.pool, &self.env.schema, job_id).await? else {
+            return Ok(None);
+        };
+        let resolved = match row.spec() {
+            Ok(spec) => {
+                let mut conn = self.env.pool.acquire().await?;
+                catalog::resolve(&mut conn, &spec)
+                    .await
+                    .map(|resolved| (spec, resolved))
+                    .map_err(|e| e.to_string())
+            }
+            Err(message) => Err(message),
+        };
+        match resolved {
+            Ok((spec, resolved)) => {
+                let runtime = Arc::new(JobRuntime::new(
+                    job_id,
+                    &spec,
+                    &resolved,
+                    self.env.lease_ttl,
+                ));
+                self.runtimes.insert(job_id, runtime.clone());
+                Ok(Some(runtime))
+            }
+            Err(message) => {
+                let message = format!("job no longer matches the database: {message}");
+                tracing::error!(job = %row.name, "{message}");
+                crate::batch::fail_job(
+                    &self.env.pool,
+                    &self.env.schema,
+                    job_id,
+                    &self.env.actor,
+                    &message,
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        joined: Result<(tokio::task::Id, WorkerExit), tokio::task::JoinError>,
+    ) {
+        let (id, exit) = match joined {
+            Ok((id, exit)) => (id, Some(exit)),
+            Err(e) => {
+                tracing::error!(error = %e, "worker task panicked");
+                (e.id(), None)
+            }
+        };
+        let Some(token) = self.tasks.remove(&id) else {
+            return;
+        };
+        tracing::debug!(?exit, "worker ended");
+        if exit == Some(WorkerExit::LeaseLost) {
+            self.held.remove(&token);
+            tracing::warn!("a partition's lease was taken over by another process");
+        } else {
+            self.release(token).await;
+        }
+    }
+
+    async fn release(&mut self, token: Uuid) {
+        self.held.remove(&token);
+        if let Err(e) = progress::release(&self.env.pool, &self.env.schema, token).await {
+            // The lease expires on its own; nothing is lost, another process waits a TTL.
+            tracing::warn!(error = %e, "could not release a lease");
+        }
+    }
+}

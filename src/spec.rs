@@ -1,0 +1,404 @@
+//! The job definition: what a TOML file (or an API body) says a backfill is, parsed and checked
+//! for everything that can be known without a database.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a job definition was refused before anything touched the database.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        message: String,
+    },
+}
+
+pub const DEFAULT_BATCH_SIZE: u32 = 1000;
+pub const MAX_BATCH_SIZE: u32 = 1_000_000;
+pub const MAX_PARTITIONS: u32 = 256;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// A backfill job as its author wrote it. Field names are the public job format (DESIGN.md §1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// `[schema.]table`, resolved against the catalog, never spliced into SQL unquoted.
+    pub table: String,
+    /// One column or several, in key order.
+    pub key: KeyColumns,
+    /// A predicate selecting rows that still need the update.
+    #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_second: Option<u32>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pause: Option<Duration>,
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lock_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub statement_timeout: Option<Duration>,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Column = SQL expression over the row's own columns. Ordered so that generated SQL and
+    /// stored specs compare equal however the author ordered the table.
+    pub set: BTreeMap<String, String>,
+}
+
+fn default_batch_size() -> u32 {
+    DEFAULT_BATCH_SIZE
+}
+fn default_partitions() -> u32 {
+    1
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+
+/// The key: written as a single string or a list; always a list inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumns(pub Vec<String>);
+
+impl Serialize for KeyColumns {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(one),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyColumns {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("key must be a column name or a list of column names")
+        })? {
+            OneOrMany::One(column) => Ok(KeyColumns(vec![column])),
+            OneOrMany::Many(columns) => Ok(KeyColumns(columns)),
+        }
+    }
+}
+
+impl JobSpec {
+    /// Reads and validates a job file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        JobSpec::from_toml(&text, &origin)
+    }
+
+    pub fn from_toml(text: &str, origin: &str) -> Result<JobSpec, SpecError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        spec.validate(origin)?;
+        Ok(spec)
+    }
+
+    pub fn from_json(text: &str, origin: &str) -> Result<JobSpec, SpecError> {
+        let spec: JobSpec = serde_json::from_str(text).map_err(|e| SpecError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        spec.validate(origin)?;
+        Ok(spec)
+    }
+
+    /// Everything that can be checked without a database.
+    pub fn validate(&self, origin: &str) -> Result<(), SpecError> {
+        let invalid = |field: &'static str, message: String| SpecError::Invalid {
+            origin: origin.to_string(),
+            field,
+            message,
+        };
+        if !is_valid_name(&self.name) {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{:?} is not a valid job name: use 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit",
+                    self.name
+                ),
+            ));
+        }
+        let parts = self.table.split('.').count();
+        if self.table.trim().is_empty() || parts > 2 || self.table.split('.').any(str::is_empty) {
+            return Err(invalid(
+                "table",
+                format!("{:?} is not of the form [schema.]table", self.table),
+            ));
+        }
+        if self.key.0.is_empty() {
+            return Err(invalid("key", "at least one key column is required".into()));
+        }
+        if let Some(dup) = first_duplicate(&self.key.0) {
+            return Err(invalid("key", format!("column {dup:?} is listed twice")));
+        }
+        if self.key.0.iter().any(|c| c.is_empty()) {
+            return Err(invalid("key", "a key column name is empty".into()));
+        }
+        if self.set.is_empty() {
+            return Err(invalid(
+                "set",
+                "at least one column = expression is required".into(),
+            ));
+        }
+        for (column, expression) in &self.set {
+            if column.is_empty() {
+                return Err(invalid("set", "a column name is empty".into()));
+            }
+            if expression.trim().is_empty() {
+                return Err(invalid(
+                    "set",
+                    format!("the expression for {column:?} is empty"),
+                ));
+            }
+            if self.key.0.contains(column) {
+                return Err(invalid(
+                    "set",
+                    format!(
+                        "{column:?} is a key column: a backfill cannot change the key it walks"
+                    ),
+                ));
+            }
+        }
+        if matches!(&self.filter, Some(w) if w.trim().is_empty()) {
+            return Err(invalid(
+                "where",
+                "is empty: leave it out to update every row".into(),
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(invalid(
+                "batch_size",
+                format!("must be between 1 and {MAX_BATCH_SIZE}"),
+            ));
+        }
+        if self.rows_per_second == Some(0) {
+            return Err(invalid(
+                "rows_per_second",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(invalid(
+                "partitions",
+                format!("must be between 1 and {MAX_PARTITIONS}"),
+            ));
+        }
+        if self.max_attempts == 0 || self.max_attempts > 100 {
+            return Err(invalid("max_attempts", "must be between 1 and 100".into()));
+        }
+        for (field, value) in [
+            ("lock_timeout", self.lock_timeout),
+            ("statement_timeout", self.statement_timeout),
+        ] {
+            if let Some(d) = value {
+                if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+                    return Err(invalid(field, "must be between 1ms and 24h".into()));
+                }
+                if d.subsec_nanos() % 1_000_000 != 0 {
+                    return Err(invalid(
+                        field,
+                        "must be a whole number of milliseconds".into(),
+                    ));
+                }
+            }
+        }
+        if matches!(self.pause, Some(d) if d > Duration::from_secs(3600)) {
+            return Err(invalid("pause", "must be at most 1h".into()));
+        }
+        Ok(())
+    }
+
+    pub fn key_columns(&self) -> &[String] {
+        &self.key.0
+    }
+
+    /// Whether two definitions do the same work: equal but for the tunables an operator may
+    /// change on a live job (`batch_size`, `rows_per_second`, `pause`).
+    pub fn same_work(&self, other: &JobSpec) -> bool {
+        let strip = |s: &JobSpec| JobSpec {
+            batch_size: 0,
+            rows_per_second: None,
+            pause: None,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// Names of the top-level fields where `self` and `other` differ, for messages.
+    pub fn differences(&self, other: &JobSpec) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+            (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return Vec::new();
+        };
+        let mut fields: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
+    }
+}
+
+/// `^[a-z0-9][a-z0-9_-]{0,62}$`, written out so the error path needs no regex engine.
+pub fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+fn first_duplicate(items: &[String]) -> Option<&str> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, item)| items[..*i].contains(item))
+        .map(|(_, item)| item.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "products_search"
+        table = "public.products"
+        key = "id"
+        [set]
+        search = "to_tsvector(name)"
+    "#;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec = JobSpec::from_toml(MINIMAL, "t.toml").unwrap();
+        assert_eq!(spec.batch_size, 1000);
+        assert_eq!(spec.partitions, 1);
+        assert_eq!(spec.max_attempts, 5);
+        assert_eq!(spec.key.0, vec!["id"]);
+    }
+
+    #[test]
+    fn composite_key_and_durations() {
+        let text = r#"
+            name = "c"
+            table = "t"
+            key = ["tenant_id", "id"]
+            pause = "50ms"
+            lock_timeout = "1s"
+            [set]
+            a = "b"
+        "#;
+        let spec = JobSpec::from_toml(text, "t.toml").unwrap();
+        assert_eq!(spec.key.0, vec!["tenant_id", "id"]);
+        assert_eq!(spec.pause, Some(Duration::from_millis(50)));
+        assert_eq!(spec.lock_timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn json_round_trip_is_equal() {
+        let spec = JobSpec::from_toml(MINIMAL, "t.toml").unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_json(&json, "api").unwrap(), spec);
+    }
+
+    #[test]
+    fn rejects_unknown_field_naming_it() {
+        let text = format!("{MINIMAL}\nbogus = 1");
+        let text = text.replace("[set]", "bogus_field = 1\n[set]");
+        let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("bogus_field"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for name in ["", "Upper", "-lead", "has space", "ünï", &"x".repeat(64)] {
+            assert!(!is_valid_name(name), "{name:?}");
+        }
+        for name in ["a", "0abc", "products_search", "a-b_c", &"x".repeat(63)] {
+            assert!(is_valid_name(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_missing_set_and_key_in_set() {
+        let no_set = "name = \"a\"\ntable = \"t\"\nkey = \"id\"\n";
+        let err = JobSpec::from_toml(no_set, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set"), "{err}");
+        let key_in_set = "name = \"a\"\ntable = \"t\"\nkey = \"id\"\n[set]\nid = \"id + 1\"\n";
+        let err = JobSpec::from_toml(key_in_set, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key column"), "{err}");
+    }
+
+    #[test]
+    fn rejects_out_of_range_numbers() {
+        for (field, value) in [
+            ("batch_size", "0"),
+            ("batch_size", "-5"),
+            ("partitions", "0"),
+            ("partitions", "100000"),
+            ("rows_per_second", "0"),
+            ("max_attempts", "0"),
+        ] {
+            let text = MINIMAL.replace("[set]", &format!("{field} = {value}\n[set]"));
+            let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(field), "{field}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_table_with_too_many_dots() {
+        let text = MINIMAL.replace("public.products", "a.b.c");
+        let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("[schema.]table"), "{err}");
+    }
+}

@@ -1,0 +1,253 @@
+//! The SQL generated from a job spec, all in one place: every identifier comes from the catalog
+//! and is quoted; the author's expressions are wrapped in parentheses on lines of their own so a
+//! trailing `--` comment cannot swallow the rest of the statement.
+
+use crate::db::quote_ident;
+
+/// A key column as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    pub name: String,
+    /// `format_type()` of the column: used to cast bound text back to the key's type.
+    pub type_sql: String,
+}
+
+/// How a batch's walk starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lower {
+    /// From the first key of the table.
+    Unbounded,
+    /// After the partition's lower bound on the first key column (nothing processed yet).
+    Partition,
+    /// After the cursor: a row-value comparison over the whole key.
+    Cursor,
+}
+
+/// Builds the batch statement and its helpers for one resolved job.
+#[derive(Debug, Clone)]
+pub struct BatchSql {
+    table: String,
+    key: Vec<KeyColumn>,
+    set: Vec<(String, String)>,
+    filter: Option<String>,
+}
+
+const BATCH: &str = "\"__backfilld_batch\"";
+const UPDATED: &str = "\"__backfilld_updated\"";
+
+fn batch_key(i: usize) -> String {
+    format!("\"__backfilld_k{i}\"")
+}
+
+/// An author's expression, isolated on its own lines inside parentheses.
+fn wrap(expression: &str) -> String {
+    format!("(\n{expression}\n)")
+}
+
+impl BatchSql {
+    /// `schema` and `table` are the catalog's names (unquoted); `set` maps column → expression.
+    pub fn new(
+        schema: &str,
+        table: &str,
+        key: Vec<KeyColumn>,
+        set: impl IntoIterator<Item = (String, String)>,
+        filter: Option<String>,
+    ) -> BatchSql {
+        BatchSql {
+            table: format!("{}.{}", quote_ident(schema), quote_ident(table)),
+            key,
+            set: set.into_iter().collect(),
+            filter,
+        }
+    }
+
+    /// The quoted, schema-qualified table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn key_list(&self) -> String {
+        self.key
+            .iter()
+            .map(|k| quote_ident(&k.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The one statement a batch runs. Parameters, in order: the lower bound (one text per key
+    /// column for `Cursor`, one for `Partition`, none for `Unbounded`), the upper bound on the
+    /// first key column if `upper`, and the batch size (int8). Returns one row:
+    /// `scanned int8, updated int8, last_key text[]` (NULL when nothing was scanned).
+    pub fn batch(&self, lower: Lower, upper: bool) -> String {
+        let mut param = 0;
+        let mut next = || {
+            param += 1;
+            format!("${param}")
+        };
+        let first = &self.key[0];
+        let mut conditions = Vec::new();
+        match lower {
+            Lower::Unbounded => {}
+            Lower::Partition => conditions.push(format!(
+                "{} > {}::text::{}",
+                quote_ident(&first.name),
+                next(),
+                first.type_sql
+            )),
+            Lower::Cursor => {
+                let values: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|k| format!("{}::text::{}", next(), k.type_sql))
+                    .collect();
+                conditions.push(if self.key.len() == 1 {
+                    format!("{} > {}", quote_ident(&first.name), values[0])
+                } else {
+                    format!("({}) > ({})", self.key_list(), values.join(", "))
+                });
+            }
+        }
+        if upper {
+            conditions.push(format!(
+                "{} <= {}::text::{}",
+                quote_ident(&first.name),
+                next(),
+                first.type_sql
+            ));
+        }
+        let limit = next();
+        let where_walk = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("\n    WHERE {}", conditions.join(" AND "))
+        };
+        let select_keys: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS {}", quote_ident(&k.name), batch_key(i)))
+            .collect();
+        let assignments: Vec<String> = self
+            .set
+            .iter()
+            .map(|(column, expression)| format!("{} = {}", quote_ident(column), wrap(expression)))
+            .collect();
+        let mut join: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                format!(
+                    "{}.{} = {BATCH}.{}",
+                    self.table,
+                    quote_ident(&k.name),
+                    batch_key(i)
+                )
+            })
+            .collect();
+        if let Some(filter) = &self.filter {
+            join.push(wrap(filter));
+        }
+        let last_key: Vec<String> = (0..self.key.len())
+            .map(|i| format!("{}::text", batch_key(i)))
+            .collect();
+        let descending: Vec<String> = (0..self.key.len())
+            .map(|i| format!("{} DESC", batch_key(i)))
+            .collect();
+        format!(
+            "WITH {BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    FROM {BATCH}\n    WHERE {join}\n    RETURNING 1\n)\nSELECT (SELECT count(*) FROM {BATCH})::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT ARRAY[{last_key}] FROM {BATCH} ORDER BY {descending} LIMIT 1) AS last_key",
+            select = select_keys.join(", "),
+            table = self.table,
+            order = self.key_list(),
+            assignments = assignments.join(",\n        "),
+            join = join.join("\n      AND "),
+            last_key = last_key.join(", "),
+            descending = descending.join(", "),
+        )
+    }
+
+    /// Every variant the engine can run, so a check prepares them all.
+    pub fn all_variants(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for lower in [Lower::Unbounded, Lower::Partition, Lower::Cursor] {
+            for upper in [false, true] {
+                all.push(self.batch(lower, upper));
+            }
+        }
+        all
+    }
+
+    /// One expression evaluated over the table, to check it alone and name it in errors.
+    pub fn probe_expression(&self, expression: &str) -> String {
+        format!(
+            "SELECT {} AS value FROM {} LIMIT 0",
+            wrap(expression),
+            self.table
+        )
+    }
+
+    /// The first batch's key walk without the update, for `check` to EXPLAIN.
+    pub fn key_walk(&self, batch_size: u32) -> String {
+        format!(
+            "SELECT {keys} FROM {table} ORDER BY {keys} LIMIT {batch_size}",
+            keys = self.key_list(),
+            table = self.table
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(key: &[(&str, &str)], filter: Option<&str>) -> BatchSql {
+        BatchSql::new(
+            "public",
+            "my \"table\"",
+            key.iter()
+                .map(|(n, t)| KeyColumn {
+                    name: n.to_string(),
+                    type_sql: t.to_string(),
+                })
+                .collect(),
+            [("hits".to_string(), "hits + 1".to_string())],
+            filter.map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn quotes_identifiers_and_numbers_parameters() {
+        let s = sql(&[("id", "bigint")], Some("hits < 10 -- comment")).batch(Lower::Cursor, true);
+        assert!(s.contains("\"public\".\"my \"\"table\"\"\""), "{s}");
+        assert!(
+            s.contains("\"id\" > $1::text::bigint AND \"id\" <= $2::text::bigint"),
+            "{s}"
+        );
+        assert!(s.contains("LIMIT $3"), "{s}");
+        // The author's comment ends at its own line and cannot hide the rest.
+        assert!(s.contains("hits < 10 -- comment\n)"), "{s}");
+    }
+
+    #[test]
+    fn composite_keys_use_row_comparison() {
+        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(Lower::Cursor, false);
+        assert!(
+            s.contains("(\"tenant_id\", \"id\") > ($1::text::integer, $2::text::uuid)"),
+            "{s}"
+        );
+        assert!(s.contains("LIMIT $3"), "{s}");
+        let s =
+            sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(Lower::Partition, true);
+        assert!(
+            s.contains("\"tenant_id\" > $1::text::integer AND \"tenant_id\" <= $2::text::integer"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn unbounded_has_only_the_limit() {
+        let s = sql(&[("id", "bigint")], None).batch(Lower::Unbounded, false);
+        assert!(s.contains("LIMIT $1"), "{s}");
+        assert!(!s.contains("$2"), "{s}");
+    }
+}

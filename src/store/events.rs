@@ -1,0 +1,63 @@
+//! The event log: every submission and state change, with who asked.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+
+use crate::db::{sql, Schema};
+use crate::store::JobState;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Event {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub async fn record<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+    kind: &str,
+    transition: Option<(Option<JobState>, JobState)>,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let (from, to) = match transition {
+        Some((from, to)) => (from.map(JobState::as_str), Some(to.as_str())),
+        None => (None, None),
+    };
+    sqlx::query(sql(format!(
+        "INSERT INTO {}.events (job_id, actor, kind, from_state, to_state, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        schema.q
+    )))
+    .bind(job_id)
+    .bind(actor)
+    .bind(kind)
+    .bind(from)
+    .bind(to)
+    .bind(detail)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+pub async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<Vec<Event>, sqlx::Error> {
+    sqlx::query_as(sql(format!(
+        "SELECT id, at, actor, kind, from_state, to_state, detail
+           FROM {}.events WHERE job_id = $1 ORDER BY id",
+        schema.q
+    )))
+    .bind(job_id)
+    .fetch_all(executor)
+    .await
+}

@@ -1,0 +1,263 @@
+//! The `progress` table: each job partition's key range, cursor, counters and lease. The cursor
+//! is written only by [`checkpoint`], inside the batch's own transaction, fenced by the lease.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::db::{sql, Schema};
+
+/// A partition's stored state, as the API and the planner see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PartitionRow {
+    pub job_id: i64,
+    pub partition_index: i32,
+    pub lower_bound: Option<String>,
+    pub upper_bound: Option<String>,
+    pub cursor: Option<Vec<String>>,
+    pub state: String,
+    pub rows_scanned: i64,
+    pub rows_updated: i64,
+    pub batches: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A partition this process holds a lease on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claim {
+    pub job_id: i64,
+    pub partition_index: i32,
+    pub lease_token: Uuid,
+    pub lower_bound: Option<String>,
+    pub upper_bound: Option<String>,
+    pub cursor: Option<Vec<String>>,
+}
+
+/// Who is asking for leases: the process's name and its presence session, whose disappearance
+/// frees its leases at once (a crashed process's TCP connection closes; a stalled one's does not,
+/// so for that case the lease expiry applies).
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub owner: String,
+    pub backend_pid: i32,
+    pub backend_start: DateTime<Utc>,
+}
+
+pub async fn insert_partitions(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    job_id: i64,
+    ranges: &[(Option<String>, Option<String>)],
+) -> Result<(), sqlx::Error> {
+    for (index, (lower, upper)) in ranges.iter().enumerate() {
+        sqlx::query(sql(format!(
+            "INSERT INTO {}.progress (job_id, partition_index, lower_bound, upper_bound)
+             VALUES ($1, $2, $3, $4)",
+            schema.q
+        )))
+        .bind(job_id)
+        .bind(index as i32)
+        .bind(lower)
+        .bind(upper)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn list<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<Vec<PartitionRow>, sqlx::Error> {
+    sqlx::query_as(sql(format!(
+        "SELECT job_id, partition_index, lower_bound, upper_bound, cursor, state, rows_scanned,
+                rows_updated, batches, lease_owner, lease_expires_at
+           FROM {}.progress WHERE job_id = $1 ORDER BY partition_index",
+        schema.q
+    )))
+    .bind(job_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Leases up to `limit` pending partitions of running jobs (only of `job_id` when given) whose
+/// lease is free, expired, or held by a session that no longer exists.
+pub async fn claim<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    holder: &Holder,
+    ttl: Duration,
+    job_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let s = &schema.q;
+    sqlx::query_as(sql(format!(
+        "WITH candidate AS (
+             SELECT p.job_id, p.partition_index
+               FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
+              WHERE j.state = 'running' AND p.state = 'pending'
+                AND ($1::int8 IS NULL OR p.job_id = $1)
+                AND (p.lease_token IS NULL
+                     OR p.lease_expires_at < now()
+                     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                     WHERE a.pid = p.lease_backend_pid
+                                       AND a.backend_start = p.lease_backend_start))
+              ORDER BY p.job_id, p.partition_index
+              LIMIT $2
+              FOR UPDATE OF p SKIP LOCKED
+         )
+         UPDATE {s}.progress p
+            SET lease_token = gen_random_uuid(), lease_owner = $3,
+                lease_expires_at = now() + $4 * interval '1 millisecond',
+                lease_backend_pid = $5, lease_backend_start = $6,
+                started_at = coalesce(p.started_at, now()), updated_at = now()
+           FROM candidate c
+          WHERE p.job_id = c.job_id AND p.partition_index = c.partition_index
+         RETURNING p.job_id, p.partition_index, p.lease_token, p.lower_bound, p.upper_bound, p.cursor"
+    )))
+    .bind(job_id)
+    .bind(limit)
+    .bind(&holder.owner)
+    .bind(ttl.as_millis() as i64)
+    .bind(holder.backend_pid)
+    .bind(holder.backend_start)
+    .fetch_all(executor)
+    .await
+}
+
+/// Extends every lease this holder still has. Leases taken over by others are untouched: the
+/// worker that lost one finds out at its next batch.
+pub async fn renew<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    holder: &Holder,
+    tokens: &[Uuid],
+    ttl: Duration,
+) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(sql(format!(
+        "UPDATE {}.progress
+            SET lease_expires_at = now() + $2 * interval '1 millisecond',
+                lease_backend_pid = $3, lease_backend_start = $4
+          WHERE lease_token = ANY ($1)",
+        schema.q
+    )))
+    .bind(tokens)
+    .bind(ttl.as_millis() as i64)
+    .bind(holder.backend_pid)
+    .bind(holder.backend_start)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+pub async fn release<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    token: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(format!(
+        "UPDATE {}.progress
+            SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                lease_backend_pid = NULL, lease_backend_start = NULL, updated_at = now()
+          WHERE lease_token = $1",
+        schema.q
+    )))
+    .bind(token)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// What the first statement of a batch transaction finds: the lease still ours (row locked
+/// until commit), the job's state, and the live tunables of its spec.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Fence {
+    pub cursor: Option<Vec<String>>,
+    pub job_state: String,
+    pub batch_size: i64,
+    pub rows_per_second: Option<i64>,
+    pub pause: Option<String>,
+}
+
+/// Locks this partition's row if the lease token still matches. `None`: the lease is lost.
+pub async fn fence(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    job_id: i64,
+    partition_index: i32,
+    token: Uuid,
+) -> Result<Option<Fence>, sqlx::Error> {
+    let s = &schema.q;
+    sqlx::query_as(sql(format!(
+        "SELECT p.cursor, j.state AS job_state,
+                (j.spec ->> 'batch_size')::int8 AS batch_size,
+                (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
+                j.spec ->> 'pause' AS pause
+           FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
+          WHERE p.job_id = $1 AND p.partition_index = $2 AND p.lease_token = $3
+            FOR UPDATE OF p"
+    )))
+    .bind(job_id)
+    .bind(partition_index)
+    .bind(token)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Advances the cursor and counters in the batch's transaction. Returns false when the lease
+/// token no longer matches, in which case the caller must roll back.
+#[allow(clippy::too_many_arguments)]
+pub async fn checkpoint(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    job_id: i64,
+    partition_index: i32,
+    token: Uuid,
+    cursor: Option<&[String]>,
+    scanned: i64,
+    updated: i64,
+    done: bool,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(sql(format!(
+        "UPDATE {}.progress
+            SET cursor = $4, rows_scanned = rows_scanned + $5, rows_updated = rows_updated + $6,
+                batches = batches + 1,
+                state = CASE WHEN $7 THEN 'done' ELSE state END,
+                finished_at = CASE WHEN $7 THEN now() ELSE finished_at END,
+                lease_expires_at = now() + $8 * interval '1 millisecond',
+                updated_at = now()
+          WHERE job_id = $1 AND partition_index = $2 AND lease_token = $3",
+        schema.q
+    )))
+    .bind(job_id)
+    .bind(partition_index)
+    .bind(token)
+    .bind(cursor)
+    .bind(scanned)
+    .bind(updated)
+    .bind(done)
+    .bind(ttl.as_millis() as i64)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Whether every partition of the job is done (read in the caller's transaction).
+pub async fn all_done<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(sql(format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {}.progress WHERE job_id = $1 AND state <> 'done')",
+        schema.q
+    )))
+    .bind(job_id)
+    .fetch_one(executor)
+    .await
+}

@@ -1,0 +1,266 @@
+//! A partition's worker: takes batches one after another under the job's rate limit, retries
+//! what can be retried, and looks at the cancellation token only between batches.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Timeouts, Tunables};
+use crate::catalog::ResolvedJob;
+use crate::db::Schema;
+use crate::limiter::Limiter;
+use crate::spec::JobSpec;
+use crate::store::JobState;
+
+/// Counters of what this process did for a job; the progress display and metrics read them.
+#[derive(Debug, Default)]
+pub struct JobStats {
+    pub rows_scanned: AtomicU64,
+    pub rows_updated: AtomicU64,
+    pub batches_ok: AtomicU64,
+    pub batches_retried: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub batch_size: AtomicU32,
+}
+
+/// Everything the workers of one job share in this process.
+pub struct JobRuntime {
+    pub id: i64,
+    pub name: String,
+    pub sql: crate::statement::BatchSql,
+    pub timeouts: Timeouts,
+    pub max_attempts: u32,
+    pub limiter: Limiter,
+    pub stats: JobStats,
+    /// The latest tunables seen in a batch transaction; PATCHed values arrive through it.
+    tunables: Mutex<Tunables>,
+}
+
+impl JobRuntime {
+    pub fn new(id: i64, spec: &JobSpec, resolved: &ResolvedJob, lease_ttl: Duration) -> JobRuntime {
+        let stats = JobStats::default();
+        stats.batch_size.store(spec.batch_size, Ordering::Relaxed);
+        JobRuntime {
+            id,
+            name: spec.name.clone(),
+            sql: resolved.sql.clone(),
+            timeouts: Timeouts {
+                lock_timeout: spec.lock_timeout,
+                statement_timeout: spec.statement_timeout,
+                idle_in_transaction: Some(lease_ttl),
+            },
+            max_attempts: spec.max_attempts,
+            limiter: Limiter::new(spec.rows_per_second, spec.batch_size),
+            stats,
+            tunables: Mutex::new(Tunables {
+                batch_size: spec.batch_size,
+                rows_per_second: spec.rows_per_second,
+                pause: spec.pause,
+            }),
+        }
+    }
+
+    pub fn tunables(&self) -> Tunables {
+        self.tunables
+            .lock()
+            .expect("tunables lock poisoned")
+            .clone()
+    }
+
+    fn apply(&self, tunables: Tunables) {
+        self.limiter
+            .configure(tunables.rows_per_second, tunables.batch_size);
+        self.stats
+            .batch_size
+            .store(tunables.batch_size, Ordering::Relaxed);
+        *self.tunables.lock().expect("tunables lock poisoned") = tunables;
+    }
+}
+
+/// How a worker's run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerExit {
+    PartitionDone,
+    JobCompleted,
+    Stopped(JobState),
+    LeaseLost,
+    /// The job was marked failed with this message.
+    Failed(String),
+    /// The root token was cancelled; the last batch committed.
+    Shutdown,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A batch committed (or a retry is due); go on after the pause.
+    Continue {
+        pause: Option<Duration>,
+    },
+    Exit(WorkerExit),
+}
+
+/// Shared, process-wide things a worker needs.
+#[derive(Clone)]
+pub struct WorkerEnv {
+    pub pool: PgPool,
+    pub schema: Schema,
+    pub lease_ttl: Duration,
+    pub actor: String,
+}
+
+pub struct Worker {
+    env: WorkerEnv,
+    job: Arc<JobRuntime>,
+    pub position: Position,
+    failed_attempts: u32,
+}
+
+impl Worker {
+    pub fn new(env: WorkerEnv, job: Arc<JobRuntime>, position: Position) -> Worker {
+        Worker {
+            env,
+            job,
+            position,
+            failed_attempts: 0,
+        }
+    }
+
+    /// Runs batches until the partition ends, the job stops, or `cancel` fires.
+    pub async fn run(mut self, cancel: CancellationToken) -> WorkerExit {
+        loop {
+            if cancel.is_cancelled() {
+                return WorkerExit::Shutdown;
+            }
+            match self.step(&cancel).await {
+                Step::Exit(exit) => return exit,
+                Step::Continue { pause: None } => {}
+                Step::Continue { pause: Some(pause) } => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return WorkerExit::Shutdown,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One batch: wait for the rate limiter, run the transaction, account for the outcome.
+    /// Tests drive this directly instead of sleeping.
+    pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
+        let tunables = self.job.tunables();
+        if !self.job.limiter.acquire(tunables.batch_size, cancel).await {
+            return Step::Exit(WorkerExit::Shutdown);
+        }
+        let ctx = BatchContext {
+            pool: &self.env.pool,
+            schema: &self.env.schema,
+            sql: &self.job.sql,
+            timeouts: self.job.timeouts,
+            lease_ttl: self.env.lease_ttl,
+            actor: &self.env.actor,
+        };
+        let started = Instant::now();
+        match batch::run(&ctx, &mut self.position).await {
+            Ok(Outcome::Committed {
+                scanned,
+                updated,
+                partition_done,
+                job_completed,
+                tunables,
+            }) => {
+                self.failed_attempts = 0;
+                let stats = &self.job.stats;
+                stats
+                    .rows_scanned
+                    .fetch_add(scanned as u64, Ordering::Relaxed);
+                stats
+                    .rows_updated
+                    .fetch_add(updated as u64, Ordering::Relaxed);
+                stats.batches_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    job = %self.job.name,
+                    partition = self.position.partition_index,
+                    scanned,
+                    updated,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                let pause = tunables.pause;
+                self.job.apply(tunables);
+                if job_completed {
+                    Step::Exit(WorkerExit::JobCompleted)
+                } else if partition_done {
+                    Step::Exit(WorkerExit::PartitionDone)
+                } else {
+                    Step::Continue { pause }
+                }
+            }
+            Ok(Outcome::Stopped(state)) => Step::Exit(WorkerExit::Stopped(state)),
+            Ok(Outcome::LeaseLost) => Step::Exit(WorkerExit::LeaseLost),
+            Err(error) => self.on_error(error, cancel).await,
+        }
+    }
+
+    async fn on_error(&mut self, error: BatchError, cancel: &CancellationToken) -> Step {
+        self.failed_attempts += 1;
+        let stats = &self.job.stats;
+        if error.retryable && self.failed_attempts < self.job.max_attempts {
+            stats.batches_retried.fetch_add(1, Ordering::Relaxed);
+            let delay = backoff(self.failed_attempts);
+            tracing::warn!(
+                job = %self.job.name,
+                partition = self.position.partition_index,
+                attempt = self.failed_attempts,
+                max_attempts = self.job.max_attempts,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %error,
+                "batch failed; retrying"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => return Step::Exit(WorkerExit::Shutdown),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            return Step::Continue { pause: None };
+        }
+        stats.batches_failed.fetch_add(1, Ordering::Relaxed);
+        let message = if error.retryable {
+            format!(
+                "batch on partition {} failed {} times, last: {}",
+                self.position.partition_index, self.failed_attempts, error.message
+            )
+        } else {
+            format!(
+                "batch on partition {} failed: {}",
+                self.position.partition_index, error.message
+            )
+        };
+        tracing::error!(job = %self.job.name, "{message}");
+        if let Err(e) = batch::fail_job(
+            &self.env.pool,
+            &self.env.schema,
+            self.job.id,
+            &self.env.actor,
+            &message,
+        )
+        .await
+        {
+            tracing::error!(job = %self.job.name, error = %e, "could not record the failure");
+        }
+        Step::Exit(WorkerExit::Failed(message))
+    }
+}
+
+/// Exponential backoff from 100 ms, capped at 10 s, with up to 50% jitter so workers that
+/// failed together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
+        .min(10_000);
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
