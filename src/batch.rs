@@ -82,6 +82,19 @@ pub struct Position {
     pub cursor: Option<Vec<String>>,
 }
 
+impl From<crate::store::progress::Claim> for Position {
+    fn from(claim: crate::store::progress::Claim) -> Position {
+        Position {
+            job_id: claim.job_id,
+            partition_index: claim.partition_index,
+            lease_token: claim.lease_token,
+            lower_bound: claim.lower_bound,
+            upper_bound: claim.upper_bound,
+            cursor: claim.cursor,
+        }
+    }
+}
+
 /// Settings applied with `SET LOCAL` to each batch transaction.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timeouts {

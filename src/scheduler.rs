@@ -155,20 +155,10 @@ impl Scheduler {
                 cursor = ?claim.cursor,
                 "claimed partition"
             );
-            let worker = Worker::new(
-                self.env.clone(),
-                runtime,
-                Position {
-                    job_id: claim.job_id,
-                    partition_index: claim.partition_index,
-                    lease_token: claim.lease_token,
-                    lower_bound: claim.lower_bound,
-                    upper_bound: claim.upper_bound,
-                    cursor: claim.cursor,
-                },
-            );
+            let token = claim.lease_token;
+            let worker = Worker::new(self.env.clone(), runtime, Position::from(claim));
             let handle = active.spawn(worker.run(cancel.clone()));
-            self.tasks.insert(handle.id(), claim.lease_token);
+            self.tasks.insert(handle.id(), token);
         }
         Ok(())
     }

@@ -1,0 +1,221 @@
+//! Bad input: each case exits 2 with a message naming the problem, and no row of any table
+//! changes — not even backfilld's own schema is created.
+
+mod common;
+
+use common::{cli_with_url, job_toml, text, TestDb};
+
+const SETUP: &str = "
+    CREATE TABLE users (id bigint PRIMARY KEY, customer_email text, email text, note text, score int,
+                        total int GENERATED ALWAYS AS (id * 2) STORED);
+    INSERT INTO users (id, customer_email) SELECT i, 'u' || i || '@example.com' FROM generate_series(1, 50) i;
+    CREATE TABLE no_key (id bigint NOT NULL, v text);
+    CREATE TABLE nullable_key (id bigint UNIQUE, v text);
+    CREATE TABLE partial_unique (id bigint NOT NULL, v text);
+    CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;";
+
+fn valid(extra: &str, set: &str) -> String {
+    job_toml("copy_email", "public.users", "\"id\"", set, extra)
+}
+
+/// (case, job file body, words the message must contain)
+fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let email = "email = \"customer_email\"";
+    vec![
+        (
+            "malformed toml",
+            "name = \"x\"\ntable = [".to_string(),
+            vec!["bad.toml"],
+        ),
+        (
+            "unknown field",
+            valid("colour = \"blue\"", email),
+            vec!["colour"],
+        ),
+        (
+            "missing set",
+            "name = \"x\"\ntable = \"users\"\nkey = \"id\"\n".to_string(),
+            vec!["set"],
+        ),
+        (
+            "bad name",
+            job_toml("Copy Email!", "users", "\"id\"", email, ""),
+            vec!["name", "Copy Email!"],
+        ),
+        (
+            "nonexistent table",
+            job_toml("x", "public.nope", "\"id\"", email, ""),
+            vec!["table", "public.nope", "does not exist"],
+        ),
+        (
+            "sql in the table name",
+            job_toml("x", "users; DROP TABLE users", "\"id\"", email, ""),
+            vec!["table", "does not exist"],
+        ),
+        (
+            "nonexistent set column",
+            valid("", "emial = \"customer_email\""),
+            vec!["set", "emial", "does not exist"],
+        ),
+        (
+            "nonexistent key column",
+            job_toml("x", "users", "\"uid\"", email, ""),
+            vec!["key", "uid", "does not exist"],
+        ),
+        (
+            "key without a unique index",
+            job_toml("x", "no_key", "\"id\"", "v = \"'x'\"", ""),
+            vec!["key", "not unique"],
+        ),
+        (
+            "key only unique where a predicate holds",
+            job_toml("x", "partial_unique", "\"id\"", "v = \"'x'\"", ""),
+            vec!["key", "not unique"],
+        ),
+        (
+            "nullable key",
+            job_toml("x", "nullable_key", "\"id\"", "v = \"'x'\"", ""),
+            vec!["key", "nullable"],
+        ),
+        (
+            "set expression that does not compile",
+            valid("", "email = \"lower(customer_emial)\""),
+            vec!["set.email", "customer_emial"],
+        ),
+        (
+            "set expression smuggling a second statement",
+            valid("", "email = \"customer_email; DROP TABLE users\""),
+            vec!["set.email"],
+        ),
+        (
+            "set expression smuggling a second column",
+            valid("", "email = \"customer_email), note = ('pwned'\""),
+            vec!["set", "single expression"],
+        ),
+        (
+            "where that does not compile",
+            valid("where = \"email IS NUL\"", email),
+            vec!["where"],
+        ),
+        (
+            "where that is not boolean",
+            valid("where = \"id + 1\"", email),
+            vec!["where", "boolean"],
+        ),
+        (
+            "set value of the wrong type",
+            valid("", "score = \"customer_email\""),
+            vec!["batch statement", "score", "integer"],
+        ),
+        (
+            "generated column",
+            valid("", "total = \"1\""),
+            vec!["set", "total", "generated"],
+        ),
+        (
+            "a key column in set",
+            valid("", "id = \"id + 1\""),
+            vec!["set", "key column"],
+        ),
+        (
+            "zero batch size",
+            valid("batch_size = 0", email),
+            vec!["batch_size"],
+        ),
+        (
+            "bad duration",
+            valid("pause = \"soon\"", email),
+            vec!["pause"],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_job_exits_2_naming_the_problem_and_changes_nothing() {
+    let db = TestDb::new().await;
+    db.exec(SETUP).await;
+    let before = db.fingerprint().await;
+    let mut failures = Vec::new();
+    for (case, body, words) in cases() {
+        let path = db.write_job("bad.toml", &body);
+        for command in ["run", "check"] {
+            let output = db.cli(&[command, path.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            let named = words.iter().all(|w| stderr.contains(w));
+            if output.status.code() != Some(2) || !named {
+                failures.push(format!(
+                    "{case} ({command}): wanted {words:?}\n{}",
+                    text(&output)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_eq!(
+        db.fingerprint().await,
+        before,
+        "a bad job changed the database"
+    );
+    let schema = db
+        .scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'backfilld'")
+        .await;
+    assert_eq!(
+        schema, 0,
+        "bad input must not even create backfilld's schema"
+    );
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM users").await, 50);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_2() {
+    let db = TestDb::new().await;
+    let path = db.write_job("ok.toml", &valid("", "email = \"customer_email\""));
+    // Port 1 on loopback: nothing listens there.
+    let output = cli_with_url(
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &["run", path.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("cannot connect to the database at postgres://postgres@127.0.0.1:1/postgres"),
+        "{stderr}"
+    );
+    let missing = db.cli(&["run", db.dir.join("missing.toml").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn check_reports_the_plan_and_writes_nothing() {
+    let db = TestDb::new().await;
+    db.exec(SETUP).await;
+    db.exec("ANALYZE users").await;
+    let before = db.fingerprint().await;
+    let path = db.write_job(
+        "ok.toml",
+        &valid("where = \"email IS NULL\"", "email = \"customer_email\""),
+    );
+    let output = db.cli(&["check", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "job copy_email: OK",
+        "public.users",
+        "about 50 rows",
+        "users_pkey",
+        "key walk",
+        "prepared",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    assert_eq!(db.fingerprint().await, before);
+    let schema = db
+        .scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'backfilld'")
+        .await;
+    assert_eq!(schema, 0);
+}

@@ -1,0 +1,169 @@
+//! Shared test support: a fresh database per test on the real PostgreSQL, job files in a
+//! temporary directory, and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database created for one test and dropped (with its connections) when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    pub dir: PathBuf,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server_url();
+        let name = format!(
+            "backfilld_test_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server)
+            .await
+            .expect("DATABASE_URL must point at a running PostgreSQL");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = with_database(&server, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDb {
+            name,
+            url,
+            pool,
+            dir,
+        }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn scalar_string(&self, sql: &str) -> Option<String> {
+        sqlx::query_scalar::<_, Option<String>>(AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A fingerprint of every row of every table outside the system schemas: equal before and
+    /// after means nothing changed.
+    pub async fn fingerprint(&self) -> String {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+              WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let mut parts = Vec::new();
+        for table in tables {
+            let digest = self
+                .scalar_string(&format!(
+                    "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+                ))
+                .await
+                .unwrap_or_default();
+            parts.push(format!("{table}:{digest}"));
+        }
+        parts.join("\n")
+    }
+
+    pub fn write_job(&self, file: &str, toml: &str) -> PathBuf {
+        let path = self.dir.join(file);
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// Runs the real binary against this database and waits for it.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with_url(&self.url, args)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // Best effort, synchronously: the test's runtime may already be gone.
+        let _ = Command::new("psql")
+            .arg(server_url())
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn with_database(server: &str, name: &str) -> String {
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (server, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    format!("{}/{}{}", &base[..path_start], name, query)
+}
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_backfilld"))
+}
+
+pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(bin());
+    command
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("BACKFILLD_CONFIG")
+        .env("RUST_LOG", "info");
+    command.output().expect("spawn backfilld")
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A simple job file body.
+pub fn job_toml(name: &str, table: &str, key: &str, set: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\ntable = \"{table}\"\nkey = {key}\n{extra}\n[set]\n{set}\n")
+}

@@ -1,0 +1,205 @@
+//! The real binary, interrupted: SIGKILL at random moments and SIGTERM, then run again. Every
+//! row of a non-idempotent job (`hits = hits + 1`) must end up incremented exactly once.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, job_toml, text, TestDb};
+use rand::Rng;
+
+fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
+    Command::new(bin())
+        .args(["run", job.to_str().unwrap()])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backfilld run")
+}
+
+/// Waits (polling the database, bounded) until the job has checkpointed at least `rows`.
+async fn wait_for_progress(db: &TestDb, rows: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scanned = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(rows_scanned)::int8 FROM backfilld.progress",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        if scanned >= rows {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress within 60s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn hits_summary(db: &TestDb) -> String {
+    db.scalar_string(
+        "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM t",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
+    let db = TestDb::new().await;
+    let rows = 20_000;
+    db.exec(&format!(
+        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
+    ))
+    .await;
+    let job = db.write_job(
+        "hits.toml",
+        &job_toml(
+            "hits",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            // Slow enough that the kills land mid-run; two partitions so they land mid-batch
+            // on one while the other commits.
+            "batch_size = 150\nrows_per_second = 8000\npartitions = 2",
+        ),
+    );
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for round in 0..4 {
+        let mut child = spawn_run(&db, &job);
+        wait_for_progress(&db, (round + 1) * 1_000).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        assert!(
+            status.code().is_none() || status.code() == Some(0),
+            "unexpected exit {status:?}"
+        );
+        // Between kills the table must always be consistent with the checkpoint: rows up to
+        // the cursors were incremented once, the rest not at all.
+        let scanned = db
+            .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
+            .await;
+        let touched = db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await;
+        let wrong = db.scalar_i64("SELECT count(*) FROM t WHERE hits > 1").await;
+        assert_eq!((touched, wrong), (scanned, 0), "after kill {round}");
+    }
+    assert!(
+        kills >= 3,
+        "the job finished too early to be killed ({kills} kills)"
+    );
+    let output = db.cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        hits_summary(&db).await,
+        format!("{rows} rows, min 1, max 1")
+    );
+}
+
+#[tokio::test]
+async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, 10000) i;",
+    )
+    .await;
+    let job = db.write_job(
+        "hits.toml",
+        &job_toml(
+            "hits",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nrows_per_second = 2000",
+        ),
+    );
+    let child = spawn_run(&db, &job);
+    wait_for_progress(&db, 500).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("checkpoint written"),
+        "{}",
+        text(&output)
+    );
+    let scanned = db
+        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
+        .await;
+    assert!(scanned > 0 && scanned < 10_000, "scanned {scanned}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        scanned
+    );
+    // The lease was released on the way out.
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
+            .await,
+        0
+    );
+    let output = db.cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(hits_summary(&db).await, "10000 rows, min 1, max 1");
+}
+
+#[tokio::test]
+async fn a_changed_definition_under_a_known_name_is_refused() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE t (id bigint PRIMARY KEY, a int, b int);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, 100) i;",
+    )
+    .await;
+    let first = db.write_job("a.toml", &job_toml("job", "t", "\"id\"", "a = \"1\"", ""));
+    assert_eq!(
+        db.cli(&["run", first.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let changed = db.write_job("b.toml", &job_toml("job", "t", "\"id\"", "b = \"2\"", ""));
+    let before = db.fingerprint().await;
+    let output = db.cli(&["run", changed.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("different definition") && stderr.contains("new name"),
+        "{stderr}"
+    );
+    assert_eq!(db.fingerprint().await, before);
+}
+
+#[tokio::test]
+async fn demo_runs_both_example_jobs() {
+    let db = TestDb::new().await;
+    let output = db.cli(&["demo", "--rows", "5000"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("job products_search: completed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("job users_email: completed"), "{stdout}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM backfilld.jobs WHERE state = 'completed'")
+            .await,
+        2
+    );
+    // A second demo starts from zero again.
+    let output = db.cli(&["demo", "--rows", "3000"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM users").await, 3000);
+}

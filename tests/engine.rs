@@ -1,0 +1,356 @@
+//! The batch engine against a real PostgreSQL: results equal a plain UPDATE, partitions and key
+//! types, rows inserted during a run, pause and lost leases, driven step by step.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backfilld::batch::Position;
+use backfilld::db::Schema;
+use backfilld::lease::Presence;
+use backfilld::spec::JobSpec;
+use backfilld::store::{jobs, progress, JobState};
+use backfilld::submit;
+use backfilld::worker::{JobRuntime, Step, Worker, WorkerEnv, WorkerExit};
+use common::{job_toml, text, TestDb};
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// A products table, and a copy to which one plain UPDATE is applied for comparison.
+async fn products(db: &TestDb, rows: i64) {
+    for table in ["products", "expected"] {
+        db.exec(&format!(
+            "CREATE TABLE {table} (
+                id bigint PRIMARY KEY, name text, brand text, description text,
+                search_tsvector tsvector);
+             INSERT INTO {table} (id, name, brand, description, search_tsvector)
+             SELECT i * 3, 'Widget ' || i, 'Brand ' || (i % 7), 'A fine widget number ' || i,
+                    CASE WHEN i % 10 = 0 THEN to_tsvector('english', 'already done') END
+               FROM generate_series(1, {rows}) i;"
+        ))
+        .await;
+    }
+}
+
+const SEARCH_SET: &str = r#"search_tsvector = """
+  setweight(to_tsvector('english', coalesce(name, '')), 'A') ||
+  setweight(to_tsvector('english', coalesce(brand, '')), 'B') ||
+  setweight(to_tsvector('english', coalesce(description, '')), 'C')""""#;
+
+#[tokio::test]
+async fn completed_job_equals_one_plain_update() {
+    let db = TestDb::new().await;
+    products(&db, 5_000).await;
+    db.exec(
+        "UPDATE expected SET search_tsvector =
+           setweight(to_tsvector('english', coalesce(name, '')), 'A') ||
+           setweight(to_tsvector('english', coalesce(brand, '')), 'B') ||
+           setweight(to_tsvector('english', coalesce(description, '')), 'C')
+         WHERE search_tsvector IS NULL",
+    )
+    .await;
+    let job = db.write_job(
+        "search.toml",
+        &job_toml(
+            "search",
+            "public.products",
+            "\"id\"",
+            SEARCH_SET,
+            "where = \"search_tsvector IS NULL\"\nbatch_size = 300",
+        ),
+    );
+    let output = db.cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("completed"), "{stdout}");
+
+    let differing = db
+        .scalar_i64(
+            "SELECT count(*) FROM products p FULL JOIN expected e USING (id)
+              WHERE p.search_tsvector IS DISTINCT FROM e.search_tsvector
+                 OR p.id IS NULL OR e.id IS NULL",
+        )
+        .await;
+    assert_eq!(differing, 0);
+    // 10% of rows were already done: scanned, not updated.
+    let (scanned, updated) = (
+        db.scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
+            .await,
+        db.scalar_i64("SELECT sum(rows_updated)::int8 FROM backfilld.progress")
+            .await,
+    );
+    assert_eq!((scanned, updated), (5_000, 4_500));
+    let state = db
+        .scalar_string("SELECT state FROM backfilld.jobs WHERE name = 'search'")
+        .await;
+    assert_eq!(state.as_deref(), Some("completed"));
+
+    // Running the completed file again is a no-op that exits 0.
+    let again = db.cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already completed"));
+    let events = db
+        .scalar_i64("SELECT count(*) FROM backfilld.events WHERE kind IN ('submitted', 'running', 'completed')")
+        .await;
+    assert_eq!(events, 3, "submitted, started, completed, each once");
+}
+
+/// Every row incremented exactly once, whatever the partitioning.
+async fn hits_table(db: &TestDb, table: &str, key_sql: &str, key_expr: &str, rows: i64) {
+    db.exec(&format!(
+        "CREATE TABLE {table} (k {key_sql} PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO {table} (k) SELECT {key_expr} FROM generate_series(1, {rows}) i;"
+    ))
+    .await;
+}
+
+async fn assert_each_hit_once(db: &TestDb, table: &str, rows: i64) {
+    let summary = db
+        .scalar_string(&format!(
+            "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM {table}"
+        ))
+        .await;
+    assert_eq!(
+        summary.as_deref(),
+        Some(&*format!("{rows} rows, min 1, max 1"))
+    );
+}
+
+#[tokio::test]
+async fn four_partitions_give_the_same_result_as_one() {
+    let db = TestDb::new().await;
+    products(&db, 4_000).await;
+    db.exec("CREATE TABLE products_one AS SELECT * FROM products; ALTER TABLE products_one ADD PRIMARY KEY (id);")
+        .await;
+    for (name, table, partitions) in [("one", "products_one", 1), ("four", "products", 4)] {
+        let job = db.write_job(
+            &format!("{name}.toml"),
+            &job_toml(
+                name,
+                table,
+                "\"id\"",
+                SEARCH_SET,
+                &format!(
+                    "where = \"search_tsvector IS NULL\"\nbatch_size = 250\npartitions = {partitions}"
+                ),
+            ),
+        );
+        let output = db.cli(&["run", job.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    }
+    let partitions = db
+        .scalar_i64("SELECT count(*) FROM backfilld.progress p JOIN backfilld.jobs j ON j.id = p.job_id WHERE j.name = 'four'")
+        .await;
+    assert_eq!(partitions, 4);
+    let differing = db
+        .scalar_i64(
+            "SELECT count(*) FROM products p FULL JOIN products_one o USING (id)
+              WHERE p.search_tsvector IS DISTINCT FROM o.search_tsvector OR p.id IS NULL OR o.id IS NULL",
+        )
+        .await;
+    assert_eq!(differing, 0);
+    let nulls = db
+        .scalar_i64("SELECT count(*) FROM products WHERE search_tsvector IS NULL")
+        .await;
+    assert_eq!(nulls, 0);
+}
+
+#[tokio::test]
+async fn uuid_text_and_composite_keys_each_row_once() {
+    let db = TestDb::new().await;
+    hits_table(&db, "by_uuid", "uuid", "gen_random_uuid()", 3_000).await;
+    // Text keys with awkward values: empty, 'null', mixed case and non-ASCII.
+    hits_table(&db, "by_text", "text", "md5(i::text)", 2_000).await;
+    db.exec("INSERT INTO by_text (k) VALUES (''), ('null'), ('NULL'), ('Zürich'), ('a b')")
+        .await;
+    db.exec(
+        "CREATE TABLE by_pair (tenant_id int NOT NULL, id bigint NOT NULL, hits int NOT NULL DEFAULT 0,
+                               PRIMARY KEY (tenant_id, id));
+         INSERT INTO by_pair (tenant_id, id) SELECT i % 7, i FROM generate_series(1, 2500) i;",
+    )
+    .await;
+    let cases = [
+        ("uuids", "by_uuid", "\"k\"", 4, 3_000),
+        ("texts", "by_text", "\"k\"", 3, 2_005),
+        ("pairs", "by_pair", "[\"tenant_id\", \"id\"]", 3, 2_500),
+    ];
+    for (name, table, key, partitions, rows) in cases {
+        let job = db.write_job(
+            &format!("{name}.toml"),
+            &job_toml(
+                name,
+                table,
+                key,
+                "hits = \"hits + 1\"",
+                &format!("batch_size = 97\npartitions = {partitions}"),
+            ),
+        );
+        let output = db.cli(&["run", job.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{name}: {}", text(&output));
+        assert_each_hit_once(&db, table, rows).await;
+    }
+}
+
+/// Submits a job through the library and claims its partitions as this test's "process".
+async fn start_job(
+    db: &TestDb,
+    toml: &str,
+) -> (Arc<JobRuntime>, WorkerEnv, Vec<Position>, Presence) {
+    let spec = JobSpec::from_toml(toml, "test").unwrap();
+    let schema = Schema::new("backfilld");
+    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
+    let resolved = submit::resolve(&db.pool, &spec).await.unwrap();
+    let submitted = submit::find_or_submit(&db.pool, &schema, &spec, resolved.clone(), "test")
+        .await
+        .unwrap();
+    let id = submitted.job.id;
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::transition(&mut tx, &schema, id, JobState::Running, "test", None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let presence = Presence::new(&db.url);
+    let holder = presence.holder().await.unwrap();
+    let claims = progress::claim(&db.pool, &schema, &holder, TTL, Some(id), 100)
+        .await
+        .unwrap();
+    let positions = claims.into_iter().map(Position::from).collect();
+    let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, TTL));
+    let env = WorkerEnv {
+        pool: db.pool.clone(),
+        schema,
+        lease_ttl: TTL,
+        actor: "test".into(),
+    };
+    (runtime, env, positions, presence)
+}
+
+#[tokio::test]
+async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
+    let db = TestDb::new().await;
+    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "grow",
+            "t",
+            "\"k\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 300",
+        ),
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let mut worker = Worker::new(env, runtime, positions.remove(0));
+    assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
+    assert_eq!(worker.position.cursor, Some(vec!["300".to_string()]));
+    // The application keeps inserting, above the cursor and beyond the old maximum.
+    db.exec("INSERT INTO t (k) SELECT i FROM generate_series(1001, 1500) i")
+        .await;
+    let mut steps = 1;
+    loop {
+        match worker.step(&cancel).await {
+            Step::Continue { .. } => steps += 1,
+            Step::Exit(exit) => {
+                assert_eq!(exit, WorkerExit::JobCompleted);
+                break;
+            }
+        }
+        assert!(steps < 20, "the walk should end");
+    }
+    assert_each_hit_once(&db, "t", 1_500).await;
+}
+
+#[tokio::test]
+async fn a_paused_job_or_a_lost_lease_writes_nothing() {
+    let db = TestDb::new().await;
+    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "careful",
+            "t",
+            "\"k\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100",
+        ),
+    )
+    .await;
+    let schema = env.schema.clone();
+    let cancel = CancellationToken::new();
+    let mut worker = Worker::new(env, runtime, positions.remove(0));
+    assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
+    assert_eq!(db.scalar_i64("SELECT sum(hits)::int8 FROM t").await, 100);
+
+    // An operator pauses the job (from any process: the state lives in the database).
+    let job_id = worker.position.job_id;
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::transition(&mut tx, &schema, job_id, JobState::Paused, "oncall", None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        worker.step(&cancel).await,
+        Step::Exit(WorkerExit::Stopped(JobState::Paused))
+    );
+    assert_eq!(db.scalar_i64("SELECT sum(hits)::int8 FROM t").await, 100);
+
+    // Resumed, but meanwhile another process took the lease over: this worker is fenced out.
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::transition(&mut tx, &schema, job_id, JobState::Running, "oncall", None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    db.exec("UPDATE backfilld.progress SET lease_token = gen_random_uuid()")
+        .await;
+    assert_eq!(
+        worker.step(&cancel).await,
+        Step::Exit(WorkerExit::LeaseLost)
+    );
+    assert_eq!(db.scalar_i64("SELECT sum(hits)::int8 FROM t").await, 100);
+    let cursor = db
+        .scalar_string("SELECT array_to_string(cursor, ',') FROM backfilld.progress")
+        .await;
+    assert_eq!(cursor.as_deref(), Some("100"));
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_over_several_seconds() {
+    let db = TestDb::new().await;
+    hits_table(&db, "t", "bigint", "i", 10_000).await;
+    let job = db.write_job(
+        "slow.toml",
+        &job_toml(
+            "slow",
+            "t",
+            "\"k\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nrows_per_second = 2000\npartitions = 2",
+        ),
+    );
+    let started = Instant::now();
+    let output = db.cli(&["run", job.to_str().unwrap()]);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    // Measured from the checkpoints the database recorded, not from process start-up.
+    let span = sqlx::query_scalar::<_, f64>(
+        "SELECT extract(epoch FROM max(p.updated_at) - min(p.started_at))::float8 FROM backfilld.progress p",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let rate = 10_000.0 / span;
+    println!(
+        "rate limit 2000 rows/s: measured {rate:.0} rows/s over {span:.2}s (process {elapsed:.2}s)"
+    );
+    // Loose bounds: the limiter must never let the job run fast; a slow shared machine may
+    // make it run slower than the limit, so the lower bound is generous.
+    assert!(rate <= 2_200.0, "rate {rate:.0} rows/s exceeds the limit");
+    assert!(
+        rate >= 1_000.0,
+        "rate {rate:.0} rows/s is far below the limit"
+    );
+    assert_each_hit_once(&db, "t", 10_000).await;
+}
