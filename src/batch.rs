@@ -10,13 +10,25 @@ use crate::db::{sql, Schema};
 use crate::statement::{BatchSql, Lower};
 use crate::store::{jobs, progress, JobState};
 
-/// Why a batch did not commit, and whether trying again can help.
+/// Whether trying a failed batch again can help, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Contention or a timeout: try again, up to `max_attempts`.
+    Attempt,
+    /// The database is unreachable or restarting: not the batch's fault, so wait for it
+    /// (with backoff) without spending attempts.
+    Reconnect,
+    /// Retrying cannot help (bad data for an expression, a dropped column): fail the job.
+    Never,
+}
+
+/// Why a batch did not commit. The transaction rolled back, so nothing of it remains.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct BatchError {
     pub message: String,
     pub sqlstate: Option<String>,
-    pub retryable: bool,
+    pub retry: Retry,
 }
 
 impl From<sqlx::Error> for BatchError {
@@ -24,14 +36,13 @@ impl From<sqlx::Error> for BatchError {
         match &error {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.to_string());
-                let retryable = code.as_deref().is_some_and(is_retryable_sqlstate);
                 BatchError {
                     message: match &code {
                         Some(code) => format!("{} (SQLSTATE {code})", db.message()),
                         None => db.message().to_string(),
                     },
+                    retry: code.as_deref().map_or(Retry::Never, retry_for_sqlstate),
                     sqlstate: code,
-                    retryable,
                 }
             }
             // Lost connections, pool time-outs and I/O errors: the next attempt gets a new
@@ -44,31 +55,33 @@ impl From<sqlx::Error> for BatchError {
             | sqlx::Error::WorkerCrashed => BatchError {
                 message: error.to_string(),
                 sqlstate: None,
-                retryable: true,
+                retry: Retry::Reconnect,
             },
             _ => BatchError {
                 message: error.to_string(),
                 sqlstate: None,
-                retryable: false,
+                retry: Retry::Never,
             },
         }
     }
 }
 
-/// Errors a later attempt can get past: contention, timeouts, the server going away.
-fn is_retryable_sqlstate(code: &str) -> bool {
-    matches!(
-        code,
+fn retry_for_sqlstate(code: &str) -> Retry {
+    match code {
         "40001" // serialization_failure
         | "40P01" // deadlock_detected
         | "55P03" // lock_not_available (lock_timeout)
         | "57014" // query_canceled (statement_timeout)
-        | "57P01" // admin_shutdown
+        | "25P03" // idle_in_transaction_session_timeout
+        => Retry::Attempt,
+        "57P01" // admin_shutdown
         | "57P02" // crash_shutdown
         | "57P03" // cannot_connect_now
         | "53300" // too_many_connections
-        | "25P03" // idle_in_transaction_session_timeout
-    ) || code.starts_with("08") // connection exceptions
+        => Retry::Reconnect,
+        _ if code.starts_with("08") => Retry::Reconnect, // connection exceptions
+        _ => Retry::Never,
+    }
 }
 
 /// Where a partition stands, as its worker tracks it between batches.
@@ -110,6 +123,16 @@ pub struct Tunables {
     pub batch_size: u32,
     pub rows_per_second: Option<u32>,
     pub pause: Option<Duration>,
+}
+
+impl Tunables {
+    pub fn of(spec: &crate::spec::JobSpec) -> Tunables {
+        Tunables {
+            batch_size: spec.batch_size,
+            rows_per_second: spec.rows_per_second,
+            pause: spec.pause,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

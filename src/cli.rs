@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::Client;
 use crate::commands;
 use crate::config::{Overrides, Settings};
 
@@ -24,8 +25,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the client commands find the daemon.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// The daemon's URL.
+    #[arg(long, env = "BACKFILLD_URL", default_value = "http://127.0.0.1:9780")]
+    pub url: String,
+    /// Bearer token.
+    #[arg(long, env = "BACKFILLD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: runs submitted jobs and serves the HTTP API until SIGTERM.
+    Serve {
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        jobs_dir: Option<PathBuf>,
+    },
     /// Run one job in the foreground to its end; run it again to resume after any interruption.
     Run {
         /// The job definition (TOML).
@@ -33,6 +54,9 @@ pub enum Command {
         /// PostgreSQL URL; defaults to $DATABASE_URL.
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// Also serve the HTTP API (status, pause, metrics) while the job runs.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Check a job against the database without writing anything.
     Check {
@@ -52,6 +76,38 @@ pub enum Command {
         /// Rows per demo table.
         #[arg(long, default_value_t = 300_000)]
         rows: u64,
+    },
+    /// Submit a job file to a running daemon.
+    Submit {
+        job: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show jobs (or one job with its partitions) as a table, or as JSON.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Pause a job: every partition stops within one batch, on every replica.
+    Pause {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume a paused or failed job from its checkpoints.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job for good.
+    Cancel {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -80,30 +136,72 @@ impl CliError {
 }
 
 impl Cli {
-    fn overrides(&self, database_url: Option<&String>) -> Overrides {
-        Overrides {
+    fn overrides(&self) -> Overrides {
+        let mut overrides = Overrides {
             config_file: self.config.clone(),
-            database_url: database_url.cloned(),
             log_format: self.log_format.clone(),
             ..Overrides::default()
+        };
+        match &self.command {
+            Command::Serve {
+                listen,
+                database_url,
+                jobs_dir,
+            } => {
+                overrides.listen = listen.clone();
+                overrides.database_url = database_url.clone();
+                overrides.jobs_dir = jobs_dir.clone();
+            }
+            Command::Run {
+                database_url,
+                listen,
+                ..
+            } => {
+                overrides.listen = listen.clone();
+                overrides.database_url = database_url.clone();
+            }
+            Command::Check { database_url, .. }
+            | Command::Migrate { database_url }
+            | Command::Demo { database_url, .. } => {
+                overrides.database_url = database_url.clone();
+            }
+            Command::Submit { .. }
+            | Command::Status { .. }
+            | Command::Pause { .. }
+            | Command::Resume { .. }
+            | Command::Cancel { .. } => {}
         }
+        overrides
     }
 
     /// Loads settings for the chosen command (exit 2 on a bad value) and runs it.
     pub async fn execute(self) -> Result<i32, CliError> {
-        let database_url = match &self.command {
-            Command::Run { database_url, .. }
-            | Command::Check { database_url, .. }
-            | Command::Migrate { database_url }
-            | Command::Demo { database_url, .. } => database_url.as_ref(),
-        };
-        let settings = Settings::load(&self.overrides(database_url)).map_err(CliError::invalid)?;
+        let settings = Settings::load(&self.overrides()).map_err(CliError::invalid)?;
         crate::telemetry::init(settings.log_format);
+        let client = |remote: &Remote| Client::new(&remote.url, remote.token.clone());
         match self.command {
-            Command::Run { job, .. } => commands::run::execute(&settings, &job).await,
+            Command::Serve { .. } => commands::serve::execute(&settings).await,
+            Command::Run { job, listen, .. } => {
+                commands::run::execute(&settings, &job, listen.is_some()).await
+            }
             Command::Check { job, .. } => commands::check::execute(&settings, &job).await,
             Command::Migrate { .. } => commands::migrate::execute(&settings).await,
             Command::Demo { rows, .. } => commands::demo::execute(&settings, rows).await,
+            Command::Submit { job, remote } => {
+                commands::client::submit(&client(&remote), &job).await
+            }
+            Command::Status { name, json, remote } => {
+                commands::client::status(&client(&remote), name.as_deref(), json).await
+            }
+            Command::Pause { name, remote } => {
+                commands::client::act(&client(&remote), &name, "pause").await
+            }
+            Command::Resume { name, remote } => {
+                commands::client::act(&client(&remote), &name, "resume").await
+            }
+            Command::Cancel { name, remote } => {
+                commands::client::act(&client(&remote), &name, "cancel").await
+            }
         }
     }
 }

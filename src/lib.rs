@@ -4,17 +4,21 @@
 //! Start at [`cli`] for the commands, [`scheduler`] and [`worker`] for the engine, [`batch`] for
 //! the transaction at its heart.
 
+pub mod api;
 pub mod batch;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod db;
 pub mod display;
+pub mod jobs_dir;
 pub mod lease;
 pub mod limiter;
 pub mod migrate;
 pub mod partition;
+pub mod rates;
 pub mod scheduler;
 pub mod shutdown;
 pub mod spec;

@@ -2,6 +2,7 @@
 //! process, counting rows, re-tunable while the job runs.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -59,8 +60,14 @@ impl Limiter {
             .map(|c| c.rate)
     }
 
-    /// Waits until `rows` may be processed. Returns false if cancelled first.
-    pub async fn acquire(&self, rows: u32, cancel: &CancellationToken) -> bool {
+    /// Waits until `rows` may be processed, holding `throttled` true while it waits.
+    /// Returns false if cancelled first.
+    pub async fn acquire(
+        &self,
+        rows: u32,
+        cancel: &CancellationToken,
+        throttled: &AtomicBool,
+    ) -> bool {
         let Some(Configured { burst, limiter, .. }) =
             self.current.lock().expect("limiter lock poisoned").clone()
         else {
@@ -73,13 +80,18 @@ impl Limiter {
             let Some(n) = NonZeroU32::new(take) else {
                 break;
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                result = limiter.until_n_ready(n) => {
-                    if result.is_err() {
-                        // Cannot happen: `take` never exceeds the burst.
-                        break;
-                    }
+            if !matches!(limiter.check_n(n), Ok(Ok(()))) {
+                throttled.store(true, Ordering::Relaxed);
+                let waited = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    result = limiter.until_n_ready(n) => Some(result),
+                };
+                throttled.store(false, Ordering::Relaxed);
+                match waited {
+                    None => return false,
+                    // Cannot happen: `take` never exceeds the burst.
+                    Some(Err(_)) => break,
+                    Some(Ok(())) => {}
                 }
             }
             remaining -= take;

@@ -16,7 +16,7 @@ use crate::catalog;
 use crate::db::Schema;
 use crate::lease::{self, HeldLeases, Presence};
 use crate::store::{jobs, progress, JobState};
-use crate::worker::{JobRuntime, Worker, WorkerEnv, WorkerExit};
+use crate::worker::{JobRuntime, LocalJobs, Worker, WorkerEnv, WorkerExit};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -36,8 +36,14 @@ pub struct Scheduler {
     only_job: Option<i64>,
     presence: Arc<Presence>,
     held: HeldLeases,
-    /// Resolved jobs by id, shared by their workers (rate limiter, counters).
-    runtimes: HashMap<i64, Arc<JobRuntime>>,
+    /// Resolved jobs by id, shared by their workers (rate limiter, counters), each with a
+    /// token (a child of the root) cancelled when the job is seen leaving `running`, so
+    /// workers waiting on the rate limit or a pause stop within one poll.
+    runtimes: HashMap<i64, (Arc<JobRuntime>, CancellationToken)>,
+    /// Where the API looks up what this process runs.
+    registry: LocalJobs,
+    /// The root token, set when `run` starts.
+    root: CancellationToken,
     /// Which lease each worker task holds, so even a panicked worker's lease is released.
     tasks: HashMap<tokio::task::Id, Uuid>,
 }
@@ -63,6 +69,8 @@ impl Scheduler {
             presence: Arc::new(Presence::new(database_url)),
             held: HeldLeases::default(),
             runtimes: HashMap::new(),
+            registry: LocalJobs::default(),
+            root: CancellationToken::new(),
             tasks: HashMap::new(),
         }
     }
@@ -70,11 +78,26 @@ impl Scheduler {
     /// Restricts the pool to one job whose runtime the caller already built (and watches).
     pub fn only(mut self, runtime: Arc<JobRuntime>) -> Scheduler {
         self.only_job = Some(runtime.id);
-        self.runtimes.insert(runtime.id, runtime);
+        self.runtimes
+            .insert(runtime.id, (runtime, CancellationToken::new()));
+        self
+    }
+
+    /// Shares the runtimes of running jobs with the API.
+    pub fn register_in(mut self, registry: LocalJobs) -> Scheduler {
+        self.registry = registry;
         self
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> Result<SchedulerExit, sqlx::Error> {
+        self.root = cancel.clone();
+        for (runtime, token) in self.runtimes.values_mut() {
+            *token = cancel.child_token();
+            self.registry
+                .lock()
+                .expect("registry lock poisoned")
+                .insert(runtime.id, runtime.clone());
+        }
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(lease::heartbeat(
             self.env.pool.clone(),
@@ -101,9 +124,12 @@ impl Scheduler {
                 }
                 return Ok(SchedulerExit::Shutdown);
             }
+            if let Err(e) = self.watch_jobs().await {
+                tracing::warn!(error = %e, "could not read job states; will retry");
+            }
             let free = self.workers.saturating_sub(active.len());
             if free > 0 {
-                if let Err(e) = self.claim_and_spawn(free, &mut active, cancel).await {
+                if let Err(e) = self.claim_and_spawn(free, &mut active).await {
                     tracing::warn!(error = %e, "could not claim partitions; will retry");
                 }
             }
@@ -131,8 +157,10 @@ impl Scheduler {
         &mut self,
         free: usize,
         active: &mut JoinSet<WorkerExit>,
-        cancel: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
+        if self.only_job.is_none() {
+            self.start_queued_jobs().await?;
+        }
         let holder = self.presence.holder().await?;
         let claims = progress::claim(
             &self.env.pool,
@@ -145,7 +173,7 @@ impl Scheduler {
         .await?;
         for claim in claims {
             self.held.insert(claim.lease_token);
-            let Some(runtime) = self.runtime(claim.job_id).await? else {
+            let Some((runtime, job_cancel)) = self.runtime(claim.job_id).await? else {
                 self.release(claim.lease_token).await;
                 continue;
             };
@@ -157,7 +185,7 @@ impl Scheduler {
             );
             let token = claim.lease_token;
             let worker = Worker::new(self.env.clone(), runtime, Position::from(claim));
-            let handle = active.spawn(worker.run(cancel.clone()));
+            let handle = active.spawn(worker.run(job_cancel));
             self.tasks.insert(handle.id(), token);
         }
         Ok(())
@@ -165,9 +193,12 @@ impl Scheduler {
 
     /// The job's runtime, resolving its spec against the catalog the first time. A job that no
     /// longer resolves (its table or a column is gone) is failed with the reason.
-    async fn runtime(&mut self, job_id: i64) -> Result<Option<Arc<JobRuntime>>, sqlx::Error> {
-        if let Some(runtime) = self.runtimes.get(&job_id) {
-            return Ok(Some(runtime.clone()));
+    async fn runtime(
+        &mut self,
+        job_id: i64,
+    ) -> Result<Option<(Arc<JobRuntime>, CancellationToken)>, sqlx::Error> {
+        if let Some(entry) = self.runtimes.get(&job_id) {
+            return Ok(Some(entry.clone()));
         }
         let Some(row) = jobs::find(&self.env.pool, &self.env.schema, job_id).await? else {
             return Ok(None);
@@ -190,8 +221,13 @@ impl Scheduler {
                     &resolved,
                     self.env.lease_ttl,
                 ));
-                self.runtimes.insert(job_id, runtime.clone());
-                Ok(Some(runtime))
+                self.registry
+                    .lock()
+                    .expect("registry lock poisoned")
+                    .insert(job_id, runtime.clone());
+                let entry = (runtime, self.root.child_token());
+                self.runtimes.insert(job_id, entry.clone());
+                Ok(Some(entry))
             }
             Err(message) => {
                 let message = format!("job no longer matches the database: {message}");
@@ -207,6 +243,62 @@ impl Scheduler {
                 Ok(None)
             }
         }
+    }
+
+    /// Looks at the jobs this process runs: a job that left `running` has its workers
+    /// stopped now (not at their next batch), and PATCHed tunables reach the rate limiter.
+    async fn watch_jobs(&mut self) -> Result<(), sqlx::Error> {
+        if self.runtimes.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = self.runtimes.keys().copied().collect();
+        let rows = jobs::states_and_tunables(&self.env.pool, &self.env.schema, &ids).await?;
+        for id in ids {
+            match rows.iter().find(|r| r.0 == id) {
+                Some((_, state, tunables)) if *state == JobState::Running => {
+                    if let (Some((runtime, _)), Some(tunables)) =
+                        (self.runtimes.get(&id), tunables)
+                    {
+                        runtime.apply(tunables.clone());
+                    }
+                }
+                _ if self.only_job == Some(id) => {
+                    // One-job mode keeps its runtime (the caller watches it); its workers
+                    // stop at the next batch or through the token.
+                    if let Some((_, token)) = self.runtimes.get(&id) {
+                        token.cancel();
+                    }
+                }
+                _ => {
+                    if let Some((_, token)) = self.runtimes.remove(&id) {
+                        token.cancel();
+                    }
+                    self.registry
+                        .lock()
+                        .expect("registry lock poisoned")
+                        .remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves queued jobs to running (the daemon starts what was submitted).
+    async fn start_queued_jobs(&self) -> Result<(), sqlx::Error> {
+        for id in jobs::queued(&self.env.pool, &self.env.schema).await? {
+            let mut tx = self.env.pool.begin().await?;
+            jobs::transition(
+                &mut tx,
+                &self.env.schema,
+                id,
+                JobState::Running,
+                &self.env.actor,
+                Some("started by the daemon"),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     async fn finish(

@@ -31,13 +31,14 @@ pub const MAX_PARTITIONS: u32 = 256;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
 /// A backfill job as its author wrote it. Field names are the public job format (DESIGN.md §1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub name: String,
     /// `[schema.]table`, resolved against the catalog, never spliced into SQL unquoted.
     pub table: String,
     /// One column or several, in key order.
+    #[schema(schema_with = key_schema)]
     pub key: KeyColumns,
     /// A predicate selecting rows that still need the update.
     #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +52,7 @@ pub struct JobSpec {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "50ms")]
     pub pause: Option<Duration>,
     #[serde(default = "default_partitions")]
     pub partitions: u32,
@@ -59,18 +61,31 @@ pub struct JobSpec {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "1s")]
     pub lock_timeout: Option<Duration>,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "30s")]
     pub statement_timeout: Option<Duration>,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// Column = SQL expression over the row's own columns. Ordered so that generated SQL and
     /// stored specs compare equal however the author ordered the table.
     pub set: BTreeMap<String, String>,
+}
+
+/// `key` is a column name or a list of them.
+fn key_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
+            .build(),
+    )
 }
 
 fn default_batch_size() -> u32 {

@@ -16,6 +16,8 @@ pub enum SubmitError {
     Invalid(#[from] CheckError),
     #[error("job {name:?} already exists with a different definition (fields that differ: {fields}); give the new definition a new name, or cancel the old job and submit it under a new name")]
     Conflict { name: String, fields: String },
+    #[error("job {0:?} already exists")]
+    NameTaken(String),
     #[error("{0}")]
     Stored(String),
     #[error("database: {0}")]
@@ -53,23 +55,47 @@ pub async fn find_or_submit(
             resolved,
         });
     }
+    match submit_new(pool, schema, spec, &resolved, actor).await {
+        Ok(job) => Ok(Submitted {
+            job,
+            created: true,
+            resolved,
+        }),
+        // Lost a race with another submitter of the same name.
+        Err(SubmitError::NameTaken(_)) => {
+            let job = jobs::find_by_name(pool, schema, &spec.name)
+                .await?
+                .ok_or_else(|| SubmitError::Stored("job vanished while submitting".into()))?;
+            check_same_work(&job, spec)?;
+            Ok(Submitted {
+                job,
+                created: false,
+                resolved,
+            })
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Plans and inserts a new `queued` job; `NameTaken` if the name exists, whatever its
+/// definition.
+pub async fn submit_new(
+    pool: &PgPool,
+    schema: &Schema,
+    spec: &JobSpec,
+    resolved: &ResolvedJob,
+    actor: &str,
+) -> Result<jobs::JobRow, SubmitError> {
+    if jobs::find_by_name(pool, schema, &spec.name).await?.is_some() {
+        return Err(SubmitError::NameTaken(spec.name.clone()));
+    }
     let plan = {
         let mut conn = pool.acquire().await?;
-        partition::plan(&mut conn, &resolved, spec.partitions).await?
+        partition::plan(&mut conn, resolved, spec.partitions).await?
     };
     let mut tx = pool.begin().await?;
     let Some(id) = jobs::insert(&mut tx, schema, spec, plan.estimated_rows).await? else {
-        // Lost a race with another submitter of the same name.
-        drop(tx);
-        let job = jobs::find_by_name(pool, schema, &spec.name)
-            .await?
-            .ok_or_else(|| SubmitError::Stored("job vanished while submitting".into()))?;
-        check_same_work(&job, spec)?;
-        return Ok(Submitted {
-            job,
-            created: false,
-            resolved,
-        });
+        return Err(SubmitError::NameTaken(spec.name.clone()));
     };
     progress::insert_partitions(&mut tx, schema, id, &plan.ranges).await?;
     let detail = format!(
@@ -88,14 +114,9 @@ pub async fn find_or_submit(
     )
     .await?;
     tx.commit().await?;
-    let job = jobs::find(pool, schema, id)
+    jobs::find(pool, schema, id)
         .await?
-        .ok_or_else(|| SubmitError::Stored("job vanished after submitting".into()))?;
-    Ok(Submitted {
-        job,
-        created: true,
-        resolved,
-    })
+        .ok_or_else(|| SubmitError::Stored("job vanished after submitting".into()))
 }
 
 fn check_same_work(job: &jobs::JobRow, spec: &JobSpec) -> Result<(), SubmitError> {

@@ -1,7 +1,8 @@
 //! A partition's worker: takes batches one after another under the job's rate limit, retries
 //! what can be retried, and looks at the cancellation token only between batches.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Timeouts, Tunables};
+use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Retry, Timeouts, Tunables};
 use crate::catalog::ResolvedJob;
 use crate::db::Schema;
 use crate::limiter::Limiter;
@@ -25,7 +26,12 @@ pub struct JobStats {
     pub batches_retried: AtomicU64,
     pub batches_failed: AtomicU64,
     pub batch_size: AtomicU32,
+    /// True while a worker of this job waits on the rate limiter.
+    pub rate_limited: AtomicBool,
 }
+
+/// The jobs this process is running, by id, for the API's view of local state.
+pub type LocalJobs = Arc<Mutex<HashMap<i64, Arc<JobRuntime>>>>;
 
 /// Everything the workers of one job share in this process.
 pub struct JobRuntime {
@@ -56,11 +62,7 @@ impl JobRuntime {
             max_attempts: spec.max_attempts,
             limiter: Limiter::new(spec.rows_per_second, spec.batch_size),
             stats,
-            tunables: Mutex::new(Tunables {
-                batch_size: spec.batch_size,
-                rows_per_second: spec.rows_per_second,
-                pause: spec.pause,
-            }),
+            tunables: Mutex::new(Tunables::of(spec)),
         }
     }
 
@@ -71,7 +73,8 @@ impl JobRuntime {
             .clone()
     }
 
-    fn apply(&self, tunables: Tunables) {
+    /// Applies new tunables (from a batch's fence read, or a PATCH seen by the scheduler).
+    pub fn apply(&self, tunables: Tunables) {
         self.limiter
             .configure(tunables.rows_per_second, tunables.batch_size);
         self.stats
@@ -117,7 +120,10 @@ pub struct Worker {
     env: WorkerEnv,
     job: Arc<JobRuntime>,
     pub position: Position,
+    /// Tries of the current batch that failed; reset when a batch commits.
     failed_attempts: u32,
+    /// Consecutive waits for an unreachable database (they do not spend attempts).
+    reconnect_waits: u32,
 }
 
 impl Worker {
@@ -127,6 +133,7 @@ impl Worker {
             job,
             position,
             failed_attempts: 0,
+            reconnect_waits: 0,
         }
     }
 
@@ -153,7 +160,13 @@ impl Worker {
     /// Tests drive this directly instead of sleeping.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
         let tunables = self.job.tunables();
-        if !self.job.limiter.acquire(tunables.batch_size, cancel).await {
+        let limited = &self.job.stats.rate_limited;
+        if !self
+            .job
+            .limiter
+            .acquire(tunables.batch_size, cancel, limited)
+            .await
+        {
             return Step::Exit(WorkerExit::Shutdown);
         }
         let ctx = BatchContext {
@@ -174,6 +187,7 @@ impl Worker {
                 tunables,
             }) => {
                 self.failed_attempts = 0;
+                self.reconnect_waits = 0;
                 let stats = &self.job.stats;
                 stats
                     .rows_scanned
@@ -207,11 +221,23 @@ impl Worker {
     }
 
     async fn on_error(&mut self, error: BatchError, cancel: &CancellationToken) -> Step {
-        self.failed_attempts += 1;
         let stats = &self.job.stats;
-        if error.retryable && self.failed_attempts < self.job.max_attempts {
+        let delay = match error.retry {
+            Retry::Reconnect => {
+                self.reconnect_waits += 1;
+                Some(backoff(self.reconnect_waits))
+            }
+            Retry::Attempt if self.failed_attempts + 1 < self.job.max_attempts => {
+                self.failed_attempts += 1;
+                Some(backoff(self.failed_attempts))
+            }
+            Retry::Attempt | Retry::Never => {
+                self.failed_attempts += 1;
+                None
+            }
+        };
+        if let Some(delay) = delay {
             stats.batches_retried.fetch_add(1, Ordering::Relaxed);
-            let delay = backoff(self.failed_attempts);
             tracing::warn!(
                 job = %self.job.name,
                 partition = self.position.partition_index,
@@ -228,7 +254,7 @@ impl Worker {
             return Step::Continue { pause: None };
         }
         stats.batches_failed.fetch_add(1, Ordering::Relaxed);
-        let message = if error.retryable {
+        let message = if error.retry == Retry::Attempt {
             format!(
                 "batch on partition {} failed {} times, last: {}",
                 self.position.partition_index, self.failed_attempts, error.message

@@ -92,7 +92,7 @@ pub async fn execute(settings: &Settings, rows: u64) -> Result<i32, CliError> {
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     for spec in &jobs {
         println!("▶ {} — {}", spec.name, spec.table);
-        let code = super::run::run_job(settings, spec, &shutdown).await?;
+        let code = super::run::run_job(settings, spec, &shutdown, false).await?;
         if code != 0 {
             return Ok(code);
         }

@@ -1,9 +1,11 @@
 //! One module per command of the command line.
 
 pub mod check;
+pub mod client;
 pub mod demo;
 pub mod migrate;
 pub mod run;
+pub mod serve;
 
 use sqlx::PgPool;
 

@@ -19,22 +19,26 @@ use crate::shutdown::Shutdown;
 use crate::spec::JobSpec;
 use crate::store::{jobs, progress, JobState};
 use crate::submit::{self, SubmitError};
-use crate::worker::JobRuntime;
+use crate::rates::Rates;
+use crate::worker::{JobRuntime, LocalJobs};
+use tokio_util::sync::CancellationToken;
 
 /// Recorded as the actor of what a foreground run does.
 pub const ACTOR: &str = "cli";
 
-pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> {
+pub async fn execute(settings: &Settings, path: &Path, serve_api: bool) -> Result<i32, CliError> {
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
-    run_job(settings, &spec, &shutdown).await
+    run_job(settings, &spec, &shutdown, serve_api).await
 }
 
-/// Runs `spec` to its end (or until `shutdown`); returns the exit code.
+/// Runs `spec` to its end (or until `shutdown`); returns the exit code. With `serve_api`, the
+/// HTTP API listens on `settings.listen` while the job runs.
 pub async fn run_job(
     settings: &Settings,
     spec: &JobSpec,
     shutdown: &Shutdown,
+    serve_api: bool,
 ) -> Result<i32, CliError> {
     let pool = super::connect(settings, spec.partitions.saturating_add(3)).await?;
     let submit_error = |e: SubmitError| match e {
@@ -116,6 +120,25 @@ pub async fn run_job(
             "resuming from the checkpoint"
         );
     }
+    let local = LocalJobs::default();
+    let http_stop = CancellationToken::new();
+    let http = if serve_api {
+        let rates = Rates::default();
+        let (address, server) = super::serve::start_http(
+            settings,
+            pool.clone(),
+            schema.clone(),
+            local.clone(),
+            rates.clone(),
+            http_stop.clone(),
+        )
+        .await?;
+        tracing::info!("API listening on http://{address}");
+        let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
+        Some((server, sampler))
+    } else {
+        None
+    };
     let started = Instant::now();
     let display = Display::start(runtime.clone(), baseline);
     let url = settings.require_database_url().map_err(CliError::invalid)?;
@@ -127,9 +150,15 @@ pub async fn run_job(
         partitions.len().max(1),
         ACTOR,
     )
-    .only(runtime);
+    .only(runtime)
+    .register_in(local);
     let exit = scheduler.run(shutdown.token()).await;
     display.finish().await;
+    http_stop.cancel();
+    if let Some((server, sampler)) = http {
+        let _ = server.await;
+        let _ = sampler.await;
+    }
     let exit = exit.map_err(anyhow::Error::from)?;
 
     let job = jobs::find(&pool, &schema, job.id)

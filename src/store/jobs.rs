@@ -193,3 +193,44 @@ pub async fn replace_spec(
     .await?;
     tx.commit().await
 }
+
+/// Ids of queued jobs, oldest first.
+pub async fn queued<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(sql(format!(
+        "SELECT id FROM {}.jobs WHERE state = 'queued' ORDER BY id",
+        schema.q
+    )))
+    .fetch_all(executor)
+    .await
+}
+
+/// State and live tunables of the given jobs (a missing job is simply absent).
+pub async fn states_and_tunables<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    ids: &[i64],
+) -> Result<Vec<(i64, JobState, Option<crate::batch::Tunables>)>, sqlx::Error> {
+    let rows: Vec<(i64, String, Json<serde_json::Value>)> = sqlx::query_as(sql(format!(
+        "SELECT id, state, spec FROM {}.jobs WHERE id = ANY ($1)",
+        schema.q
+    )))
+    .bind(ids)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, state, spec)| {
+            let tunables = serde_json::from_value::<JobSpec>(spec.0)
+                .ok()
+                .map(|s| crate::batch::Tunables::of(&s));
+            (
+                id,
+                JobState::parse(&state).unwrap_or(JobState::Failed),
+                tunables,
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,324 @@
+//! `/api/v1/jobs`: list, submit, inspect, re-tune, pause, resume, cancel, and the event log.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+
+use crate::api::auth::Actor;
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::view::{job_view, EventList, EventView, JobList, JobView};
+use crate::api::{AppState, MAX_BODY_BYTES};
+use crate::spec::{is_valid_name, JobSpec, SpecError};
+use crate::store::{events, jobs, progress, JobState};
+use crate::submit::{self, SubmitError};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/api/v1/jobs/{name}", get(get_job).patch(patch_job))
+        .route("/api/v1/jobs/{name}/pause", post(pause_job))
+        .route("/api/v1/jobs/{name}/resume", post(resume_job))
+        .route("/api/v1/jobs/{name}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{name}/events", get(job_events))
+}
+
+/// The job's row, or 404; names that cannot be job names are simply unknown.
+async fn find_job(state: &AppState, name: &str) -> Result<jobs::JobRow, ApiError> {
+    if !is_valid_name(name) {
+        return Err(ApiError::unknown_job(name));
+    }
+    jobs::find_by_name(&state.pool, &state.schema, name)
+        .await?
+        .ok_or_else(|| ApiError::unknown_job(name))
+}
+
+fn path_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(name)| name)
+        .map_err(|e| ApiError::BadRequest(format!("bad job name in the path: {e}")))
+}
+
+fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(MAX_BODY_BYTES)
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+async fn view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError> {
+    let partitions = progress::list(&state.pool, &state.schema, job.id).await?;
+    Ok(job_view(job, &partitions, &state.rates, &state.local))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    responses((status = 200, description = "All jobs", body = JobList),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, ApiError> {
+    let rows = jobs::list(&state.pool, &state.schema).await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for job in &rows {
+        views.push(view(&state, job).await?);
+    }
+    Ok(Json(JobList { jobs: views }))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
+    request_body(content = JobSpec, description = "A job definition (DESIGN.md §1) as JSON, or as TOML with Content-Type: application/toml",
+                 content_type = "application/json"),
+    responses((status = 201, description = "Submitted", body = JobView),
+              (status = 400, description = "Invalid definition, with the reason", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, description = "A job of that name exists", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let bytes = body(bytes)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let parsed = match media.as_str() {
+        "application/toml" | "text/toml" | "text/x-toml" => JobSpec::from_toml(text, "body"),
+        "application/json" | "" => JobSpec::from_json(text, "body"),
+        _ => return Err(ApiError::UnsupportedMediaType(content_type.to_string())),
+    };
+    let spec = parsed.map_err(|e| match e {
+        SpecError::Read { .. } => ApiError::Internal,
+        other => ApiError::BadRequest(other.to_string()),
+    })?;
+    let resolved = submit::resolve(&state.pool, &spec)
+        .await
+        .map_err(submit_error)?;
+    let job = submit::submit_new(&state.pool, &state.schema, &spec, &resolved, &actor)
+        .await
+        .map_err(submit_error)?;
+    tracing::info!(job = %spec.name, actor = %actor, "job submitted over the API");
+    Ok((StatusCode::CREATED, Json(view(&state, &job).await?)))
+}
+
+fn submit_error(error: SubmitError) -> ApiError {
+    match error {
+        SubmitError::Invalid(check) => match check {
+            crate::catalog::CheckError::Database(e) => ApiError::from(e),
+            other => ApiError::BadRequest(other.to_string()),
+        },
+        SubmitError::NameTaken(name) => ApiError::Conflict(format!(
+            "job {name:?} already exists; submit under a new name"
+        )),
+        SubmitError::Conflict { .. } => ApiError::Conflict(error.to_string()),
+        SubmitError::Stored(message) => {
+            tracing::error!("{message}");
+            ApiError::Internal
+        }
+        SubmitError::Database(e) => ApiError::from(e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = find_job(&state, &path_name(path)?).await?;
+    Ok(Json(view(&state, &job).await?))
+}
+
+/// The live tunables PATCH accepts.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Rows per second over the whole job; null removes the limit.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    pub rows_per_second: Option<Option<u64>>,
+    #[schema(value_type = Option<u32>, minimum = 1)]
+    pub batch_size: Option<u64>,
+    /// A duration such as "50ms"; null removes the pause.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub pause: Option<Option<String>>,
+}
+
+/// Tells "absent" (leave as is) from `null` (remove).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
+}
+
+#[utoipa::path(patch, path = "/api/v1/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    request_body(content = Tuning, content_type = "application/json"),
+    responses((status = 200, description = "Re-tuned; applies within one batch", body = JobView),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "The job has ended", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn patch_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let name = path_name(path)?;
+    let bytes = body(bytes)?;
+    let tuning: Tuning = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let job = find_job(&state, &name).await?;
+    if job.state().is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "job {name:?} is {}; only a live job can be re-tuned",
+            job.state()
+        )));
+    }
+    let mut spec = job.spec().map_err(|message| {
+        tracing::error!("{message}");
+        ApiError::Internal
+    })?;
+    let positive = |field: &str, value: u64| -> Result<u32, ApiError> {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("{field} must be a positive whole number"))
+            })
+    };
+    if let Some(value) = tuning.batch_size {
+        spec.batch_size = positive("batch_size", value)?;
+    }
+    if let Some(value) = tuning.rows_per_second {
+        spec.rows_per_second = value.map(|v| positive("rows_per_second", v)).transpose()?;
+    }
+    if let Some(value) = tuning.pause {
+        spec.pause = value
+            .map(|text| {
+                humantime::parse_duration(&text).map_err(|e| {
+                    ApiError::BadRequest(format!("pause: {text:?} is not a duration: {e}"))
+                })
+            })
+            .transpose()?;
+    }
+    spec.validate("body")
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let stored = job.spec().unwrap_or_else(|_| spec.clone());
+    let changed = stored.differences(&spec).join(", ");
+    if !changed.is_empty() {
+        jobs::replace_spec(&state.pool, &state.schema, job.id, &spec, &actor, &changed).await?;
+        tracing::info!(job = %name, actor = %actor, changed = %changed, "job re-tuned");
+    }
+    let job = find_job(&state, &name).await?;
+    Ok(Json(view(&state, &job).await?))
+}
+
+async fn change_state(
+    state: &AppState,
+    actor: &str,
+    name: &str,
+    to: JobState,
+) -> Result<Json<JobView>, ApiError> {
+    let job = find_job(state, name).await?;
+    let mut tx = state.pool.begin().await?;
+    let outcome = jobs::transition(&mut tx, &state.schema, job.id, to, actor, None).await?;
+    tx.commit().await?;
+    match outcome {
+        jobs::Transition::Done { from } => {
+            tracing::info!(job = %name, actor = %actor, from = %from, to = %to, "state changed");
+        }
+        jobs::Transition::NotAllowed { current } => {
+            return Err(ApiError::Conflict(format!(
+                "job {name:?} is {current}; it cannot become {to}"
+            )))
+        }
+        jobs::Transition::Unknown => return Err(ApiError::unknown_job(name)),
+    }
+    let job = find_job(state, name).await?;
+    Ok(Json(view(state, &job).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{name}/pause", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 200, description = "Paused: every partition stops within one batch", body = JobView),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pause_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    change_state(&state, &actor, &path_name(path)?, JobState::Paused).await
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{name}/resume", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 200, description = "Running again from the checkpoints", body = JobView),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    change_state(&state, &actor, &path_name(path)?, JobState::Running).await
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{name}/cancel", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 200, description = "Cancelled", body = JobView),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    change_state(&state, &actor, &path_name(path)?, JobState::Cancelled).await
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{name}/events", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 200, body = EventList), (status = 404, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn job_events(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<EventList>, ApiError> {
+    let job = find_job(&state, &path_name(path)?).await?;
+    let events = events::list(&state.pool, &state.schema, job.id).await?;
+    Ok(Json(EventList {
+        events: events.into_iter().map(EventView::from).collect(),
+    }))
+}

@@ -1,0 +1,174 @@
+//! What the API says about a job (DESIGN.md §4), built from the database (shared by every
+//! replica) plus what this process knows first-hand (whether it is waiting on the rate limit).
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::rates::Rates;
+use crate::spec::JobSpec;
+use crate::store::events::Event;
+use crate::store::jobs::JobRow;
+use crate::store::progress::PartitionRow;
+use crate::store::JobState;
+use crate::worker::LocalJobs;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    pub name: String,
+    #[schema(value_type = String, example = "running")]
+    pub state: JobState,
+    /// The definition as submitted, with live tunables.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    pub rows_scanned: i64,
+    pub rows_updated: i64,
+    /// 0..1: rows scanned over the rows the table had when the job was planned.
+    pub progress: f64,
+    pub eta_seconds: Option<f64>,
+    pub batch_size: u32,
+    /// Measured over the last 15 seconds, across every replica.
+    pub rate_rows_per_second: f64,
+    /// The configured limit; null when unlimited.
+    pub rate_limit_rows_per_second: Option<u32>,
+    /// Why the job is held back right now, or null.
+    pub throttled: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PartitionView {
+    pub index: i32,
+    /// `pending`, `running` (leased by a live process) or `done`.
+    pub state: String,
+    /// The last key processed (one text value per key column); null before the first batch.
+    pub cursor: Option<Vec<String>>,
+    pub rows_scanned: i64,
+    pub rows_updated: i64,
+    /// The process holding the partition, if any.
+    pub owner: Option<String>,
+    /// Keys in (lower_bound, upper_bound] of the first key column; null is unbounded.
+    pub lower_bound: Option<String>,
+    pub upper_bound: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The token name that asked, `daemon`, `cli`, or `anonymous` without tokens.
+    pub actor: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventView>,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> EventView {
+        EventView {
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            kind: e.kind,
+            from_state: e.from_state,
+            to_state: e.to_state,
+            detail: e.detail,
+        }
+    }
+}
+
+pub fn job_view(
+    job: &JobRow,
+    partitions: &[PartitionRow],
+    rates: &Rates,
+    local: &LocalJobs,
+) -> JobView {
+    let state = job.state();
+    let spec = job.spec().ok();
+    let rows_scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
+    let rows_updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
+    let expected = job.estimated_rows.max(rows_scanned).max(1);
+    let progress = if state == JobState::Completed {
+        1.0
+    } else {
+        (rows_scanned as f64 / expected as f64).clamp(0.0, 1.0)
+    };
+    let rate = if state == JobState::Running {
+        rates.rows_per_second(job.id)
+    } else {
+        0.0
+    };
+    let eta_seconds = match state {
+        JobState::Completed => Some(0.0),
+        JobState::Running if rate > 0.0 => Some((expected - rows_scanned).max(0) as f64 / rate),
+        _ => None,
+    };
+    let limit = spec.as_ref().and_then(|s| s.rows_per_second);
+    let locally_limited = local
+        .lock()
+        .expect("registry lock poisoned")
+        .get(&job.id)
+        .is_some_and(|rt| rt.stats.rate_limited.load(Ordering::Relaxed));
+    // Another replica may be the one waiting: running at the limit means it is the constraint.
+    let at_limit = limit.is_some_and(|l| rate >= 0.95 * f64::from(l));
+    let throttled = (state == JobState::Running && (locally_limited || at_limit))
+        .then(|| "rate_limit".to_string());
+    let now = Utc::now();
+    JobView {
+        name: job.name.clone(),
+        state,
+        spec: job.spec.0.clone(),
+        rows_scanned,
+        rows_updated,
+        progress,
+        eta_seconds,
+        batch_size: spec.as_ref().map_or(0, |s: &JobSpec| s.batch_size),
+        rate_rows_per_second: (rate * 10.0).round() / 10.0,
+        rate_limit_rows_per_second: limit,
+        throttled,
+        last_error: job.last_error.clone(),
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+        partitions: partitions
+            .iter()
+            .map(|p| PartitionView {
+                index: p.partition_index,
+                state: partition_state(p, now).to_string(),
+                cursor: p.cursor.clone(),
+                rows_scanned: p.rows_scanned,
+                rows_updated: p.rows_updated,
+                owner: p.lease_owner.clone(),
+                lower_bound: p.lower_bound.clone(),
+                upper_bound: p.upper_bound.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn partition_state(p: &PartitionRow, now: DateTime<Utc>) -> &'static str {
+    if p.state == "done" {
+        "done"
+    } else if p.lease_expires_at.is_some_and(|at| at > now) {
+        "running"
+    } else {
+        "pending"
+    }
+}

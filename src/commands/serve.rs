@@ -1,0 +1,158 @@
+//! `backfilld serve`: the daemon. Applies migrations, loads the jobs directory, runs the worker
+//! pool and serves the HTTP API until SIGTERM/SIGINT; then stops taking batches, lets the
+//! in-flight ones commit, releases its leases and exits 0.
+//!
+//! The database may be down at start or go away later: the API keeps answering (`/readyz`
+//! says 503 with the reason) and the daemon reconnects with backoff.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, auth::Auth, AppState};
+use crate::cli::CliError;
+use crate::config::Settings;
+use crate::db::Schema;
+use crate::rates::Rates;
+use crate::scheduler::Scheduler;
+use crate::shutdown::Shutdown;
+use crate::worker::LocalJobs;
+
+/// Recorded as the actor of what the daemon does on its own.
+pub const ACTOR: &str = "daemon";
+
+pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
+    let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
+    let url = settings.require_database_url().map_err(CliError::invalid)?;
+    let pool = lazy_pool(url, settings.workers as u32 + 4)?;
+    let schema = Schema::new(&settings.schema);
+    let local = LocalJobs::default();
+    let rates = Rates::default();
+    let http_stop = CancellationToken::new();
+    let (address, http) = start_http(
+        settings,
+        pool.clone(),
+        schema.clone(),
+        local.clone(),
+        rates.clone(),
+        http_stop.clone(),
+    )
+    .await?;
+    println!("backfilld listening on http://{address}");
+    let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
+
+    let root = shutdown.token();
+    if migrate_with_backoff(&pool, &schema, &root).await {
+        crate::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
+        let scheduler = Scheduler::new(
+            pool.clone(),
+            schema.clone(),
+            url,
+            settings.lease_ttl,
+            settings.workers,
+            ACTOR,
+        )
+        .register_in(local);
+        let mut running = tokio::spawn(scheduler.run(root.clone()));
+        let drained = tokio::select! {
+            result = &mut running => Some(result),
+            _ = async {
+                root.cancelled().await;
+                tokio::time::sleep(settings.shutdown_timeout).await;
+            } => None,
+        };
+        match drained {
+            Some(Ok(Ok(_))) => tracing::info!("every in-flight batch committed; leases released"),
+            Some(Ok(Err(e))) => tracing::error!(error = %e, "the worker pool stopped on a database error"),
+            Some(Err(e)) => tracing::error!(error = %e, "the worker pool panicked"),
+            None => {
+                // Whatever was in flight rolls back with its connection: nothing is lost, and
+                // the leases expire for the other replicas.
+                tracing::warn!(
+                    timeout = ?settings.shutdown_timeout,
+                    "shutdown timeout reached before the in-flight batches finished; exiting"
+                );
+                running.abort();
+            }
+        }
+    }
+    http_stop.cancel();
+    let _ = http.await;
+    let _ = sampler.await;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+/// A pool that connects on first use, so the daemon starts (and answers `/healthz`) while the
+/// database is still away.
+fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| CliError::invalid(format!("database_url: {e}")))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("backfilld")))
+}
+
+/// Applies migrations, retrying with backoff until the database answers. False if shut down
+/// first.
+async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match crate::migrate::run(pool, schema).await {
+            Ok(_) => return true,
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "database not ready"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Binds the API (refusing a non-loopback address when no tokens are configured) and serves it
+/// in the background until `stop`.
+pub async fn start_http(
+    settings: &Settings,
+    pool: PgPool,
+    schema: Schema,
+    local: LocalJobs,
+    rates: Rates,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), CliError> {
+    let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
+    let address: SocketAddr = settings
+        .listen
+        .parse()
+        .map_err(|_| CliError::invalid(format!("listen: {:?} is not an address", settings.listen)))?;
+    if auth.is_open() {
+        if !address.ip().is_loopback() {
+            return Err(CliError::invalid(format!(
+                "listen: {address} is not a loopback address, and no API tokens are configured; add [[tokens]] to the config, or listen on 127.0.0.1"
+            )));
+        }
+        tracing::warn!(%address, "no API tokens configured: the API is open to this machine only (loopback)");
+    }
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| CliError::invalid(format!("listen: cannot bind {address}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::Other(e.into()))?;
+    let router = api::router(AppState {
+        pool,
+        schema,
+        auth,
+        rates,
+        local,
+    });
+    Ok((bound, tokio::spawn(api::serve(listener, router, stop))))
+}
