@@ -66,9 +66,9 @@ async fn load_one(pool: &PgPool, schema: &Schema, file: &Path, actor: &str) -> L
     match submit::find_or_submit(pool, schema, &spec, resolved, actor).await {
         Ok(submitted) if submitted.created => Loaded::Submitted(spec.name),
         Ok(_) => Loaded::Known(spec.name),
-        Err(e @ SubmitError::Conflict { .. }) => skipped(format!(
-            "{e}. The running job keeps its definition."
-        )),
+        Err(e @ SubmitError::Conflict { .. }) => {
+            skipped(format!("{e}. The running job keeps its definition."))
+        }
         Err(e) => skipped(e.to_string()),
     }
 }

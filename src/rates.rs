@@ -15,10 +15,13 @@ use crate::db::{sql, Schema};
 const WINDOW: Duration = Duration::from_secs(15);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// (when, total rows scanned), oldest first, within the window.
+type Series = VecDeque<(Instant, i64)>;
+
 #[derive(Clone, Default)]
 pub struct Rates {
-    /// Per job id: (when, total rows scanned), oldest first, within the window.
-    samples: Arc<Mutex<HashMap<i64, VecDeque<(Instant, i64)>>>>,
+    /// Per job id.
+    samples: Arc<Mutex<HashMap<i64, Series>>>,
 }
 
 impl Rates {

@@ -256,8 +256,7 @@ impl Scheduler {
         for id in ids {
             match rows.iter().find(|r| r.0 == id) {
                 Some((_, state, tunables)) if *state == JobState::Running => {
-                    if let (Some((runtime, _)), Some(tunables)) =
-                        (self.runtimes.get(&id), tunables)
+                    if let (Some((runtime, _)), Some(tunables)) = (self.runtimes.get(&id), tunables)
                     {
                         runtime.apply(tunables.clone());
                     }

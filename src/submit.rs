@@ -86,7 +86,10 @@ pub async fn submit_new(
     resolved: &ResolvedJob,
     actor: &str,
 ) -> Result<jobs::JobRow, SubmitError> {
-    if jobs::find_by_name(pool, schema, &spec.name).await?.is_some() {
+    if jobs::find_by_name(pool, schema, &spec.name)
+        .await?
+        .is_some()
+    {
         return Err(SubmitError::NameTaken(spec.name.clone()));
     }
     let plan = {

@@ -154,6 +154,9 @@ mod tests {
             required_role(&Method::POST, "/api/v1/jobs/x/pause"),
             Role::Operate
         );
-        assert_eq!(required_role(&Method::PATCH, "/api/v1/jobs/x"), Role::Operate);
+        assert_eq!(
+            required_role(&Method::PATCH, "/api/v1/jobs/x"),
+            Role::Operate
+        );
     }
 }

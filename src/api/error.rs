@@ -61,6 +61,12 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %error, "database unavailable for an API request");
                 ApiError::Unavailable(format!("database unavailable: {error}"))
             }
+            // Before the first migration (the daemon is still waiting for the database).
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
+            {
+                ApiError::Unavailable("backfilld's schema is not migrated yet; see /readyz".into())
+            }
             _ => {
                 tracing::error!(error = %error, "database error in an API request");
                 ApiError::Internal

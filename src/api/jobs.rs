@@ -209,9 +209,7 @@ pub async fn patch_job(
         u32::try_from(value)
             .ok()
             .filter(|v| *v > 0)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("{field} must be a positive whole number"))
-            })
+            .ok_or_else(|| ApiError::BadRequest(format!("{field} must be a positive whole number")))
     };
     if let Some(value) = tuning.batch_size {
         spec.batch_size = positive("batch_size", value)?;

@@ -89,3 +89,68 @@ pub async fn serve(
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A router whose database is never reached by these requests.
+    fn offline_router() -> Router {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        router(AppState {
+            pool,
+            schema: Schema::new("backfilld"),
+            auth: Auth::from_config(&[]).unwrap(),
+            rates: Rates::default(),
+            local: LocalJobs::default(),
+        })
+    }
+
+    async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = offline_router().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413_with_a_json_error() {
+        let request = Request::post("/api/v1/jobs")
+            .header("content-type", "application/json")
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let (status, body) = call(request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            body["error"].as_str().unwrap().contains("too large"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_answer_in_json() {
+        let (status, body) = call(Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"].is_string());
+        let (status, body) =
+            call(Request::delete("/api/v1/jobs").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn healthz_never_touches_the_database() {
+        let response = offline_router()
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

@@ -77,7 +77,15 @@ pub async fn act(client: &Client, name: &str, action: &str) -> Result<i32, CliEr
 pub fn table(jobs: &[JobView]) -> String {
     let mut out = format!(
         "{:<24} {:<10} {:<28} {:>12} {:>12} {:>10} {:>8} {:<10} {}\n",
-        "NAME", "STATE", "PROGRESS", "SCANNED", "UPDATED", "RATE/s", "ETA", "THROTTLE", "LAST ERROR"
+        "NAME",
+        "STATE",
+        "PROGRESS",
+        "SCANNED",
+        "UPDATED",
+        "RATE/s",
+        "ETA",
+        "THROTTLE",
+        "LAST ERROR"
     );
     for job in jobs {
         out.push_str(&format!(
@@ -89,7 +97,12 @@ pub fn table(jobs: &[JobView]) -> String {
             job.rows_updated,
             format!("{:.0}", job.rate_rows_per_second),
             job.eta_seconds
-                .map(|s| humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string())
+                .map(
+                    |s| humantime::format_duration(
+                        std::time::Duration::from_secs(s.round() as u64)
+                    )
+                    .to_string()
+                )
                 .unwrap_or_else(|| "-".into()),
             job.throttled.as_deref().unwrap_or("-"),
             job.last_error.as_deref().unwrap_or("-"),

@@ -14,12 +14,12 @@ use crate::cli::CliError;
 use crate::config::Settings;
 use crate::db::Schema;
 use crate::display::{Baseline, Display};
+use crate::rates::Rates;
 use crate::scheduler::{Scheduler, SchedulerExit};
 use crate::shutdown::Shutdown;
 use crate::spec::JobSpec;
 use crate::store::{jobs, progress, JobState};
 use crate::submit::{self, SubmitError};
-use crate::rates::Rates;
 use crate::worker::{JobRuntime, LocalJobs};
 use tokio_util::sync::CancellationToken;
 

@@ -68,7 +68,9 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         };
         match drained {
             Some(Ok(Ok(_))) => tracing::info!("every in-flight batch committed; leases released"),
-            Some(Ok(Err(e))) => tracing::error!(error = %e, "the worker pool stopped on a database error"),
+            Some(Ok(Err(e))) => {
+                tracing::error!(error = %e, "the worker pool stopped on a database error")
+            }
             Some(Err(e)) => tracing::error!(error = %e, "the worker pool panicked"),
             None => {
                 // Whatever was in flight rolls back with its connection: nothing is lost, and
@@ -129,10 +131,9 @@ pub async fn start_http(
     stop: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
-    let address: SocketAddr = settings
-        .listen
-        .parse()
-        .map_err(|_| CliError::invalid(format!("listen: {:?} is not an address", settings.listen)))?;
+    let address: SocketAddr = settings.listen.parse().map_err(|_| {
+        CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
+    })?;
     if auth.is_open() {
         if !address.ip().is_loopback() {
             return Err(CliError::invalid(format!(

@@ -167,3 +167,132 @@ pub fn text(output: &Output) -> String {
 pub fn job_toml(name: &str, table: &str, key: &str, set: &str, extra: &str) -> String {
     format!("name = \"{name}\"\ntable = \"{table}\"\nkey = {key}\n{extra}\n[set]\n{set}\n")
 }
+
+/// A real `backfilld serve` process on a free loopback port, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub base: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `serve` with `config` (TOML, may be empty) against `url`, with `jobs_dir`, and
+    /// waits until `/readyz` says it is ready.
+    pub fn start(url: &str, dir: &Path, config: &str, jobs_dir: &Path) -> Daemon {
+        let daemon = Daemon::start_unready(url, dir, config, jobs_dir);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while http_status(&daemon.base, "/readyz") != Some(200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon not ready in 30s\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// Starts `serve` without waiting for readiness.
+    pub fn start_unready(url: &str, dir: &Path, config: &str, jobs_dir: &Path) -> Daemon {
+        use std::io::{BufRead, BufReader};
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let config_path = dir.join(format!("config-{}.toml", &suffix[..8]));
+        std::fs::write(&config_path, config).unwrap();
+        let stderr_path = dir.join(format!("daemon-{}.log", &suffix[..8]));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config_path)
+            .arg("--jobs-dir")
+            .arg(jobs_dir)
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn backfilld serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the daemon's first line");
+        let base = line
+            .trim()
+            .strip_prefix("backfilld listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Daemon {
+            child,
+            base,
+            stderr_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its code.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not exit in time\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns Some, failing after `within`.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal blocking GET returning the status code, for use outside async code.
+pub fn http_status(base: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let address = base.strip_prefix("http://")?;
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
