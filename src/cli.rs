@@ -76,6 +76,9 @@ pub enum Command {
         /// Rows per demo table.
         #[arg(long, default_value_t = 300_000)]
         rows: u64,
+        /// Only create and fill the demo tables; leave the jobs to a daemon.
+        #[arg(long)]
+        setup_only: bool,
     },
     /// Submit a job file to a running daemon.
     Submit {
@@ -186,7 +189,9 @@ impl Cli {
             }
             Command::Check { job, .. } => commands::check::execute(&settings, &job).await,
             Command::Migrate { .. } => commands::migrate::execute(&settings).await,
-            Command::Demo { rows, .. } => commands::demo::execute(&settings, rows).await,
+            Command::Demo {
+                rows, setup_only, ..
+            } => commands::demo::execute(&settings, rows, setup_only).await,
             Command::Submit { job, remote } => {
                 commands::client::submit(&client(&remote), &job).await
             }

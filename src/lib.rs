@@ -16,6 +16,7 @@ pub mod display;
 pub mod jobs_dir;
 pub mod lease;
 pub mod limiter;
+pub mod metrics;
 pub mod migrate;
 pub mod partition;
 pub mod rates;

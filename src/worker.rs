@@ -14,6 +14,7 @@ use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Retry, Tim
 use crate::catalog::ResolvedJob;
 use crate::db::Schema;
 use crate::limiter::Limiter;
+use crate::metrics::METRICS;
 use crate::spec::JobSpec;
 use crate::store::JobState;
 
@@ -50,6 +51,7 @@ impl JobRuntime {
     pub fn new(id: i64, spec: &JobSpec, resolved: &ResolvedJob, lease_ttl: Duration) -> JobRuntime {
         let stats = JobStats::default();
         stats.batch_size.store(spec.batch_size, Ordering::Relaxed);
+        METRICS.touch(&spec.name);
         JobRuntime {
             id,
             name: spec.name.clone(),
@@ -188,6 +190,21 @@ impl Worker {
             }) => {
                 self.failed_attempts = 0;
                 self.reconnect_waits = 0;
+                let job = self.job.name.as_str();
+                let metrics = &*METRICS;
+                metrics
+                    .rows_scanned
+                    .with_label_values(&[job])
+                    .inc_by(scanned as u64);
+                metrics
+                    .rows_updated
+                    .with_label_values(&[job])
+                    .inc_by(updated as u64);
+                metrics.batches.with_label_values(&[job, "ok"]).inc();
+                metrics
+                    .batch_duration
+                    .with_label_values(&[job])
+                    .observe(started.elapsed().as_secs_f64());
                 let stats = &self.job.stats;
                 stats
                     .rows_scanned
@@ -238,6 +255,10 @@ impl Worker {
         };
         if let Some(delay) = delay {
             stats.batches_retried.fetch_add(1, Ordering::Relaxed);
+            METRICS
+                .batches
+                .with_label_values(&[self.job.name.as_str(), "retried"])
+                .inc();
             tracing::warn!(
                 job = %self.job.name,
                 partition = self.position.partition_index,
@@ -254,6 +275,10 @@ impl Worker {
             return Step::Continue { pause: None };
         }
         stats.batches_failed.fetch_add(1, Ordering::Relaxed);
+        METRICS
+            .batches
+            .with_label_values(&[self.job.name.as_str(), "failed"])
+            .inc();
         let message = if error.retry == Retry::Attempt {
             format!(
                 "batch on partition {} failed {} times, last: {}",

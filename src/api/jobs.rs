@@ -60,12 +60,19 @@ async fn view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError>
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, ApiError> {
+    Ok(Json(JobList {
+        jobs: all_views(&state).await?,
+    }))
+}
+
+/// Every job's view: for the list, and for the metrics' job gauges.
+pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
     let rows = jobs::list(&state.pool, &state.schema).await?;
     let mut views = Vec::with_capacity(rows.len());
     for job in &rows {
-        views.push(view(&state, job).await?);
+        views.push(view(state, job).await?);
     }
-    Ok(Json(JobList { jobs: views }))
+    Ok(views)
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",

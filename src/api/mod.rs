@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Schema;
+use crate::metrics::METRICS;
 use crate::rates::Rates;
 use crate::worker::LocalJobs;
 use auth::Auth;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::document))
         .merge(api)
         .fallback(not_found)
@@ -63,6 +65,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(false) => ApiError::Unavailable("migrations are not applied yet".into()).into_response(),
         Err(e) => ApiError::Unavailable(format!("database unreachable: {e}")).into_response(),
     }
+}
+
+/// Prometheus exposition. The job gauges are refreshed from the database first; if it does
+/// not answer, the last known values are served (the counters are this process's own anyway).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let refresh = tokio::time::timeout(std::time::Duration::from_secs(5), jobs::all_views(&state));
+    match refresh.await {
+        Ok(Ok(views)) => views.iter().for_each(|v| METRICS.observe_job(v)),
+        Ok(Err(_)) | Err(_) => tracing::debug!("metrics served without a fresh job refresh"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

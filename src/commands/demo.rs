@@ -71,7 +71,7 @@ SELECT i,
        now() - (i % 1000) * interval '1 day'
   FROM generate_series(1, $1::int8) AS i";
 
-pub async fn execute(settings: &Settings, rows: u64) -> Result<i32, CliError> {
+pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result<i32, CliError> {
     if rows == 0 || rows > 100_000_000 {
         return Err(CliError::invalid("--rows must be between 1 and 100000000"));
     }
@@ -84,6 +84,13 @@ pub async fn execute(settings: &Settings, rows: u64) -> Result<i32, CliError> {
     println!("backfilld demo: creating public.products and public.users with {rows} rows each");
     let started = Instant::now();
     create_tables(&pool, &schema, &jobs, rows).await?;
+    if setup_only {
+        println!(
+            "tables ready in {:.1}s; submit jobs/products_search.toml and jobs/users_email.toml to run them",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(0);
+    }
     println!(
         "tables ready in {:.1}s; running the example jobs\n",
         started.elapsed().as_secs_f64()

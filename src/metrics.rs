@@ -1,0 +1,191 @@
+//! Prometheus metrics (DESIGN.md §5), defined once here; the dashboard queries exactly these
+//! names. Counters and the batch histogram count what this process did (a dashboard sums them
+//! across replicas); the gauges describe the job as the database knows it, so every replica
+//! exports the same value (a dashboard takes the max).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::api::view::JobView;
+use crate::store::JobState;
+
+/// Every reason a job can be throttled for; each is exported, 0 or 1, for every job.
+pub const THROTTLE_REASONS: &[&str] = &["rate_limit"];
+
+pub struct Metrics {
+    registry: Registry,
+    pub rows_scanned: IntCounterVec,
+    pub rows_updated: IntCounterVec,
+    pub batches: IntCounterVec,
+    pub batch_duration: HistogramVec,
+    pub batch_size: IntGaugeVec,
+    pub progress: GaugeVec,
+    pub eta: GaugeVec,
+    pub job_state: IntGaugeVec,
+    pub throttled: IntGaugeVec,
+    pub rate_limit: GaugeVec,
+}
+
+/// The process's metrics. One registry per process, like the process itself.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let job = &["job"];
+        let m = Metrics {
+            rows_scanned: IntCounterVec::new(
+                Opts::new(
+                    "backfill_rows_scanned_total",
+                    "Keys walked by this process's batches",
+                ),
+                job,
+            )
+            .expect("valid metric"),
+            rows_updated: IntCounterVec::new(
+                Opts::new(
+                    "backfill_rows_updated_total",
+                    "Rows changed by this process's batches",
+                ),
+                job,
+            )
+            .expect("valid metric"),
+            batches: IntCounterVec::new(
+                Opts::new(
+                    "backfill_batches_total",
+                    "Batch transactions by outcome: ok, retried, failed",
+                ),
+                &["job", "outcome"],
+            )
+            .expect("valid metric"),
+            batch_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "backfill_batch_duration_seconds",
+                    "One batch transaction, commit included",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0,
+                ]),
+                job,
+            )
+            .expect("valid metric"),
+            batch_size: IntGaugeVec::new(
+                Opts::new("backfill_batch_size", "Current batch size (keys per batch)"),
+                job,
+            )
+            .expect("valid metric"),
+            progress: GaugeVec::new(
+                Opts::new("backfill_progress_ratio", "Progress of the job, 0..1"),
+                job,
+            )
+            .expect("valid metric"),
+            eta: GaugeVec::new(
+                Opts::new("backfill_eta_seconds", "Estimated time left, in seconds"),
+                job,
+            )
+            .expect("valid metric"),
+            job_state: IntGaugeVec::new(
+                Opts::new(
+                    "backfill_job_state",
+                    "1 for the job's current state, 0 for the others",
+                ),
+                &["job", "state"],
+            )
+            .expect("valid metric"),
+            throttled: IntGaugeVec::new(
+                Opts::new(
+                    "backfill_throttled",
+                    "1 while the job is throttled for that reason",
+                ),
+                &["job", "reason"],
+            )
+            .expect("valid metric"),
+            rate_limit: GaugeVec::new(
+                Opts::new(
+                    "backfill_rate_limit_rows_per_second",
+                    "Configured rate limit (absent when unlimited)",
+                ),
+                job,
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.rows_scanned.clone()),
+            Box::new(m.rows_updated.clone()),
+            Box::new(m.batches.clone()),
+            Box::new(m.batch_duration.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.progress.clone()),
+            Box::new(m.eta.clone()),
+            Box::new(m.job_state.clone()),
+            Box::new(m.throttled.clone()),
+            Box::new(m.rate_limit.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for collector in collectors {
+            m.registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        m
+    }
+
+    /// Creates a job's series at zero, so rates and "no errors" show as 0 instead of no data.
+    pub fn touch(&self, job: &str) {
+        self.rows_scanned.with_label_values(&[job]);
+        self.rows_updated.with_label_values(&[job]);
+        for outcome in ["ok", "retried", "failed"] {
+            self.batches.with_label_values(&[job, outcome]);
+        }
+    }
+
+    /// Sets the job-level gauges from the job as the database knows it.
+    pub fn observe_job(&self, view: &JobView) {
+        let job = view.name.as_str();
+        self.touch(job);
+        self.batch_size
+            .with_label_values(&[job])
+            .set(i64::from(view.batch_size));
+        self.progress.with_label_values(&[job]).set(view.progress);
+        match view.eta_seconds {
+            Some(eta) => self.eta.with_label_values(&[job]).set(eta),
+            None => {
+                let _ = self.eta.remove_label_values(&[job]);
+            }
+        }
+        for state in JobState::ALL {
+            self.job_state
+                .with_label_values(&[job, state.as_str()])
+                .set(i64::from(state == view.state));
+        }
+        for reason in THROTTLE_REASONS {
+            let on = view.throttled.as_deref() == Some(*reason);
+            self.throttled
+                .with_label_values(&[job, reason])
+                .set(i64::from(on));
+        }
+        match view.rate_limit_rows_per_second {
+            Some(limit) => self
+                .rate_limit
+                .with_label_values(&[job])
+                .set(f64::from(limit)),
+            None => {
+                let _ = self.rate_limit.remove_label_values(&[job]);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("exposition is UTF-8")
+    }
+}
