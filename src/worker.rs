@@ -29,6 +29,20 @@ pub struct JobStats {
     pub batch_size: AtomicU32,
     /// True while a worker of this job waits on the rate limiter.
     pub rate_limited: AtomicBool,
+    /// Every committed batch's transaction time, for the benchmark's percentiles (bounded:
+    /// beyond `MAX_RECORDED_BATCHES` only the histogram metric keeps counting).
+    pub batch_durations: Mutex<Vec<Duration>>,
+}
+
+const MAX_RECORDED_BATCHES: usize = 1_000_000;
+
+impl JobStats {
+    fn record_batch(&self, elapsed: Duration) {
+        let mut durations = self.batch_durations.lock().expect("durations lock poisoned");
+        if durations.len() < MAX_RECORDED_BATCHES {
+            durations.push(elapsed);
+        }
+    }
 }
 
 /// The jobs this process is running, by id, for the API's view of local state.
@@ -201,11 +215,13 @@ impl Worker {
                     .with_label_values(&[job])
                     .inc_by(updated as u64);
                 metrics.batches.with_label_values(&[job, "ok"]).inc();
+                let elapsed = started.elapsed();
                 metrics
                     .batch_duration
                     .with_label_values(&[job])
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(elapsed.as_secs_f64());
                 let stats = &self.job.stats;
+                stats.record_batch(elapsed);
                 stats
                     .rows_scanned
                     .fetch_add(scanned as u64, Ordering::Relaxed);
