@@ -162,8 +162,13 @@ pub struct BatchContext<'a> {
     pub actor: &'a str,
 }
 
-/// Runs one batch for `position`. On commit, `position.cursor` moves to the last key taken.
-pub async fn run(ctx: &BatchContext<'_>, position: &mut Position) -> Result<Outcome, BatchError> {
+/// Runs one batch for `position`, of `size` keys (or the spec's live `batch_size` when
+/// `None`). On commit, `position.cursor` moves to the last key taken.
+pub async fn run(
+    ctx: &BatchContext<'_>,
+    position: &mut Position,
+    size: Option<u32>,
+) -> Result<Outcome, BatchError> {
     let mut conn = ctx.pool.acquire().await?;
     let mut tx = conn.begin().await?;
     set_local_timeouts(&mut tx, &ctx.timeouts).await?;
@@ -197,7 +202,7 @@ pub async fn run(ctx: &BatchContext<'_>, position: &mut Position) -> Result<Outc
             .as_deref()
             .and_then(|p| humantime::parse_duration(p).ok()),
     };
-    let limit = i64::from(tunables.batch_size);
+    let limit = i64::from(size.unwrap_or(tunables.batch_size));
 
     let (lower, binds): (Lower, Vec<String>) = match (&position.cursor, &position.lower_bound) {
         (Some(cursor), _) => (Lower::Cursor, cursor.clone()),

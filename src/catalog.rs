@@ -31,6 +31,8 @@ pub enum CheckError {
     NotSingleExpression { field: String, columns: usize },
     #[error("where: must be a boolean expression, but it is of type {found}")]
     WhereNotBoolean { found: String },
+    #[error("throttle_query: must return one boolean column (true = throttle), but it returns ({found})")]
+    ThrottleQueryShape { found: String },
     #[error("checking against the database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -236,6 +238,31 @@ async fn check_statements(
         if columns[0] != "BOOL" {
             return Err(CheckError::WhereNotBoolean {
                 found: columns[0].to_lowercase(),
+            });
+        }
+    }
+    if let Some(query) = &spec.throttle_query {
+        let columns = prepare(conn, query.clone(), "throttle_query").await?;
+        if columns.len() != 1 || columns[0] != "BOOL" {
+            return Err(CheckError::ThrottleQueryShape {
+                found: columns.join(", ").to_lowercase(),
+            });
+        }
+    }
+    if let Some(window) = &spec.window {
+        let window = crate::spec::Window::parse(window).map_err(|message| CheckError::Sql {
+            field: "window".into(),
+            message,
+        })?;
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+                .bind(&window.time_zone)
+                .fetch_one(&mut *conn)
+                .await?;
+        if !known {
+            return Err(CheckError::Sql {
+                field: "window".into(),
+                message: format!("{:?} is not a time zone PostgreSQL knows", window.time_zone),
             });
         }
     }

@@ -13,9 +13,6 @@ use prometheus::{
 use crate::api::view::JobView;
 use crate::store::JobState;
 
-/// Every reason a job can be throttled for; each is exported, 0 or 1, for every job.
-pub const THROTTLE_REASONS: &[&str] = &["rate_limit"];
-
 pub struct Metrics {
     registry: Registry,
     pub rows_scanned: IntCounterVec,
@@ -163,7 +160,7 @@ impl Metrics {
                 .with_label_values(&[job, state.as_str()])
                 .set(i64::from(state == view.state));
         }
-        for reason in THROTTLE_REASONS {
+        for reason in crate::health::REASONS {
             let on = view.throttled.as_deref() == Some(*reason);
             self.throttled
                 .with_label_values(&[job, reason])

@@ -72,6 +72,39 @@ pub struct JobSpec {
     pub statement_timeout: Option<Duration>,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Adaptive batches: size each batch so its transaction takes about this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "200ms")]
+    pub target_batch_time: Option<Duration>,
+    /// Bounds for adaptive batches (defaults: 10 and 100 × batch_size, at most 1,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<u32>,
+    /// Health throttling: wait while any standby replays more than this far behind.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "10s")]
+    pub max_replica_lag: Option<Duration>,
+    /// Health throttling: a query returning one boolean; true = wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_query: Option<String>,
+    /// Health throttling: wait while more backends than this are active in the database
+    /// (backfilld's own sessions not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_sessions: Option<u32>,
+    /// Hours in which the job may run, `HH:MM-HH:MM` with an optional time zone
+    /// (`"22:00-06:00 Europe/Berlin"`; UTC when absent). Outside them it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "22:00-06:00 Europe/Berlin")]
+    pub window: Option<String>,
     /// Column = SQL expression over the row's own columns. Ordered so that generated SQL and
     /// stored specs compare equal however the author ordered the table.
     pub set: BTreeMap<String, String>,
@@ -260,7 +293,70 @@ impl JobSpec {
         if matches!(self.pause, Some(d) if d > Duration::from_secs(3600)) {
             return Err(invalid("pause", "must be at most 1h".into()));
         }
+        if let Some(target) = self.target_batch_time {
+            if target < Duration::from_millis(10) || target > Duration::from_secs(60) {
+                return Err(invalid(
+                    "target_batch_time",
+                    "must be between 10ms and 60s".into(),
+                ));
+            }
+        }
+        let (min, max) = self.batch_size_bounds();
+        for (field, value) in [
+            ("min_batch_size", self.min_batch_size),
+            ("max_batch_size", self.max_batch_size),
+        ] {
+            if matches!(value, Some(v) if v == 0 || v > MAX_BATCH_SIZE) {
+                return Err(invalid(
+                    field,
+                    format!("must be between 1 and {MAX_BATCH_SIZE}"),
+                ));
+            }
+        }
+        if min > max {
+            return Err(invalid(
+                "min_batch_size",
+                format!("{min} is larger than max_batch_size {max}"),
+            ));
+        }
+        if (self.min_batch_size.is_some() || self.max_batch_size.is_some())
+            && self.target_batch_time.is_none()
+        {
+            return Err(invalid(
+                "min_batch_size",
+                "min_batch_size and max_batch_size bound adaptive batches: set target_batch_time too".into(),
+            ));
+        }
+        if matches!(self.max_replica_lag, Some(d) if d.is_zero()) {
+            return Err(invalid("max_replica_lag", "must be more than 0s".into()));
+        }
+        if matches!(&self.throttle_query, Some(q) if q.trim().is_empty()) {
+            return Err(invalid("throttle_query", "is empty".into()));
+        }
+        if self.max_active_sessions == Some(0) {
+            return Err(invalid("max_active_sessions", "must be at least 1".into()));
+        }
+        if let Some(window) = &self.window {
+            Window::parse(window).map_err(|message| invalid("window", message))?;
+        }
         Ok(())
+    }
+
+    /// The bounds adaptive batches stay within.
+    pub fn batch_size_bounds(&self) -> (u32, u32) {
+        let min = self.min_batch_size.unwrap_or(10.min(self.batch_size));
+        let max = self
+            .max_batch_size
+            .unwrap_or_else(|| self.batch_size.saturating_mul(100).min(MAX_BATCH_SIZE));
+        (min, max)
+    }
+
+    /// Whether any health signal is configured (so workers check between batches).
+    pub fn has_health_checks(&self) -> bool {
+        self.max_replica_lag.is_some()
+            || self.throttle_query.is_some()
+            || self.max_active_sessions.is_some()
+            || self.window.is_some()
     }
 
     pub fn key_columns(&self) -> &[String] {
@@ -295,6 +391,70 @@ impl JobSpec {
         fields.sort();
         fields.dedup();
         fields
+    }
+}
+
+/// A daily window in which a job may run: `HH:MM-HH:MM`, wrapping past midnight when the end
+/// is before the start, in a named time zone (checked against PostgreSQL's list on submit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Minutes after midnight.
+    pub start: u32,
+    pub end: u32,
+    pub time_zone: String,
+}
+
+impl Window {
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let mut parts = text.split_whitespace();
+        let range = parts.next().unwrap_or("");
+        let time_zone = parts.next().unwrap_or("UTC").to_string();
+        if parts.next().is_some() {
+            return Err(format!(
+                "{text:?}: expected HH:MM-HH:MM and an optional time zone"
+            ));
+        }
+        let (start, end) = range.split_once('-').ok_or_else(|| {
+            format!("{text:?}: expected HH:MM-HH:MM, such as \"22:00-06:00 Europe/Berlin\"")
+        })?;
+        let minutes = |hhmm: &str| -> Result<u32, String> {
+            let (h, m) = hhmm
+                .split_once(':')
+                .ok_or_else(|| format!("{hhmm:?} is not HH:MM"))?;
+            let (h, m): (u32, u32) = (
+                h.parse().map_err(|_| format!("{hhmm:?} is not HH:MM"))?,
+                m.parse().map_err(|_| format!("{hhmm:?} is not HH:MM"))?,
+            );
+            if h > 24 || m > 59 || (h == 24 && m != 0) || h.to_string().len() > 2 {
+                return Err(format!("{hhmm:?} is not a time of day"));
+            }
+            Ok(h * 60 + m)
+        };
+        let (start, end) = (minutes(start)?, minutes(end)?);
+        if start == end {
+            return Err(format!("{text:?}: the window is empty"));
+        }
+        if time_zone.is_empty()
+            || !time_zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
+        {
+            return Err(format!("{time_zone:?} is not a time zone name"));
+        }
+        Ok(Window {
+            start,
+            end,
+            time_zone,
+        })
+    }
+
+    /// Whether `minute` (after midnight, local to the window's zone) is inside.
+    pub fn contains(&self, minute: u32) -> bool {
+        if self.start < self.end {
+            (self.start..self.end).contains(&minute)
+        } else {
+            minute >= self.start || minute < self.end
+        }
     }
 }
 
@@ -408,6 +568,39 @@ mod tests {
             let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
             assert!(err.contains(field), "{field}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn adaptive_bounds_and_windows() {
+        let with = |extra: &str| {
+            JobSpec::from_toml(
+                &MINIMAL.replace("[set]", &format!("{extra}\n[set]")),
+                "t.toml",
+            )
+        };
+        let err = with("target_batch_time = \"200ms\"\nmin_batch_size = 500\nmax_batch_size = 100")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min_batch_size"), "{err}");
+        let spec = with("target_batch_time = \"200ms\"").unwrap();
+        assert_eq!(spec.batch_size_bounds(), (10, 100_000));
+        for bad in [
+            "22-06",
+            "25:00-06:00",
+            "22:00-22:00",
+            "22:00-06:00 Europe/Berlin extra",
+            "x",
+        ] {
+            let err = with(&format!("window = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("window"), "{bad}: {err}");
+        }
+        let window = Window::parse("22:00-06:00 Europe/Berlin").unwrap();
+        assert!(window.contains(23 * 60) && window.contains(0) && !window.contains(12 * 60));
+        let day = Window::parse("09:00-17:30").unwrap();
+        assert_eq!(day.time_zone, "UTC");
+        assert!(day.contains(9 * 60) && !day.contains(17 * 60 + 30));
     }
 
     #[test]

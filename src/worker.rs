@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Retry, Timeouts, Tunables};
 use crate::catalog::ResolvedJob;
 use crate::db::Schema;
+use crate::health::{HealthChecks, Throttle};
 use crate::limiter::Limiter;
 use crate::metrics::METRICS;
+use crate::sizer::Sizer;
 use crate::spec::JobSpec;
 use crate::store::JobState;
 
@@ -29,6 +31,10 @@ pub struct JobStats {
     pub batch_size: AtomicU32,
     /// True while a worker of this job waits on the rate limiter.
     pub rate_limited: AtomicBool,
+    /// Why the job waits right now (a health signal), if it does.
+    pub throttle: Mutex<Option<Throttle>>,
+    /// Why the batch size is what it is (adaptive batches).
+    pub batch_size_reason: Mutex<Option<String>>,
     /// Every committed batch's transaction time, for the benchmark's percentiles (bounded:
     /// beyond `MAX_RECORDED_BATCHES` only the histogram metric keeps counting).
     pub batch_durations: Mutex<Vec<Duration>>,
@@ -38,7 +44,10 @@ const MAX_RECORDED_BATCHES: usize = 1_000_000;
 
 impl JobStats {
     fn record_batch(&self, elapsed: Duration) {
-        let mut durations = self.batch_durations.lock().expect("durations lock poisoned");
+        let mut durations = self
+            .batch_durations
+            .lock()
+            .expect("durations lock poisoned");
         if durations.len() < MAX_RECORDED_BATCHES {
             durations.push(elapsed);
         }
@@ -57,6 +66,10 @@ pub struct JobRuntime {
     pub max_attempts: u32,
     pub limiter: Limiter,
     pub stats: JobStats,
+    /// `target_batch_time` and the size bounds, when batches adapt.
+    pub adaptive: Option<(Duration, u32, u32)>,
+    /// The health signals checked between batches, if any.
+    pub health: Option<HealthChecks>,
     /// The latest tunables seen in a batch transaction; PATCHed values arrive through it.
     tunables: Mutex<Tunables>,
 }
@@ -78,6 +91,11 @@ impl JobRuntime {
             max_attempts: spec.max_attempts,
             limiter: Limiter::new(spec.rows_per_second, spec.batch_size),
             stats,
+            adaptive: spec.target_batch_time.map(|target| {
+                let (min, max) = spec.batch_size_bounds();
+                (target, min, max)
+            }),
+            health: HealthChecks::of(spec),
             tunables: Mutex::new(Tunables::of(spec)),
         }
     }
@@ -93,9 +111,11 @@ impl JobRuntime {
     pub fn apply(&self, tunables: Tunables) {
         self.limiter
             .configure(tunables.rows_per_second, tunables.batch_size);
-        self.stats
-            .batch_size
-            .store(tunables.batch_size, Ordering::Relaxed);
+        if self.adaptive.is_none() {
+            self.stats
+                .batch_size
+                .store(tunables.batch_size, Ordering::Relaxed);
+        }
         *self.tunables.lock().expect("tunables lock poisoned") = tunables;
     }
 }
@@ -140,11 +160,18 @@ pub struct Worker {
     failed_attempts: u32,
     /// Consecutive waits for an unreachable database (they do not spend attempts).
     reconnect_waits: u32,
+    /// Sizes batches toward `target_batch_time`, when the job asks for it.
+    sizer: Option<Sizer>,
 }
 
 impl Worker {
     pub fn new(env: WorkerEnv, job: Arc<JobRuntime>, position: Position) -> Worker {
+        let start = job.tunables().batch_size;
+        let sizer = job
+            .adaptive
+            .map(|(target, min, max)| Sizer::new(target, min, max, start));
         Worker {
+            sizer,
             env,
             job,
             position,
@@ -175,14 +202,16 @@ impl Worker {
     /// One batch: wait for the rate limiter, run the transaction, account for the outcome.
     /// Tests drive this directly instead of sleeping.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
+        if !self.wait_until_healthy(cancel).await {
+            return Step::Exit(WorkerExit::Shutdown);
+        }
         let tunables = self.job.tunables();
+        let size = match &mut self.sizer {
+            Some(sizer) => sizer.next(tunables.batch_size),
+            None => tunables.batch_size,
+        };
         let limited = &self.job.stats.rate_limited;
-        if !self
-            .job
-            .limiter
-            .acquire(tunables.batch_size, cancel, limited)
-            .await
-        {
+        if !self.job.limiter.acquire(size, cancel, limited).await {
             return Step::Exit(WorkerExit::Shutdown);
         }
         let ctx = BatchContext {
@@ -194,7 +223,8 @@ impl Worker {
             actor: &self.env.actor,
         };
         let started = Instant::now();
-        match batch::run(&ctx, &mut self.position).await {
+        let fixed = self.sizer.as_ref().map(|_| size);
+        match batch::run(&ctx, &mut self.position, fixed).await {
             Ok(Outcome::Committed {
                 scanned,
                 updated,
@@ -222,6 +252,14 @@ impl Worker {
                     .observe(elapsed.as_secs_f64());
                 let stats = &self.job.stats;
                 stats.record_batch(elapsed);
+                if let Some(sizer) = &mut self.sizer {
+                    sizer.observe(scanned as u64, size, elapsed);
+                    stats.batch_size.store(sizer.current(), Ordering::Relaxed);
+                    *stats
+                        .batch_size_reason
+                        .lock()
+                        .expect("reason lock poisoned") = Some(sizer.reason().to_string());
+                }
                 stats
                     .rows_scanned
                     .fetch_add(scanned as u64, Ordering::Relaxed);
@@ -254,6 +292,15 @@ impl Worker {
     }
 
     async fn on_error(&mut self, error: BatchError, cancel: &CancellationToken) -> Step {
+        if let (Some(sizer), Some(cause)) = (&mut self.sizer, timeout_cause(&error)) {
+            sizer.halve(cause);
+            let stats = &self.job.stats;
+            stats.batch_size.store(sizer.current(), Ordering::Relaxed);
+            *stats
+                .batch_size_reason
+                .lock()
+                .expect("reason lock poisoned") = Some(sizer.reason().to_string());
+        }
         let stats = &self.job.stats;
         let delay = match error.retry {
             Retry::Reconnect => {
@@ -319,6 +366,55 @@ impl Worker {
             tracing::error!(job = %self.job.name, error = %e, "could not record the failure");
         }
         Step::Exit(WorkerExit::Failed(message))
+    }
+}
+
+impl Worker {
+    /// Waits while a health signal says so, re-checking every second. False if cancelled.
+    async fn wait_until_healthy(&mut self, cancel: &CancellationToken) -> bool {
+        let Some(health) = &self.job.health else {
+            return true;
+        };
+        loop {
+            let throttle = health.check(&self.env.pool).await;
+            let changed = {
+                let mut current = self
+                    .job
+                    .stats
+                    .throttle
+                    .lock()
+                    .expect("throttle lock poisoned");
+                let changed =
+                    current.as_ref().map(|t| t.reason) != throttle.as_ref().map(|t| t.reason);
+                *current = throttle.clone();
+                changed
+            };
+            let Some(throttle) = throttle else {
+                if changed {
+                    tracing::info!(job = %self.job.name, "health checks pass again; resuming batches");
+                }
+                return true;
+            };
+            if changed {
+                tracing::warn!(job = %self.job.name, reason = throttle.reason, "throttled: {}", throttle.detail);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(HEALTH_RECHECK) => {}
+            }
+        }
+    }
+}
+
+/// How often a throttled worker looks again.
+const HEALTH_RECHECK: Duration = Duration::from_secs(1);
+
+/// The timeout a failed batch hit, if it was one (adaptive batches halve after it).
+fn timeout_cause(error: &BatchError) -> Option<&'static str> {
+    match error.sqlstate.as_deref() {
+        Some("55P03") => Some("lock_timeout"),
+        Some("57014") => Some("statement_timeout"),
+        _ => None,
     }
 }
 

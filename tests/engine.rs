@@ -3,20 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backfilld::batch::Position;
-use backfilld::db::Schema;
-use backfilld::lease::Presence;
-use backfilld::spec::JobSpec;
-use backfilld::store::{jobs, progress, JobState};
-use backfilld::submit;
-use backfilld::worker::{JobRuntime, Step, Worker, WorkerEnv, WorkerExit};
-use common::{job_toml, text, TestDb};
+use backfilld::store::{jobs, JobState};
+use backfilld::worker::{Step, Worker, WorkerExit};
+use common::{job_toml, start_job, text, TestDb};
 use tokio_util::sync::CancellationToken;
-
-const TTL: Duration = Duration::from_secs(30);
 
 /// A products table, and a copy to which one plain UPDATE is applied for comparison.
 async fn products(db: &TestDb, rows: i64) {
@@ -191,40 +183,6 @@ async fn uuid_text_and_composite_keys_each_row_once() {
         assert_eq!(output.status.code(), Some(0), "{name}: {}", text(&output));
         assert_each_hit_once(&db, table, rows).await;
     }
-}
-
-/// Submits a job through the library and claims its partitions as this test's "process".
-async fn start_job(
-    db: &TestDb,
-    toml: &str,
-) -> (Arc<JobRuntime>, WorkerEnv, Vec<Position>, Presence) {
-    let spec = JobSpec::from_toml(toml, "test").unwrap();
-    let schema = Schema::new("backfilld");
-    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
-    let resolved = submit::resolve(&db.pool, &spec).await.unwrap();
-    let submitted = submit::find_or_submit(&db.pool, &schema, &spec, resolved.clone(), "test")
-        .await
-        .unwrap();
-    let id = submitted.job.id;
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::transition(&mut tx, &schema, id, JobState::Running, "test", None)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let presence = Presence::new(&db.url);
-    let holder = presence.holder().await.unwrap();
-    let claims = progress::claim(&db.pool, &schema, &holder, TTL, Some(id), 100)
-        .await
-        .unwrap();
-    let positions = claims.into_iter().map(Position::from).collect();
-    let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, TTL));
-    let env = WorkerEnv {
-        pool: db.pool.clone(),
-        schema,
-        lease_ttl: TTL,
-        actor: "test".into(),
-    };
-    (runtime, env, positions, presence)
 }
 
 #[tokio::test]

@@ -28,13 +28,21 @@ pub struct JobView {
     /// 0..1: rows scanned over the rows the table had when the job was planned.
     pub progress: f64,
     pub eta_seconds: Option<f64>,
+    /// The current batch size: adapted toward `target_batch_time` when the job sets one.
     pub batch_size: u32,
+    /// The adaptive target, e.g. "200ms"; null for fixed batches.
+    pub target_batch_time: Option<String>,
+    /// Why the batch size last changed (adaptive batches, as this process saw it).
+    pub batch_size_reason: Option<String>,
     /// Measured over the last 15 seconds, across every replica.
     pub rate_rows_per_second: f64,
     /// The configured limit; null when unlimited.
     pub rate_limit_rows_per_second: Option<u32>,
-    /// Why the job is held back right now, or null.
+    /// Why the job is held back right now (`rate_limit`, `replica_lag`, `throttle_query`,
+    /// `active_sessions`, `window`), or null.
     pub throttled: Option<String>,
+    /// What the throttling signal said, e.g. the replica lag or a failing throttle query.
+    pub throttle_detail: Option<String>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -121,15 +129,43 @@ pub fn job_view(
         _ => None,
     };
     let limit = spec.as_ref().and_then(|s| s.rows_per_second);
-    let locally_limited = local
+    let runtime = local
         .lock()
         .expect("registry lock poisoned")
         .get(&job.id)
+        .cloned();
+    let health = runtime.as_ref().and_then(|rt| {
+        rt.stats
+            .throttle
+            .lock()
+            .expect("throttle lock poisoned")
+            .clone()
+    });
+    let locally_limited = runtime
+        .as_ref()
         .is_some_and(|rt| rt.stats.rate_limited.load(Ordering::Relaxed));
     // Another replica may be the one waiting: running at the limit means it is the constraint.
     let at_limit = limit.is_some_and(|l| rate >= 0.95 * f64::from(l));
-    let throttled = (state == JobState::Running && (locally_limited || at_limit))
-        .then(|| "rate_limit".to_string());
+    let (throttled, throttle_detail) = match (state, health) {
+        (JobState::Running, Some(t)) => (Some(t.reason.to_string()), Some(t.detail)),
+        (JobState::Running, None) if locally_limited || at_limit => (
+            Some("rate_limit".to_string()),
+            limit.map(|l| format!("held to rows_per_second = {l}")),
+        ),
+        _ => (None, None),
+    };
+    let adaptive = spec.as_ref().and_then(|s| s.target_batch_time);
+    let batch_size = match (&runtime, adaptive) {
+        (Some(rt), Some(_)) => rt.stats.batch_size.load(Ordering::Relaxed),
+        _ => spec.as_ref().map_or(0, |s: &JobSpec| s.batch_size),
+    };
+    let batch_size_reason = runtime.as_ref().and_then(|rt| {
+        rt.stats
+            .batch_size_reason
+            .lock()
+            .expect("reason lock poisoned")
+            .clone()
+    });
     let now = Utc::now();
     JobView {
         name: job.name.clone(),
@@ -139,10 +175,13 @@ pub fn job_view(
         rows_updated,
         progress,
         eta_seconds,
-        batch_size: spec.as_ref().map_or(0, |s: &JobSpec| s.batch_size),
+        batch_size,
+        target_batch_time: adaptive.map(|d| humantime::format_duration(d).to_string()),
+        batch_size_reason,
         rate_rows_per_second: (rate * 10.0).round() / 10.0,
         rate_limit_rows_per_second: limit,
         throttled,
+        throttle_detail,
         last_error: job.last_error.clone(),
         created_at: job.created_at,
         started_at: job.started_at,

@@ -2,6 +2,7 @@
 //! temporary directory, and the real binary.
 #![allow(dead_code)]
 
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -295,4 +296,51 @@ pub fn http_status(base: &str, path: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+use std::sync::Arc;
+
+use backfilld::batch::Position;
+use backfilld::db::Schema;
+use backfilld::lease::Presence;
+use backfilld::spec::JobSpec;
+use backfilld::store::{jobs, progress, JobState};
+use backfilld::submit;
+use backfilld::worker::{JobRuntime, WorkerEnv};
+
+/// Lease time-to-live for jobs driven step by step from a test.
+pub const JOB_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Submits a job through the library and claims its partitions as this test's "process".
+pub async fn start_job(
+    db: &TestDb,
+    toml: &str,
+) -> (Arc<JobRuntime>, WorkerEnv, Vec<Position>, Presence) {
+    let spec = JobSpec::from_toml(toml, "test").unwrap();
+    let schema = Schema::new("backfilld");
+    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
+    let resolved = submit::resolve(&db.pool, &spec).await.unwrap();
+    let submitted = submit::find_or_submit(&db.pool, &schema, &spec, resolved.clone(), "test")
+        .await
+        .unwrap();
+    let id = submitted.job.id;
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::transition(&mut tx, &schema, id, JobState::Running, "test", None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let presence = Presence::new(&db.url);
+    let holder = presence.holder().await.unwrap();
+    let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
+        .await
+        .unwrap();
+    let positions = claims.into_iter().map(Position::from).collect();
+    let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, JOB_TTL));
+    let env = WorkerEnv {
+        pool: db.pool.clone(),
+        schema,
+        lease_ttl: JOB_TTL,
+        actor: "test".into(),
+    };
+    (runtime, env, positions, presence)
 }

@@ -1,0 +1,157 @@
+//! Adaptive batch sizes: after each batch, size the next so its transaction takes about
+//! `target_batch_time`, from a weighted average of recent rows per second (the rule
+//! pt-online-schema-change uses for `--chunk-time`); a batch that hit a lock or statement
+//! timeout is retried at half the size.
+
+use std::time::Duration;
+
+/// Weight of the newest batch in the average: recent enough to follow load changes, smooth
+/// enough that one slow batch does not collapse the size.
+const WEIGHT: f64 = 0.5;
+/// At most this growth per batch, so a burst of fast batches cannot overshoot the target.
+const MAX_GROWTH: f64 = 2.0;
+
+#[derive(Debug, Clone)]
+pub struct Sizer {
+    target: Duration,
+    min: u32,
+    max: u32,
+    current: u32,
+    /// Weighted average of rows scanned per second of transaction time.
+    rate: Option<f64>,
+    /// The batch_size of the spec last seen: a PATCH restarts from the new value.
+    base: u32,
+    reason: String,
+}
+
+impl Sizer {
+    pub fn new(target: Duration, min: u32, max: u32, start: u32) -> Sizer {
+        Sizer {
+            target,
+            min,
+            max,
+            current: start.clamp(min, max),
+            rate: None,
+            base: start,
+            reason: format!("starting at batch_size {start}"),
+        }
+    }
+
+    /// The size for the next batch. `spec_batch_size` is the live value of the spec; when an
+    /// operator changes it, adaptation restarts from there.
+    pub fn next(&mut self, spec_batch_size: u32) -> u32 {
+        if spec_batch_size != self.base {
+            self.base = spec_batch_size;
+            self.current = spec_batch_size.clamp(self.min, self.max);
+            self.rate = None;
+            self.reason = format!("batch_size changed to {spec_batch_size}");
+        }
+        self.current
+    }
+
+    /// Learns from a committed batch of `scanned` keys that took `elapsed`. A short final batch
+    /// says little about the rate, so only full batches count.
+    pub fn observe(&mut self, scanned: u64, limit: u32, elapsed: Duration) {
+        if scanned < u64::from(limit) || elapsed.is_zero() {
+            return;
+        }
+        let rate = scanned as f64 / elapsed.as_secs_f64();
+        let average = match self.rate {
+            Some(previous) => WEIGHT * rate + (1.0 - WEIGHT) * previous,
+            None => rate,
+        };
+        self.rate = Some(average);
+        let wanted = (average * self.target.as_secs_f64())
+            .min(f64::from(self.current) * MAX_GROWTH)
+            .round();
+        let next = (wanted as u32).clamp(self.min, self.max);
+        if next != self.current {
+            self.reason = format!(
+                "{} → {next}: {:.0} rows/s toward {} ms per batch",
+                self.current,
+                average,
+                self.target.as_millis()
+            );
+            self.current = next;
+        }
+    }
+
+    /// After a lock or statement timeout: retry at half the size.
+    pub fn halve(&mut self, cause: &str) {
+        let next = (self.current / 2).max(self.min);
+        self.reason = format!("{} → {next}: halved after {cause}", self.current);
+        self.current = next;
+        // The average included the batches that just proved too large.
+        self.rate = None;
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converges_toward_the_target_time() {
+        let mut sizer = Sizer::new(Duration::from_millis(200), 10, 100_000, 1000);
+        // The database does 20,000 rows/s: 200 ms means 4,000 rows.
+        for _ in 0..10 {
+            let size = sizer.next(1000);
+            sizer.observe(
+                u64::from(size),
+                size,
+                Duration::from_secs_f64(f64::from(size) / 20_000.0),
+            );
+        }
+        assert_eq!(sizer.current(), 4000);
+        // Load doubles the time per row: the size follows down.
+        for _ in 0..10 {
+            let size = sizer.next(1000);
+            sizer.observe(
+                u64::from(size),
+                size,
+                Duration::from_secs_f64(f64::from(size) / 10_000.0),
+            );
+        }
+        assert!(
+            (1990..=2010).contains(&sizer.current()),
+            "{}",
+            sizer.current()
+        );
+    }
+
+    #[test]
+    fn growth_is_bounded_and_sizes_stay_within_limits() {
+        let mut sizer = Sizer::new(Duration::from_millis(200), 50, 3000, 100);
+        sizer.observe(100, 100, Duration::from_millis(1));
+        assert_eq!(sizer.current(), 200, "at most doubling per batch");
+        for _ in 0..20 {
+            let size = sizer.next(100);
+            sizer.observe(u64::from(size), size, Duration::from_millis(1));
+        }
+        assert_eq!(sizer.current(), 3000);
+        sizer.halve("lock_timeout");
+        assert_eq!(sizer.current(), 1500);
+        assert!(sizer.reason().contains("halved after lock_timeout"));
+        for _ in 0..10 {
+            sizer.halve("statement_timeout");
+        }
+        assert_eq!(sizer.current(), 50);
+    }
+
+    #[test]
+    fn partial_batches_do_not_count_and_a_patch_restarts() {
+        let mut sizer = Sizer::new(Duration::from_millis(200), 10, 100_000, 1000);
+        sizer.observe(3, 1000, Duration::from_millis(100));
+        assert_eq!(sizer.current(), 1000);
+        assert_eq!(sizer.next(500), 500);
+        assert!(sizer.reason().contains("batch_size changed"));
+    }
+}

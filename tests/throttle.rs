@@ -1,0 +1,378 @@
+//! Adaptive batch sizes and health throttling, driven step by step against a real PostgreSQL.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backfilld::worker::{Step, Worker};
+use common::{eventually, job_toml, start_job, TestDb};
+use tokio_util::sync::CancellationToken;
+
+async fn hits(db: &TestDb, rows: i64) {
+    db.exec(&format!(
+        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
+    ))
+    .await;
+}
+
+fn reason(worker_job: &backfilld::worker::JobRuntime) -> String {
+    worker_job
+        .stats
+        .batch_size_reason
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout() {
+    let db = TestDb::new().await;
+    hits(&db, 200_000).await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "adaptive",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 50\ntarget_batch_time = \"100ms\"\nlock_timeout = \"100ms\"\nmax_attempts = 10",
+        ),
+    )
+    .await;
+    let cancel = CancellationToken::new();
+    let mut worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    for _ in 0..6 {
+        assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
+    }
+    // Any machine updates far more than 1,000 rows/s: 100 ms holds more than 100 rows, so the
+    // size has grown (at most doubling per batch).
+    let grown = runtime.stats.batch_size.load(Ordering::Relaxed);
+    assert!(grown > 100, "batch size stayed at {grown}");
+    assert!(
+        reason(&runtime).contains("toward 100 ms"),
+        "{}",
+        reason(&runtime)
+    );
+
+    // Another session holds a lock on the next batch's rows: the batch times out, and the
+    // retry is half the size.
+    let cursor: i64 = worker.position.cursor.as_ref().unwrap()[0].parse().unwrap();
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
+        .bind(cursor + 1)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let before = runtime.stats.batch_size.load(Ordering::Relaxed);
+    assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
+    assert_eq!(runtime.stats.batch_size.load(Ordering::Relaxed), before / 2);
+    assert!(
+        reason(&runtime).contains("halved after lock_timeout"),
+        "{}",
+        reason(&runtime)
+    );
+    let retried = runtime.stats.batches_retried.load(Ordering::Relaxed);
+    assert_eq!(retried, 1);
+    blocker.rollback().await.unwrap();
+    // Nothing of the timed-out batch was written.
+    let updated = db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await;
+    assert_eq!(updated, cursor);
+    assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
+    assert!(db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await > cursor);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits > 1").await,
+        0
+    );
+}
+
+/// Runs one step in the background, so a test can watch it wait.
+fn step_in_background(mut worker: Worker) -> tokio::task::JoinHandle<(Worker, Step)> {
+    tokio::spawn(async move {
+        let cancel = CancellationToken::new();
+        let step = worker.step(&cancel).await;
+        (worker, step)
+    })
+}
+
+async fn throttle_reason(job: &backfilld::worker::JobRuntime) -> Option<(String, String)> {
+    job.stats
+        .throttle
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|t| (t.reason.to_string(), t.detail.clone()))
+}
+
+#[tokio::test]
+async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
+    let db = TestDb::new().await;
+    hits(&db, 1_000).await;
+    db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
+        .await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "gentle",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nthrottle_query = \"SELECT busy FROM health\"",
+        ),
+    )
+    .await;
+    let worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    let step = step_in_background(worker);
+    let (reason, _) = eventually(Duration::from_secs(10), "the throttle", || async {
+        throttle_reason(&runtime).await
+    })
+    .await;
+    assert_eq!(reason, "throttle_query");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        0
+    );
+    db.exec("UPDATE health SET busy = false").await;
+    let (worker, outcome) = tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .expect("the step goes on once the query says so")
+        .unwrap();
+    assert!(matches!(outcome, Step::Continue { .. }));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        100
+    );
+    assert!(throttle_reason(&runtime).await.is_none());
+
+    // The query starts failing (its table is gone): the job waits and says why.
+    db.exec("DROP TABLE health").await;
+    let step = step_in_background(worker);
+    let (reason, detail) = eventually(
+        Duration::from_secs(10),
+        "the fail-safe throttle",
+        || async { throttle_reason(&runtime).await },
+    )
+    .await;
+    assert_eq!(reason, "throttle_query");
+    assert!(
+        detail.contains("failed") && detail.contains("health"),
+        "{detail}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        100
+    );
+    step.abort();
+}
+
+#[tokio::test]
+async fn busy_databases_and_closed_windows_hold_the_job() {
+    let db = TestDb::new().await;
+    hits(&db, 1_000).await;
+    // Three application sessions busy at once.
+    let mut sleepers = Vec::new();
+    for _ in 0..3 {
+        let pool = db.pool.clone();
+        sleepers.push(tokio::spawn(async move {
+            let _ = sqlx::query("SELECT pg_sleep(30)").execute(&pool).await;
+        }));
+    }
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "polite",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nmax_active_sessions = 1",
+        ),
+    )
+    .await;
+    let worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    let step = step_in_background(worker);
+    let (reason, detail) = eventually(Duration::from_secs(10), "the throttle", || async {
+        throttle_reason(&runtime).await
+    })
+    .await;
+    assert_eq!(reason, "active_sessions");
+    assert!(detail.contains("3 active sessions"), "{detail}");
+    db.exec(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE query = 'SELECT pg_sleep(30)' AND datname = current_database()",
+    )
+    .await;
+    let (_, outcome) = tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .expect("the step goes on once the sessions are idle")
+        .unwrap();
+    assert!(matches!(outcome, Step::Continue { .. }));
+    for sleeper in sleepers {
+        let _ = sleeper.await;
+    }
+
+    // A window that closed an hour ago and opens in an hour, in a named zone.
+    let now_minute = db
+        .scalar_i64("SELECT (extract(hour FROM now() AT TIME ZONE 'Asia/Tokyo') * 60 + extract(minute FROM now() AT TIME ZONE 'Asia/Tokyo'))::int8")
+        .await;
+    let at = |m: i64| {
+        format!(
+            "{:02}:{:02}",
+            m.rem_euclid(1440) / 60,
+            m.rem_euclid(1440) % 60
+        )
+    };
+    let window = format!("{}-{} Asia/Tokyo", at(now_minute + 60), at(now_minute - 60));
+    db.exec("CREATE TABLE u (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0); INSERT INTO u SELECT i FROM generate_series(1, 100) i;")
+        .await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "nightly",
+            "u",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            &format!("window = \"{window}\""),
+        ),
+    )
+    .await;
+    let worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    let step = step_in_background(worker);
+    let (reason, detail) = eventually(Duration::from_secs(10), "the window", || async {
+        throttle_reason(&runtime).await
+    })
+    .await;
+    assert_eq!(reason, "window");
+    assert!(detail.contains("Asia/Tokyo"), "{detail}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM u WHERE hits = 1").await,
+        0
+    );
+    step.abort();
+}
+
+#[tokio::test]
+async fn the_api_and_metrics_show_the_throttle_reason() {
+    let db = TestDb::new().await;
+    hits(&db, 2_000).await;
+    db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
+        .await;
+    let jobs = db.dir.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("held.toml"),
+        job_toml(
+            "held",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\ntarget_batch_time = \"200ms\"\nthrottle_query = \"SELECT busy FROM health\"",
+        ),
+    )
+    .unwrap();
+    let daemon = common::Daemon::start(&db.url, &db.dir, "", &jobs);
+    let http = reqwest::Client::new();
+    let job: serde_json::Value =
+        eventually(Duration::from_secs(20), "a throttled view", || async {
+            let job: serde_json::Value = http
+                .get(format!("{}/api/v1/jobs/held", daemon.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (job["throttled"] == "throttle_query").then_some(job)
+        })
+        .await;
+    assert_eq!(job["target_batch_time"], "200ms");
+    assert!(job["throttle_detail"]
+        .as_str()
+        .unwrap()
+        .contains("returned true"));
+    let metrics = http
+        .get(format!("{}/metrics", daemon.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backfill_throttled{job=\"held\",reason=\"throttle_query\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("backfill_throttled{job=\"held\",reason=\"replica_lag\"} 0"));
+    db.exec("UPDATE health SET busy = false").await;
+    eventually(Duration::from_secs(30), "completion", || async {
+        let job: serde_json::Value = http
+            .get(format!("{}/api/v1/jobs/held", daemon.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (job["state"] == "completed").then_some(())
+    })
+    .await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        2_000
+    );
+}
+
+#[tokio::test]
+async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
+    let db = TestDb::new().await;
+    hits(&db, 10).await;
+    let before = db.fingerprint().await;
+    let cases = [
+        (
+            "target_batch_time = \"200ms\"\nmin_batch_size = 5000\nmax_batch_size = 100",
+            vec!["min_batch_size", "larger than max_batch_size"],
+        ),
+        (
+            "throttle_query = \"SELECT count(*) FROM pg_stat_activity\"",
+            vec!["throttle_query", "one boolean", "int8"],
+        ),
+        (
+            "throttle_query = \"SELECT true, false\"",
+            vec!["throttle_query", "one boolean"],
+        ),
+        (
+            "throttle_query = \"SELECT busy FROM nowhere\"",
+            vec!["throttle_query", "nowhere"],
+        ),
+        ("window = \"late-night\"", vec!["window", "HH:MM"]),
+        (
+            "window = \"22:00-06:00 Mars/Olympus\"",
+            vec!["window", "Mars/Olympus"],
+        ),
+        ("target_batch_time = \"1ms\"", vec!["target_batch_time"]),
+    ];
+    for (extra, words) in cases {
+        let file = db.write_job(
+            "bad.toml",
+            &job_toml("bad", "t", "\"id\"", "hits = \"hits + 1\"", extra),
+        );
+        for command in ["check", "run"] {
+            let output = db.cli(&[command, file.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{extra} ({command}): {stderr}"
+            );
+            for word in &words {
+                assert!(
+                    stderr.contains(word),
+                    "{extra} ({command}): {word:?} not in {stderr}"
+                );
+            }
+        }
+    }
+    assert_eq!(db.fingerprint().await, before);
+}
