@@ -1,0 +1,304 @@
+//! Replica lag throttling against a real streaming standby: a throwaway primary and a
+//! standby made with pg_basebackup, on their own ports, run as the postgres user. The standby's
+//! replay is paused on purpose (`pg_wal_replay_pause()`), so it lags; the job must wait until
+//! replay resumes, then finish exactly once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// The newest installed PostgreSQL's binaries (Debian layout).
+fn pg_bin(tool: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("bin").join(tool).exists())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions
+        .pop()
+        .expect("an installed PostgreSQL")
+        .join("bin")
+        .join(tool)
+}
+
+/// Runs a PostgreSQL tool as the postgres user (servers refuse to run as root).
+fn as_postgres(tool: &str, args: &[&str]) {
+    let output = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_bin(tool))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser");
+    assert!(
+        output.status.success(),
+        "{tool} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A primary and a streaming standby in a temporary directory, stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    primary_port: u16,
+    standby_port: u16,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "backfilld-replica-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("chown")
+            .args(["postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let cluster = Cluster {
+            primary_port: free_port(),
+            standby_port: free_port(),
+            dir,
+        };
+        let primary = cluster.dir.join("primary");
+        let standby = cluster.dir.join("standby");
+        as_postgres(
+            "initdb",
+            &[
+                "-D",
+                primary.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl_start(&primary, cluster.primary_port);
+        as_postgres(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                standby.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        cluster.pg_ctl_start(&standby, cluster.standby_port);
+        cluster
+    }
+
+    fn pg_ctl_start(&self, data: &Path, port: u16) {
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.dir.display()
+        );
+        let log = self.dir.join(format!("{port}.log"));
+        as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn url(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for data in ["standby", "primary"] {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_bin("pg_ctl"))
+                .args([
+                    "-D",
+                    self.dir.join(data).to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Rows the job has checkpointed; 0 before its schema exists.
+async fn progress(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
+    let cluster = Cluster::start();
+    let primary = pool(&cluster.url(cluster.primary_port)).await;
+    let standby = pool(&cluster.url(cluster.standby_port)).await;
+    sqlx::raw_sql(
+        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, 20000) i;",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    common::eventually(
+        Duration::from_secs(30),
+        "the standby to catch up",
+        || async {
+            let rows: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM t")
+                .fetch_one(&standby)
+                .await
+                .ok();
+            (rows == Some(20_000)).then_some(())
+        },
+    )
+    .await;
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&standby)
+        .await
+        .unwrap();
+
+    let dir = cluster.dir.join("job");
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = dir.join("lagged.toml");
+    std::fs::write(
+        &job,
+        common::job_toml(
+            "lagged",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nrows_per_second = 4000\nmax_replica_lag = \"1s\"",
+        ),
+    )
+    .unwrap();
+    let log_path = dir.join("run.log");
+    let mut run = Command::new(common::bin())
+        .args(["run", job.to_str().unwrap()])
+        .env("DATABASE_URL", cluster.url(cluster.primary_port))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+
+    // The job's own writes pile up unreplayed WAL; once the standby is more than 1 s behind,
+    // the job must stand still.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held_at = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the job never stopped for the lag"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the job ended while the standby lagged"
+        );
+        let lag: f64 = sqlx::query_scalar(
+            "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication",
+        )
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+        let before = progress(&primary).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = progress(&primary).await;
+        if lag > 1.0 && before == after && after > 0 {
+            break after;
+        }
+    };
+    assert!(held_at < 20_000, "the job finished despite the lag");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("replica_lag"),
+        "no throttle reason in the log:\n{log}"
+    );
+
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&standby)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after replay resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+    assert_eq!(
+        scalar(&primary, "SELECT count(*) FROM t WHERE hits = 1").await,
+        20_000
+    );
+    assert_eq!(
+        scalar(&primary, "SELECT count(*) FROM t WHERE hits <> 1").await,
+        0
+    );
+}
