@@ -2,6 +2,7 @@
 //! temporary directory, and the real binary.
 #![allow(dead_code)]
 
+pub mod api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,200 @@
+//! An HTTP client for a test daemon, and the hits-table helpers the fault tests share.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::{eventually, Daemon, TestDb};
+
+/// Three tokens, one per role.
+pub const TOKENS: &str = r#"
+[[tokens]]
+name = "viewer"
+role = "read"
+token = "read-token-123"
+
+[[tokens]]
+name = "oncall"
+role = "operate"
+token = "operate-token-123"
+
+[[tokens]]
+name = "admin"
+role = "admin"
+token = "admin-token-123"
+"#;
+
+pub const ADMIN: &str = "admin-token-123";
+
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(daemon: &Daemon, token: Option<&str>) -> Api {
+        Api::at(&daemon.base, token)
+    }
+
+    pub fn at(base: &str, token: Option<&str>) -> Api {
+        Api {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+            token: token.map(String::from),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// Submits a job and insists on 201.
+    pub async fn submit(&self, job: Value) {
+        let (status, body) = self.post("/api/v1/jobs", Some(job)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    pub async fn job(&self, name: &str) -> Value {
+        let (status, job) = self.get(&format!("/api/v1/jobs/{name}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        job
+    }
+
+    pub async fn wait_state(&self, name: &str, state: &str, within: Duration) -> Value {
+        eventually(within, &format!("{name} to be {state}"), || async {
+            let job = self.job(name).await;
+            (job["state"] == json!(state)).then_some(job)
+        })
+        .await
+    }
+
+    pub async fn events(&self, name: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/v1/jobs/{name}/events")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["events"].as_array().unwrap().clone()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
+    /// given as the metric name and its labels in exposition order; 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let wanted = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+/// `t (id bigint PRIMARY KEY, hits int)` with ids 1..=rows.
+pub async fn hits_table(db: &TestDb, rows: i64) {
+    db.exec(&format!(
+        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
+    ))
+    .await;
+}
+
+/// A non-idempotent job over `t`: running a batch twice shows as `hits = 2`.
+pub fn hits_job(name: &str, extra: Value) -> Value {
+    let mut job = json!({
+        "name": name, "table": "t", "key": "id", "set": {"hits": "hits + 1"}, "batch_size": 100
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            job[k] = v;
+        }
+    }
+    job
+}
+
+pub async fn scanned(db: &TestDb) -> i64 {
+    db.scalar_i64("SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress")
+        .await
+}
+
+/// `rows` rows in `table`, every one with `hits = 1`.
+pub async fn assert_each_hit_once(db: &TestDb, table: &str, rows: i64) {
+    let summary = db
+        .scalar_string(&format!(
+            "SELECT count(*) || ' rows, min ' || coalesce(min(hits), 0) || ', max ' || coalesce(max(hits), 0) FROM {table}"
+        ))
+        .await;
+    assert_eq!(
+        summary.as_deref(),
+        Some(&*format!("{rows} rows, min 1, max 1")),
+        "{table}: not every row incremented exactly once"
+    );
+}
+
+/// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
+/// has more: nothing half-written, nothing doubled. One statement, so one snapshot, even while
+/// batches commit.
+pub async fn assert_table_matches_checkpoints(db: &TestDb, table: &str) {
+    let (once, more, scanned): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM {table} WHERE hits = 1),
+                (SELECT count(*) FROM {table} WHERE hits > 1),
+                (SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress)"
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (once, more),
+        (scanned, 0),
+        "{table} against the checkpoints"
+    );
+}
+
+pub fn jobs_dir(db: &TestDb) -> std::path::PathBuf {
+    let dir = db.dir.join("jobs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// No panic and no stack overflow in a daemon's log.
+pub fn assert_no_panic(log: &str) {
+    assert!(
+        !log.contains("panicked") && !log.contains("overflow"),
+        "the daemon panicked:\n{log}"
+    );
+}
