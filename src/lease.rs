@@ -120,7 +120,7 @@ pub async fn heartbeat(
             Err(e) => Err(e),
         };
         match renewed {
-            Ok(n) if n < tokens.len() as u64 => tracing::warn!(
+            Ok(n) if n < tokens.len() as i64 => tracing::warn!(
                 held = tokens.len(),
                 renewed = n,
                 "some leases were taken over; their workers stop at their next batch"

@@ -34,6 +34,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
     /// `[schema.]table`, resolved against the catalog, never spliced into SQL unquoted.
     pub table: String,
@@ -44,8 +45,10 @@ pub struct JobSpec {
     #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     #[serde(default = "default_batch_size")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub batch_size: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub rows_per_second: Option<u32>,
     #[serde(
         default,
@@ -55,6 +58,7 @@ pub struct JobSpec {
     #[schema(value_type = Option<String>, example = "50ms")]
     pub pause: Option<Duration>,
     #[serde(default = "default_partitions")]
+    #[schema(minimum = 1, maximum = 256)]
     pub partitions: u32,
     #[serde(
         default,
@@ -71,6 +75,7 @@ pub struct JobSpec {
     #[schema(value_type = Option<String>, example = "30s")]
     pub statement_timeout: Option<Duration>,
     #[serde(default = "default_max_attempts")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: u32,
     /// Adaptive batches: size each batch so its transaction takes about this long.
     #[serde(
@@ -82,8 +87,10 @@ pub struct JobSpec {
     pub target_batch_time: Option<Duration>,
     /// Bounds for adaptive batches (defaults: 10 and 100 × batch_size, at most 1,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub min_batch_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_batch_size: Option<u32>,
     /// Health throttling: wait while any standby replays more than this far behind.
     #[serde(
@@ -99,6 +106,7 @@ pub struct JobSpec {
     /// Health throttling: wait while more backends than this are active in the database
     /// (backfilld's own sessions not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_active_sessions: Option<u32>,
     /// Hours in which the job may run, `HH:MM-HH:MM` with an optional time zone
     /// (`"22:00-06:00 Europe/Berlin"`; UTC when absent). Outside them it waits.
@@ -175,7 +183,7 @@ impl JobSpec {
     pub fn from_toml(text: &str, origin: &str) -> Result<JobSpec, SpecError> {
         let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
             origin: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: shorten_lines(e.to_string().trim_end()),
         })?;
         spec.validate(origin)?;
         Ok(spec)
@@ -184,7 +192,7 @@ impl JobSpec {
     pub fn from_json(text: &str, origin: &str) -> Result<JobSpec, SpecError> {
         let spec: JobSpec = serde_json::from_str(text).map_err(|e| SpecError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: shorten_lines(&e.to_string()),
         })?;
         spec.validate(origin)?;
         Ok(spec)
@@ -197,12 +205,18 @@ impl JobSpec {
             field,
             message,
         };
+        if let Some(field) = self.field_with_nul() {
+            return Err(invalid(
+                field,
+                "contains a NUL character, which PostgreSQL text cannot hold".into(),
+            ));
+        }
         if !is_valid_name(&self.name) {
             return Err(invalid(
                 "name",
                 format!(
                     "{:?} is not a valid job name: use 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter or digit",
-                    self.name
+                    shorten(&self.name)
                 ),
             ));
         }
@@ -342,6 +356,28 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The first field holding a NUL character: it cannot reach PostgreSQL as text.
+    fn field_with_nul(&self) -> Option<&'static str> {
+        let has = |s: &str| s.contains('\0');
+        if has(&self.name) {
+            Some("name")
+        } else if has(&self.table) {
+            Some("table")
+        } else if self.key.0.iter().any(|k| has(k)) {
+            Some("key")
+        } else if self.set.iter().any(|(c, e)| has(c) || has(e)) {
+            Some("set")
+        } else if self.filter.as_deref().is_some_and(has) {
+            Some("where")
+        } else if self.throttle_query.as_deref().is_some_and(has) {
+            Some("throttle_query")
+        } else if self.window.as_deref().is_some_and(has) {
+            Some("window")
+        } else {
+            None
+        }
+    }
+
     /// The bounds adaptive batches stay within.
     pub fn batch_size_bounds(&self) -> (u32, u32) {
         let min = self.min_batch_size.unwrap_or(10.min(self.batch_size));
@@ -392,6 +428,28 @@ impl JobSpec {
         fields.dedup();
         fields
     }
+}
+
+/// Long values are cut when echoed in messages: a 10 MB name helps nobody.
+pub fn shorten(text: &str) -> String {
+    const MAX: usize = 120;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_string(),
+    }
+}
+
+/// `shorten` for each line of a parser's message (which quotes the offending line).
+fn shorten_lines(message: &str) -> String {
+    let lines: Vec<String> = message
+        .lines()
+        .take(12)
+        .map(|l| match l.char_indices().nth(240) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => l.to_string(),
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// A daily window in which a job may run: `HH:MM-HH:MM`, wrapping past midnight when the end
@@ -601,6 +659,17 @@ mod tests {
         let day = Window::parse("09:00-17:30").unwrap();
         assert_eq!(day.time_zone, "UTC");
         assert!(day.contains(9 * 60) && !day.contains(17 * 60 + 30));
+    }
+
+    #[test]
+    fn nul_characters_and_huge_values_get_short_clear_messages() {
+        let text = MINIMAL.replace("to_tsvector(name)", "to_tsvector(name)\\u0000");
+        let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("set") && err.contains("NUL"), "{err}");
+        let huge = MINIMAL.replace("products_search", &"X".repeat(1_000_000));
+        let err = JobSpec::from_toml(&huge, "t.toml").unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains("1000000 bytes"), "{err}");
     }
 
     #[test]

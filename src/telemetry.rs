@@ -1,7 +1,7 @@
 //! Logging, set up once: human-readable text by default, JSON lines with `log_format = "json"`.
 //! While a progress bar is on screen, log lines are printed above it instead of through it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use indicatif::ProgressBar;
@@ -23,6 +23,8 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(BarAwareStderr)
+        // Colours only for a person at a terminal, never in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),

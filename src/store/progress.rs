@@ -129,29 +129,41 @@ pub async fn claim<'e>(
     .await
 }
 
-/// Extends every lease this holder still has. Leases taken over by others are untouched: the
-/// worker that lost one finds out at its next batch.
+/// Extends every lease this holder still has, and returns how many of `tokens` are still its
+/// own. A partition whose row an in-flight batch has locked is skipped, not waited for (that
+/// batch's checkpoint extends it): waiting could let the other leases lapse behind a batch
+/// stuck on an application lock. Leases taken over by others are untouched: the worker that
+/// lost one finds out at its next batch.
 pub async fn renew<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
     holder: &Holder,
     tokens: &[Uuid],
     ttl: Duration,
-) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(sql(format!(
-        "UPDATE {}.progress
-            SET lease_expires_at = now() + $2 * interval '1 millisecond',
-                lease_backend_pid = $3, lease_backend_start = $4
-          WHERE lease_token = ANY ($1)",
-        schema.q
+) -> Result<i64, sqlx::Error> {
+    let s = &schema.q;
+    sqlx::query_scalar(sql(format!(
+        "WITH free AS (
+             SELECT job_id, partition_index FROM {s}.progress
+              WHERE lease_token = ANY ($1)
+                FOR UPDATE SKIP LOCKED
+         ), renewed AS (
+             UPDATE {s}.progress p
+                SET lease_expires_at = now() + $2 * interval '1 millisecond',
+                    lease_backend_pid = $3, lease_backend_start = $4
+               FROM free f
+              WHERE p.job_id = f.job_id AND p.partition_index = f.partition_index
+             RETURNING 1
+         )
+         -- A data-modifying WITH runs whether or not it is read.
+         SELECT count(*) FROM {s}.progress WHERE lease_token = ANY ($1)"
     )))
     .bind(tokens)
     .bind(ttl.as_millis() as i64)
     .bind(holder.backend_pid)
     .bind(holder.backend_start)
-    .execute(executor)
-    .await?;
-    Ok(result.rows_affected())
+    .fetch_one(executor)
+    .await
 }
 
 pub async fn release<'e>(
