@@ -108,14 +108,9 @@ impl From<crate::store::progress::Claim> for Position {
     }
 }
 
-/// Settings applied with `SET LOCAL` to each batch transaction.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timeouts {
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    /// Kills a session left idle inside a batch (a stalled process), freeing its locks.
-    pub idle_in_transaction: Option<Duration>,
-}
+/// Settings applied with `SET LOCAL` to each batch transaction; `idle_in_transaction` kills a
+/// session left idle inside a batch (a stalled process), freeing its locks.
+pub type Timeouts = progress::LocalSettings;
 
 /// The live tunables read in the batch's own transaction (PATCH takes effect here).
 #[derive(Debug, Clone, PartialEq)]
@@ -171,14 +166,13 @@ pub async fn run(
 ) -> Result<Outcome, BatchError> {
     let mut conn = ctx.pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    set_local_timeouts(&mut tx, &ctx.timeouts).await?;
-
     let Some(fence) = progress::fence(
         &mut tx,
         ctx.schema,
         position.job_id,
         position.partition_index,
         position.lease_token,
+        &ctx.timeouts,
     )
     .await?
     else {
@@ -209,7 +203,12 @@ pub async fn run(
         (None, Some(lower)) => (Lower::Partition, vec![lower.clone()]),
         (None, None) => (Lower::Unbounded, Vec::new()),
     };
-    let statement = ctx.sql.batch(lower, position.upper_bound.is_some());
+    // The rows and the checkpoint in one statement.
+    let checkpoint =
+        |first: usize, limit: usize| progress::checkpoint_cte(ctx.schema, first, limit);
+    let statement = ctx
+        .sql
+        .batch(lower, position.upper_bound.is_some(), Some(&checkpoint));
     let mut query = sqlx::query(sql(statement));
     for value in binds {
         query = query.bind(value);
@@ -217,29 +216,24 @@ pub async fn run(
     if let Some(upper) = &position.upper_bound {
         query = query.bind(upper.clone());
     }
-    let row = query.bind(limit).fetch_one(&mut *tx).await?;
+    let row = query
+        .bind(limit)
+        .bind(position.job_id)
+        .bind(position.partition_index)
+        .bind(position.lease_token)
+        .bind(ctx.lease_ttl.as_millis() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
     let scanned: i64 = row.try_get("scanned")?;
     let updated: i64 = row.try_get("updated")?;
     let last_key: Option<Vec<String>> = row.try_get("last_key")?;
+    if row.try_get::<i64, _>("checkpointed")? != 1 {
+        // Cannot happen while the fence holds the row locked; never commit without it.
+        return Ok(Outcome::LeaseLost);
+    }
 
     let partition_done = scanned < limit;
     let cursor = last_key.or_else(|| position.cursor.clone());
-    let fenced = progress::checkpoint(
-        &mut tx,
-        ctx.schema,
-        position.job_id,
-        position.partition_index,
-        position.lease_token,
-        cursor.as_deref(),
-        scanned,
-        updated,
-        partition_done,
-        ctx.lease_ttl,
-    )
-    .await?;
-    if !fenced {
-        return Ok(Outcome::LeaseLost);
-    }
     let job_completed = partition_done && complete_if_all_done(&mut tx, ctx, position).await?;
     tx.commit().await?;
     position.cursor = cursor;
@@ -250,30 +244,6 @@ pub async fn run(
         job_completed,
         tunables,
     })
-}
-
-async fn set_local_timeouts(
-    tx: &mut sqlx::PgConnection,
-    timeouts: &Timeouts,
-) -> Result<(), sqlx::Error> {
-    let settings = [
-        ("lock_timeout", timeouts.lock_timeout),
-        ("statement_timeout", timeouts.statement_timeout),
-        (
-            "idle_in_transaction_session_timeout",
-            timeouts.idle_in_transaction,
-        ),
-    ];
-    for (name, value) in settings {
-        if let Some(value) = value {
-            sqlx::query("SELECT set_config($1, $2, true)")
-                .bind(name)
-                .bind(format!("{}ms", value.as_millis().max(1)))
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Marks the job completed if this batch finished its last pending partition. The job row is

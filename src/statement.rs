@@ -32,8 +32,12 @@ pub struct BatchSql {
     filter: Option<String>,
 }
 
-const BATCH: &str = "\"__backfilld_batch\"";
-const UPDATED: &str = "\"__backfilld_updated\"";
+/// Names of the batch statement's parts, which a checkpoint CTE may read: the walked keys, the
+/// last of them (`key text[]`), and the updated rows.
+pub const BATCH: &str = "\"__backfilld_batch\"";
+pub const LAST: &str = "\"__backfilld_last\"";
+pub const UPDATED: &str = "\"__backfilld_updated\"";
+const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
 
 fn batch_key(i: usize) -> String {
     format!("\"__backfilld_k{i}\"")
@@ -76,50 +80,62 @@ impl BatchSql {
 
     /// The one statement a batch runs. Parameters, in order: the lower bound (one text per key
     /// column for `Cursor`, one for `Partition`, none for `Unbounded`), the upper bound on the
-    /// first key column if `upper`, and the batch size (int8). Returns one row:
-    /// `scanned int8, updated int8, last_key text[]` (NULL when nothing was scanned).
-    pub fn batch(&self, lower: Lower, upper: bool) -> String {
+    /// first key column if `upper`, the batch size (int8), then whatever `checkpoint` uses
+    /// (it is given the number of its first parameter and of the batch size's). Returns one
+    /// row: `scanned int8, updated int8, last_key text[]` (NULL when nothing was scanned) and
+    /// `checkpointed int8` (1 without a checkpoint).
+    ///
+    /// The walk takes the next keys in key order from the key's index; the UPDATE then covers
+    /// the same keys as one index range, `(cursor, last key]`, which keeps the plan a bounded
+    /// index scan whatever the batch size (a join against the walked keys lets the planner pick
+    /// a merge join that reads the index from its first entry, a cost that grows with progress).
+    /// Both read one snapshot, so the range holds exactly the walked keys.
+    pub fn batch(
+        &self,
+        lower: Lower,
+        upper: bool,
+        checkpoint: Option<&dyn Fn(usize, usize) -> String>,
+    ) -> String {
         let mut param = 0;
         let mut next = || {
             param += 1;
-            format!("${param}")
+            (param, format!("${param}"))
         };
         let first = &self.key[0];
-        let mut conditions = Vec::new();
-        match lower {
-            Lower::Unbounded => {}
-            Lower::Partition => conditions.push(format!(
-                "{} > {}::text::{}",
-                quote_ident(&first.name),
-                next(),
+        let first_name = quote_ident(&first.name);
+        let lower_condition = match lower {
+            Lower::Unbounded => None,
+            Lower::Partition => Some(format!(
+                "{first_name} > {}::text::{}",
+                next().1,
                 first.type_sql
             )),
             Lower::Cursor => {
                 let values: Vec<String> = self
                     .key
                     .iter()
-                    .map(|k| format!("{}::text::{}", next(), k.type_sql))
+                    .map(|k| format!("{}::text::{}", next().1, k.type_sql))
                     .collect();
-                conditions.push(if self.key.len() == 1 {
-                    format!("{} > {}", quote_ident(&first.name), values[0])
+                Some(if self.key.len() == 1 {
+                    format!("{first_name} > {}", values[0])
                 } else {
                     format!("({}) > ({})", self.key_list(), values.join(", "))
-                });
+                })
             }
-        }
+        };
+        let mut walk_conditions: Vec<String> = lower_condition.iter().cloned().collect();
         if upper {
-            conditions.push(format!(
-                "{} <= {}::text::{}",
-                quote_ident(&first.name),
-                next(),
+            walk_conditions.push(format!(
+                "{first_name} <= {}::text::{}",
+                next().1,
                 first.type_sql
             ));
         }
-        let limit = next();
-        let where_walk = if conditions.is_empty() {
+        let (limit_number, limit) = next();
+        let where_walk = if walk_conditions.is_empty() {
             String::new()
         } else {
-            format!("\n    WHERE {}", conditions.join(" AND "))
+            format!("\n    WHERE {}", walk_conditions.join(" AND "))
         };
         let select_keys: Vec<String> = self
             .key
@@ -132,35 +148,41 @@ impl BatchSql {
             .iter()
             .map(|(column, expression)| format!("{} = {}", quote_ident(column), wrap(expression)))
             .collect();
-        let mut join: Vec<String> = self
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                format!(
-                    "{}.{} = {BATCH}.{}",
-                    self.table,
-                    quote_ident(&k.name),
-                    batch_key(i)
-                )
-            })
-            .collect();
+        let last_of = |i: usize| format!("(SELECT {} FROM {LAST})", batch_key(i));
+        let upto_last = if self.key.len() == 1 {
+            format!("{first_name} <= {}", last_of(0))
+        } else {
+            let lasts: Vec<String> = (0..self.key.len()).map(last_of).collect();
+            format!("({}) <= ({})", self.key_list(), lasts.join(", "))
+        };
+        let mut update_conditions: Vec<String> = lower_condition.into_iter().collect();
+        update_conditions.push(upto_last);
         if let Some(filter) = &self.filter {
-            join.push(wrap(filter));
+            update_conditions.push(wrap(filter));
         }
         let last_key: Vec<String> = (0..self.key.len())
             .map(|i| format!("{}::text", batch_key(i)))
             .collect();
-        let descending: Vec<String> = (0..self.key.len())
-            .map(|i| format!("{} DESC", batch_key(i)))
-            .collect();
+        let batch_keys: Vec<String> = (0..self.key.len()).map(batch_key).collect();
+        let descending: Vec<String> = batch_keys.iter().map(|k| format!("{k} DESC")).collect();
+        let (checkpoint_cte, checkpointed) = match checkpoint {
+            Some(build) => (
+                format!(
+                    ", {CHECKPOINT} AS (\n{}\n)",
+                    build(limit_number + 1, limit_number)
+                ),
+                format!("(SELECT count(*) FROM {CHECKPOINT})::int8"),
+            ),
+            None => (String::new(), "1::int8".to_string()),
+        };
         format!(
-            "WITH {BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    FROM {BATCH}\n    WHERE {join}\n    RETURNING 1\n)\nSELECT (SELECT count(*) FROM {BATCH})::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT ARRAY[{last_key}] FROM {BATCH} ORDER BY {descending} LIMIT 1) AS last_key",
+            "WITH {BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {LAST} AS (\n    SELECT ARRAY[{last_key}] AS key, {batch_keys} FROM {BATCH}\n    ORDER BY {descending} LIMIT 1\n), {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT (SELECT count(*) FROM {BATCH})::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {checkpointed} AS checkpointed",
             select = select_keys.join(", "),
             table = self.table,
             order = self.key_list(),
+            batch_keys = batch_keys.join(", "),
             assignments = assignments.join(",\n        "),
-            join = join.join("\n      AND "),
+            update_conditions = update_conditions.join("\n      AND "),
             last_key = last_key.join(", "),
             descending = descending.join(", "),
         )
@@ -171,7 +193,7 @@ impl BatchSql {
         let mut all = Vec::new();
         for lower in [Lower::Unbounded, Lower::Partition, Lower::Cursor] {
             for upper in [false, true] {
-                all.push(self.batch(lower, upper));
+                all.push(self.batch(lower, upper, None));
             }
         }
         all
@@ -217,7 +239,8 @@ mod tests {
 
     #[test]
     fn quotes_identifiers_and_numbers_parameters() {
-        let s = sql(&[("id", "bigint")], Some("hits < 10 -- comment")).batch(Lower::Cursor, true);
+        let s =
+            sql(&[("id", "bigint")], Some("hits < 10 -- comment")).batch(Lower::Cursor, true, None);
         assert!(s.contains("\"public\".\"my \"\"table\"\"\""), "{s}");
         assert!(
             s.contains("\"id\" > $1::text::bigint AND \"id\" <= $2::text::bigint"),
@@ -230,14 +253,21 @@ mod tests {
 
     #[test]
     fn composite_keys_use_row_comparison() {
-        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(Lower::Cursor, false);
+        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(
+            Lower::Cursor,
+            false,
+            None,
+        );
         assert!(
             s.contains("(\"tenant_id\", \"id\") > ($1::text::integer, $2::text::uuid)"),
             "{s}"
         );
         assert!(s.contains("LIMIT $3"), "{s}");
-        let s =
-            sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(Lower::Partition, true);
+        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(
+            Lower::Partition,
+            true,
+            None,
+        );
         assert!(
             s.contains("\"tenant_id\" > $1::text::integer AND \"tenant_id\" <= $2::text::integer"),
             "{s}"
@@ -246,7 +276,7 @@ mod tests {
 
     #[test]
     fn unbounded_has_only_the_limit() {
-        let s = sql(&[("id", "bigint")], None).batch(Lower::Unbounded, false);
+        let s = sql(&[("id", "bigint")], None).batch(Lower::Unbounded, false, None);
         assert!(s.contains("LIMIT $1"), "{s}");
         assert!(!s.contains("$2"), "{s}");
     }

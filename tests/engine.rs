@@ -312,3 +312,52 @@ async fn the_rate_limit_holds_over_several_seconds() {
     );
     assert_each_hit_once(&db, "t", 10_000).await;
 }
+
+#[tokio::test]
+async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
+    let db = TestDb::new().await;
+    hits_table(&db, "t", "bigint", "i", 100_000).await;
+    db.exec("ANALYZE t").await;
+    let schema = backfilld::db::Schema::new("backfilld");
+    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
+    let spec = backfilld::spec::JobSpec::from_toml(
+        &job_toml(
+            "plan",
+            "t",
+            "\"k\"",
+            "hits = \"hits + 1\"",
+            "where = \"hits = 0\"",
+        ),
+        "test",
+    )
+    .unwrap();
+    let resolved = backfilld::submit::resolve(&db.pool, &spec).await.unwrap();
+    let checkpoint = |first: usize, limit: usize| {
+        backfilld::store::progress::checkpoint_cte(&schema, first, limit)
+    };
+    let statement = resolved.sql.batch(
+        backfilld::statement::Lower::Cursor,
+        false,
+        Some(&checkpoint),
+    );
+    // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE batch AS {statement}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE batch('90000', 1000, 1, 0, '00000000-0000-0000-0000-000000000000', 30000)",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    // The walk and the update are both index range scans; nothing reads the table from its
+    // start, whatever the cursor (the cost must not grow with progress).
+    assert!(!plan.contains("Seq Scan on t"), "{plan}");
+    assert!(!plan.contains("Merge Join"), "{plan}");
+    assert!(plan.matches("Index").count() >= 2, "{plan}");
+}

@@ -27,7 +27,7 @@ const USERS_JOB: (&str, &str) = (
     include_str!("../../jobs/users_email.toml"),
 );
 
-const CREATE_PRODUCTS: &str = "
+pub const CREATE_PRODUCTS: &str = "
 CREATE TABLE public.products (
     id              bigserial PRIMARY KEY,
     name            text NOT NULL,
@@ -38,7 +38,8 @@ CREATE TABLE public.products (
 )";
 
 /// Deterministic but varied rows: words picked by different strides of the row number.
-const FILL_PRODUCTS: &str = "
+/// Public so the benchmark (`benches/backfill.rs`) measures the same data as the demo.
+pub const FILL_PRODUCTS: &str = "
 INSERT INTO public.products (name, brand, description, price)
 SELECT (ARRAY['Ultra','Pro','Classic','Eco','Smart','Compact','Deluxe','Mini','Max','Air'])[1 + i % 10]
        || ' ' || (ARRAY['Wireless','Stainless','Organic','Portable','Ergonomic','Waterproof','Vintage','Modular'])[1 + (i / 10) % 8]
@@ -52,7 +53,7 @@ SELECT (ARRAY['Ultra','Pro','Classic','Eco','Smart','Compact','Deluxe','Mini','M
        round((4.99 + (i * 37) % 995)::numeric, 2)
   FROM generate_series(1, $1::int8) AS i";
 
-const CREATE_USERS: &str = "
+pub const CREATE_USERS: &str = "
 CREATE TABLE public.users (
     id             bigint PRIMARY KEY,
     full_name      text NOT NULL,
@@ -61,7 +62,7 @@ CREATE TABLE public.users (
     created_at     timestamptz NOT NULL
 )";
 
-const FILL_USERS: &str = "
+pub const FILL_USERS: &str = "
 INSERT INTO public.users (id, full_name, customer_email, created_at)
 SELECT i,
        (ARRAY['Ada','Grace','Linus','Margaret','Ken','Barbara','Donald','Frances','Edsger','Radia'])[1 + i % 10]

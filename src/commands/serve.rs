@@ -100,6 +100,9 @@ fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // No ping before each use: a batch on a dead connection fails as a retryable
+        // connection error anyway, and the ping was a round trip on every batch.
+        .test_before_acquire(false)
         .connect_lazy_with(options.application_name("backfilld")))
 }
 

@@ -195,20 +195,36 @@ pub struct Fence {
     pub pause: Option<String>,
 }
 
-/// Locks this partition's row if the lease token still matches. `None`: the lease is lost.
+/// Settings for the rest of a batch transaction (`SET LOCAL`); `None` keeps the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalSettings {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    pub idle_in_transaction: Option<Duration>,
+}
+
+/// The first statement of a batch transaction: locks this partition's row if the lease token
+/// still matches, reads the job's state and live tunables, and applies `settings` for the rest
+/// of the transaction — one round trip. `None`: the lease is lost.
 pub async fn fence(
     conn: &mut PgConnection,
     schema: &Schema,
     job_id: i64,
     partition_index: i32,
     token: Uuid,
+    settings: &LocalSettings,
 ) -> Result<Option<Fence>, sqlx::Error> {
     let s = &schema.q;
+    let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
     sqlx::query_as(sql(format!(
         "SELECT p.cursor, j.state AS job_state,
                 (j.spec ->> 'batch_size')::int8 AS batch_size,
                 (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
-                j.spec ->> 'pause' AS pause
+                j.spec ->> 'pause' AS pause,
+                set_config('lock_timeout', coalesce($4, current_setting('lock_timeout')), true) AS lock_timeout,
+                set_config('statement_timeout', coalesce($5, current_setting('statement_timeout')), true) AS statement_timeout,
+                set_config('idle_in_transaction_session_timeout',
+                           coalesce($6, current_setting('idle_in_transaction_session_timeout')), true) AS idle_timeout
            FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
           WHERE p.job_id = $1 AND p.partition_index = $2 AND p.lease_token = $3
             FOR UPDATE OF p"
@@ -216,47 +232,36 @@ pub async fn fence(
     .bind(job_id)
     .bind(partition_index)
     .bind(token)
+    .bind(millis(settings.lock_timeout))
+    .bind(millis(settings.statement_timeout))
+    .bind(millis(settings.idle_in_transaction))
     .fetch_optional(conn)
     .await
 }
 
-/// Advances the cursor and counters in the batch's transaction. Returns false when the lease
-/// token no longer matches, in which case the caller must roll back.
-#[allow(clippy::too_many_arguments)]
-pub async fn checkpoint(
-    conn: &mut PgConnection,
-    schema: &Schema,
-    job_id: i64,
-    partition_index: i32,
-    token: Uuid,
-    cursor: Option<&[String]>,
-    scanned: i64,
-    updated: i64,
-    done: bool,
-    ttl: Duration,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(sql(format!(
-        "UPDATE {}.progress
-            SET cursor = $4, rows_scanned = rows_scanned + $5, rows_updated = rows_updated + $6,
-                batches = batches + 1,
-                state = CASE WHEN $7 THEN 'done' ELSE state END,
-                finished_at = CASE WHEN $7 THEN now() ELSE finished_at END,
-                lease_expires_at = now() + $8 * interval '1 millisecond',
-                updated_at = now()
-          WHERE job_id = $1 AND partition_index = $2 AND lease_token = $3",
-        schema.q
-    )))
-    .bind(job_id)
-    .bind(partition_index)
-    .bind(token)
-    .bind(cursor)
-    .bind(scanned)
-    .bind(updated)
-    .bind(done)
-    .bind(ttl.as_millis() as i64)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
+/// The checkpoint as the last part of the batch statement itself (see
+/// `statement::BatchSql::batch`), so the rows and the cursor are written by one statement in
+/// one transaction, with no extra round trip. It reads the statement's walked keys, last key
+/// and updated rows; `first` is the number of its first parameter — job id, partition index,
+/// lease token, lease TTL in ms, in that order — and `limit` the batch size's. Fenced: it
+/// matches nothing unless the lease token is still this worker's.
+pub fn checkpoint_cte(schema: &Schema, first: usize, limit: usize) -> String {
+    use crate::statement::{BATCH, LAST, UPDATED};
+    let (job, partition, token, ttl) = (first, first + 1, first + 2, first + 3);
+    format!(
+        "    UPDATE {s}.progress
+       SET cursor = coalesce((SELECT key FROM {LAST}), cursor),
+           rows_scanned = rows_scanned + (SELECT count(*) FROM {BATCH}),
+           rows_updated = rows_updated + (SELECT count(*) FROM {UPDATED}),
+           batches = batches + 1,
+           state = CASE WHEN (SELECT count(*) FROM {BATCH}) < ${limit} THEN 'done' ELSE state END,
+           finished_at = CASE WHEN (SELECT count(*) FROM {BATCH}) < ${limit} THEN now() ELSE finished_at END,
+           lease_expires_at = now() + ${ttl} * interval '1 millisecond',
+           updated_at = now()
+     WHERE job_id = ${job} AND partition_index = ${partition} AND lease_token = ${token}
+    RETURNING 1",
+        s = schema.q
+    )
 }
 
 /// Whether every partition of the job is done (read in the caller's transaction).
