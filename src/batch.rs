@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use sqlx::{Acquire, PgPool, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{Acquire, AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
 use crate::db::{sql, Schema};
@@ -147,6 +150,33 @@ pub enum Outcome {
     LeaseLost,
 }
 
+/// The SQL a worker's batches run, generated once per variant and reused (the statement text
+/// is also the key of the connection's prepared-statement cache).
+#[derive(Default)]
+pub struct Statements {
+    fence: Option<Arc<str>>,
+    batches: HashMap<(Lower, bool), Arc<str>>,
+}
+
+impl Statements {
+    fn fence(&mut self, schema: &Schema) -> Arc<str> {
+        self.fence
+            .get_or_insert_with(|| progress::fence_sql(schema))
+            .clone()
+    }
+
+    fn batch(&mut self, ctx: &BatchContext<'_>, lower: Lower, upper: bool) -> Arc<str> {
+        self.batches
+            .entry((lower, upper))
+            .or_insert_with(|| {
+                let checkpoint =
+                    |first: usize, limit: usize| progress::checkpoint_cte(ctx.schema, first, limit);
+                Arc::from(ctx.sql.batch(lower, upper, Some(&checkpoint)))
+            })
+            .clone()
+    }
+}
+
 pub struct BatchContext<'a> {
     pub pool: &'a PgPool,
     pub schema: &'a Schema,
@@ -161,6 +191,7 @@ pub struct BatchContext<'a> {
 /// `None`). On commit, `position.cursor` moves to the last key taken.
 pub async fn run(
     ctx: &BatchContext<'_>,
+    statements: &mut Statements,
     position: &mut Position,
     size: Option<u32>,
 ) -> Result<Outcome, BatchError> {
@@ -168,7 +199,7 @@ pub async fn run(
     let mut tx = conn.begin().await?;
     let Some(fence) = progress::fence(
         &mut tx,
-        ctx.schema,
+        &statements.fence(ctx.schema),
         position.job_id,
         position.partition_index,
         position.lease_token,
@@ -204,12 +235,8 @@ pub async fn run(
         (None, None) => (Lower::Unbounded, Vec::new()),
     };
     // The rows and the checkpoint in one statement.
-    let checkpoint =
-        |first: usize, limit: usize| progress::checkpoint_cte(ctx.schema, first, limit);
-    let statement = ctx
-        .sql
-        .batch(lower, position.upper_bound.is_some(), Some(&checkpoint));
-    let mut query = sqlx::query(sql(statement));
+    let statement = statements.batch(ctx, lower, position.upper_bound.is_some());
+    let mut query = sqlx::query(AssertSqlSafe(statement));
     for value in binds {
         query = query.bind(value);
     }

@@ -13,7 +13,7 @@ pub struct KeyColumn {
 }
 
 /// How a batch's walk starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lower {
     /// From the first key of the table.
     Unbounded,
@@ -38,9 +38,16 @@ pub const BATCH: &str = "\"__backfilld_batch\"";
 pub const LAST: &str = "\"__backfilld_last\"";
 pub const UPDATED: &str = "\"__backfilld_updated\"";
 const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
+/// Keys the batch walked, counted once (in the last-key CTE).
+pub const SCANNED: &str = "coalesce((SELECT n FROM \"__backfilld_last\"), 0)";
 
 fn batch_key(i: usize) -> String {
     format!("\"__backfilld_k{i}\"")
+}
+
+/// Integer types, whose `max()` lets the walk's last key come from a streaming aggregate.
+fn is_integer(type_sql: &str) -> bool {
+    matches!(type_sql, "smallint" | "integer" | "bigint")
 }
 
 /// An author's expression, isolated on its own lines inside parentheses.
@@ -175,16 +182,32 @@ impl BatchSql {
             ),
             None => (String::new(), "1::int8".to_string()),
         };
+        // The walked keys' count and last key. For a single integer key, one streaming
+        // aggregate over the walk; otherwise the walk is materialized and its last row taken.
+        let walk_and_last = if self.key.len() == 1 && is_integer(&first.type_sql) {
+            let k = batch_key(0);
+            format!(
+                "{LAST} AS (\n    SELECT CASE WHEN count(*) > 0 THEN ARRAY[max({k})::text] END AS key, max({k}) AS {k}, count(*) AS n\n      FROM (SELECT {select} FROM {table}{where_walk}\n            ORDER BY {order}\n            LIMIT {limit}) AS {BATCH}\n)",
+                select = select_keys.join(", "),
+                table = self.table,
+                order = self.key_list(),
+            )
+        } else {
+            format!(
+                "{BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {LAST} AS (\n    SELECT ARRAY[{last_key}] AS key, {batch_keys}, count(*) OVER () AS n FROM {BATCH}\n    ORDER BY {descending} LIMIT 1\n)",
+                select = select_keys.join(", "),
+                table = self.table,
+                order = self.key_list(),
+                batch_keys = batch_keys.join(", "),
+                last_key = last_key.join(", "),
+                descending = descending.join(", "),
+            )
+        };
         format!(
-            "WITH {BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {LAST} AS (\n    SELECT ARRAY[{last_key}] AS key, {batch_keys} FROM {BATCH}\n    ORDER BY {descending} LIMIT 1\n), {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT (SELECT count(*) FROM {BATCH})::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {checkpointed} AS checkpointed",
-            select = select_keys.join(", "),
+            "WITH {walk_and_last}, {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT {SCANNED}::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {checkpointed} AS checkpointed",
             table = self.table,
-            order = self.key_list(),
-            batch_keys = batch_keys.join(", "),
             assignments = assignments.join(",\n        "),
             update_conditions = update_conditions.join("\n      AND "),
-            last_key = last_key.join(", "),
-            descending = descending.join(", "),
         )
     }
 

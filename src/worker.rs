@@ -10,7 +10,9 @@ use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, BatchContext, BatchError, Outcome, Position, Retry, Timeouts, Tunables};
+use crate::batch::{
+    self, BatchContext, BatchError, Outcome, Position, Retry, Statements, Timeouts, Tunables,
+};
 use crate::catalog::ResolvedJob;
 use crate::db::Schema;
 use crate::health::{HealthChecks, Throttle};
@@ -162,6 +164,8 @@ pub struct Worker {
     reconnect_waits: u32,
     /// Sizes batches toward `target_batch_time`, when the job asks for it.
     sizer: Option<Sizer>,
+    /// This worker's generated SQL, built once.
+    statements: Statements,
 }
 
 impl Worker {
@@ -172,6 +176,7 @@ impl Worker {
             .map(|(target, min, max)| Sizer::new(target, min, max, start));
         Worker {
             sizer,
+            statements: Statements::default(),
             env,
             job,
             position,
@@ -224,7 +229,7 @@ impl Worker {
         };
         let started = Instant::now();
         let fixed = self.sizer.as_ref().map(|_| size);
-        match batch::run(&ctx, &mut self.position, fixed).await {
+        match batch::run(&ctx, &mut self.statements, &mut self.position, fixed).await {
             Ok(Outcome::Committed {
                 scanned,
                 updated,

@@ -7,6 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
 use crate::db::{sql, Schema};
 
 /// A partition's stored state, as the API and the planner see it.
@@ -206,17 +210,32 @@ pub struct LocalSettings {
 /// The first statement of a batch transaction: locks this partition's row if the lease token
 /// still matches, reads the job's state and live tunables, and applies `settings` for the rest
 /// of the transaction — one round trip. `None`: the lease is lost.
+/// `fence_sql` is [`fence_sql`]'s text for this schema (callers keep it, the statement is the
+/// same for every batch).
 pub async fn fence(
     conn: &mut PgConnection,
-    schema: &Schema,
+    fence_sql: &Arc<str>,
     job_id: i64,
     partition_index: i32,
     token: Uuid,
     settings: &LocalSettings,
 ) -> Result<Option<Fence>, sqlx::Error> {
-    let s = &schema.q;
     let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
-    sqlx::query_as(sql(format!(
+    sqlx::query_as(AssertSqlSafe(fence_sql.clone()))
+        .bind(job_id)
+        .bind(partition_index)
+        .bind(token)
+        .bind(millis(settings.lock_timeout))
+        .bind(millis(settings.statement_timeout))
+        .bind(millis(settings.idle_in_transaction))
+        .fetch_optional(conn)
+        .await
+}
+
+/// The fence statement for `schema`.
+pub fn fence_sql(schema: &Schema) -> Arc<str> {
+    let s = &schema.q;
+    Arc::from(format!(
         "SELECT p.cursor, j.state AS job_state,
                 (j.spec ->> 'batch_size')::int8 AS batch_size,
                 (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
@@ -228,15 +247,7 @@ pub async fn fence(
            FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
           WHERE p.job_id = $1 AND p.partition_index = $2 AND p.lease_token = $3
             FOR UPDATE OF p"
-    )))
-    .bind(job_id)
-    .bind(partition_index)
-    .bind(token)
-    .bind(millis(settings.lock_timeout))
-    .bind(millis(settings.statement_timeout))
-    .bind(millis(settings.idle_in_transaction))
-    .fetch_optional(conn)
-    .await
+    ))
 }
 
 /// The checkpoint as the last part of the batch statement itself (see
@@ -246,16 +257,16 @@ pub async fn fence(
 /// lease token, lease TTL in ms, in that order — and `limit` the batch size's. Fenced: it
 /// matches nothing unless the lease token is still this worker's.
 pub fn checkpoint_cte(schema: &Schema, first: usize, limit: usize) -> String {
-    use crate::statement::{BATCH, LAST, UPDATED};
+    use crate::statement::{LAST, SCANNED, UPDATED};
     let (job, partition, token, ttl) = (first, first + 1, first + 2, first + 3);
     format!(
         "    UPDATE {s}.progress
        SET cursor = coalesce((SELECT key FROM {LAST}), cursor),
-           rows_scanned = rows_scanned + (SELECT count(*) FROM {BATCH}),
+           rows_scanned = rows_scanned + {SCANNED},
            rows_updated = rows_updated + (SELECT count(*) FROM {UPDATED}),
            batches = batches + 1,
-           state = CASE WHEN (SELECT count(*) FROM {BATCH}) < ${limit} THEN 'done' ELSE state END,
-           finished_at = CASE WHEN (SELECT count(*) FROM {BATCH}) < ${limit} THEN now() ELSE finished_at END,
+           state = CASE WHEN {SCANNED} < ${limit} THEN 'done' ELSE state END,
+           finished_at = CASE WHEN {SCANNED} < ${limit} THEN now() ELSE finished_at END,
            lease_expires_at = now() + ${ttl} * interval '1 millisecond',
            updated_at = now()
      WHERE job_id = ${job} AND partition_index = ${partition} AND lease_token = ${token}
