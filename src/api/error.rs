@@ -61,6 +61,19 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %error, "database unavailable for an API request");
                 ApiError::Unavailable(format!("database unavailable: {error}"))
             }
+            // The server went away under the request (restart, terminated backend).
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                tracing::warn!(error = %error, "database unavailable for an API request");
+                ApiError::Unavailable(format!("database unavailable: {}", db.message()))
+            }
+            sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %error, "database connection lost during an API request");
+                ApiError::Unavailable(format!("database unavailable: {error}"))
+            }
             // Before the first migration (the daemon is still waiting for the database).
             sqlx::Error::Database(db)
                 if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
