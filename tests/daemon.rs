@@ -5,128 +5,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::api::{self, hits_table, scanned, Api, ADMIN, TOKENS};
 use common::{eventually, job_toml, Daemon, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const TOKENS: &str = r#"
-[[tokens]]
-name = "viewer"
-role = "read"
-token = "read-token-123"
-
-[[tokens]]
-name = "oncall"
-role = "operate"
-token = "operate-token-123"
-
-[[tokens]]
-name = "admin"
-role = "admin"
-token = "admin-token-123"
-"#;
-
-const ADMIN: &str = "admin-token-123";
 const ONCALL: &str = "operate-token-123";
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Api {
-    fn new(daemon: &Daemon, token: Option<&str>) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: daemon.base.clone(),
-            token: token.map(String::from),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, path, body).await
-    }
-
-    async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::PATCH, path, Some(body)).await
-    }
-
-    async fn state(&self, name: &str) -> String {
-        let (status, job) = self.get(&format!("/api/v1/jobs/{name}")).await;
-        assert_eq!(status, StatusCode::OK, "{job}");
-        job["state"].as_str().unwrap().to_string()
-    }
-
-    async fn wait_state(&self, name: &str, state: &str, within: Duration) {
-        eventually(within, &format!("{name} to be {state}"), || async {
-            (self.state(name).await == state).then_some(())
-        })
-        .await
-    }
-}
-
-async fn hits_table(db: &TestDb, rows: i64) {
-    db.exec(&format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
-}
-
+/// The shared job body, with extra fields given as JSON text.
 fn hits_job(name: &str, extra: &str) -> Value {
-    let mut job = json!({
-        "name": name, "table": "t", "key": "id", "set": {"hits": "hits + 1"}, "batch_size": 100
-    });
-    if let Value::Object(extra) = serde_json::from_str::<Value>(extra).unwrap() {
-        for (k, v) in extra {
-            job[k] = v;
-        }
-    }
-    job
-}
-
-async fn scanned(db: &TestDb) -> i64 {
-    db.scalar_i64("SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress")
-        .await
+    api::hits_job(name, serde_json::from_str(extra).unwrap())
 }
 
 async fn assert_each_hit_once(db: &TestDb, rows: i64) {
-    let summary = db
-        .scalar_string(
-            "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM t",
-        )
-        .await;
-    assert_eq!(
-        summary.as_deref(),
-        Some(&*format!("{rows} rows, min 1, max 1"))
-    );
+    api::assert_each_hit_once(db, "t", rows).await;
 }
 
 fn empty_jobs_dir(db: &TestDb) -> std::path::PathBuf {
@@ -226,10 +118,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 500).then_some(())
-    })
-    .await;
+    api::wait_for_progress(&db, 500).await;
     let (status, job) = oncall.post("/api/v1/jobs/pausable/pause", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("paused"));
@@ -284,10 +173,7 @@ async fn cancel_stops_the_job_for_good() {
         Some(hits_job("doomed", r#"{"rows_per_second": 1000}"#)),
     )
     .await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 200).then_some(())
-    })
-    .await;
+    api::wait_for_progress(&db, 200).await;
     let (status, job) = api.post("/api/v1/jobs/doomed/cancel", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("cancelled"));
@@ -339,10 +225,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
             )),
         )
         .await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 100).then_some(())
-    })
-    .await;
+    api::wait_for_progress(&db, 100).await;
     let slow = measured_rate(&db, Duration::from_secs(2)).await;
     let (status, job) = oncall
         .patch(
@@ -598,10 +481,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         )),
     )
     .await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 300).then_some(())
-    })
-    .await;
+    api::wait_for_progress(&db, 300).await;
     daemon.signal("TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(30)),

@@ -79,6 +79,14 @@ impl Api {
         self.send(reqwest::Method::POST, path, body).await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn state(&self, name: &str) -> String {
+        self.job(name).await["state"].as_str().unwrap().to_string()
+    }
+
     /// Submits a job and insists on 201.
     pub async fn submit(&self, job: Value) {
         let (status, body) = self.post("/api/v1/jobs", Some(job)).await;
@@ -145,6 +153,16 @@ pub fn hits_job(name: &str, extra: Value) -> Value {
         }
     }
     job
+}
+
+/// Waits (bounded) until the job's checkpoints cover at least `rows` keys.
+pub async fn wait_for_progress(db: &TestDb, rows: i64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{rows} rows checkpointed"),
+        || async { (scanned(db).await >= rows).then_some(()) },
+    )
+    .await
 }
 
 pub async fn scanned(db: &TestDb) -> i64 {
