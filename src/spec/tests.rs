@@ -1,0 +1,143 @@
+//! The job format's own rules, without a database.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    name = "products_search"
+    table = "public.products"
+    key = "id"
+    [set]
+    search = "to_tsvector(name)"
+"#;
+
+#[test]
+fn minimal_spec_gets_defaults() {
+    let spec = JobSpec::from_toml(MINIMAL, "t.toml").unwrap();
+    assert_eq!(spec.batch_size, 1000);
+    assert_eq!(spec.partitions, 1);
+    assert_eq!(spec.max_attempts, 5);
+    assert_eq!(spec.key.0, vec!["id"]);
+}
+
+#[test]
+fn composite_key_and_durations() {
+    let text = r#"
+        name = "c"
+        table = "t"
+        key = ["tenant_id", "id"]
+        pause = "50ms"
+        lock_timeout = "1s"
+        [set]
+        a = "b"
+    "#;
+    let spec = JobSpec::from_toml(text, "t.toml").unwrap();
+    assert_eq!(spec.key.0, vec!["tenant_id", "id"]);
+    assert_eq!(spec.pause, Some(Duration::from_millis(50)));
+    assert_eq!(spec.lock_timeout, Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn json_round_trip_is_equal() {
+    let spec = JobSpec::from_toml(MINIMAL, "t.toml").unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(JobSpec::from_json(&json, "api").unwrap(), spec);
+}
+
+#[test]
+fn rejects_unknown_field_naming_it() {
+    let text = format!("{MINIMAL}\nbogus = 1");
+    let text = text.replace("[set]", "bogus_field = 1\n[set]");
+    let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+    assert!(err.contains("bogus_field"), "{err}");
+}
+
+#[test]
+fn rejects_bad_names() {
+    for name in ["", "Upper", "-lead", "has space", "ünï", &"x".repeat(64)] {
+        assert!(!is_valid_name(name), "{name:?}");
+    }
+    for name in ["a", "0abc", "products_search", "a-b_c", &"x".repeat(63)] {
+        assert!(is_valid_name(name), "{name:?}");
+    }
+}
+
+#[test]
+fn rejects_missing_set_and_key_in_set() {
+    let no_set = "name = \"a\"\ntable = \"t\"\nkey = \"id\"\n";
+    let err = JobSpec::from_toml(no_set, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set"), "{err}");
+    let key_in_set = "name = \"a\"\ntable = \"t\"\nkey = \"id\"\n[set]\nid = \"id + 1\"\n";
+    let err = JobSpec::from_toml(key_in_set, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("key column"), "{err}");
+}
+
+#[test]
+fn rejects_out_of_range_numbers() {
+    for (field, value) in [
+        ("batch_size", "0"),
+        ("batch_size", "-5"),
+        ("partitions", "0"),
+        ("partitions", "100000"),
+        ("rows_per_second", "0"),
+        ("max_attempts", "0"),
+    ] {
+        let text = MINIMAL.replace("[set]", &format!("{field} = {value}\n[set]"));
+        let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains(field), "{field}={value}: {err}");
+    }
+}
+
+#[test]
+fn adaptive_bounds_and_windows() {
+    let with = |extra: &str| {
+        JobSpec::from_toml(
+            &MINIMAL.replace("[set]", &format!("{extra}\n[set]")),
+            "t.toml",
+        )
+    };
+    let err = with("target_batch_time = \"200ms\"\nmin_batch_size = 500\nmax_batch_size = 100")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("min_batch_size"), "{err}");
+    let spec = with("target_batch_time = \"200ms\"").unwrap();
+    assert_eq!(spec.batch_size_bounds(), (10, 100_000));
+    for bad in [
+        "22-06",
+        "25:00-06:00",
+        "22:00-22:00",
+        "22:00-06:00 Europe/Berlin extra",
+        "x",
+    ] {
+        let err = with(&format!("window = \"{bad}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("window"), "{bad}: {err}");
+    }
+    let window = Window::parse("22:00-06:00 Europe/Berlin").unwrap();
+    assert!(window.contains(23 * 60) && window.contains(0) && !window.contains(12 * 60));
+    let day = Window::parse("09:00-17:30").unwrap();
+    assert_eq!(day.time_zone, "UTC");
+    assert!(day.contains(9 * 60) && !day.contains(17 * 60 + 30));
+}
+
+#[test]
+fn nul_characters_and_huge_values_get_short_clear_messages() {
+    let text = MINIMAL.replace("to_tsvector(name)", "to_tsvector(name)\\u0000");
+    let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+    assert!(err.contains("set") && err.contains("NUL"), "{err}");
+    let huge = MINIMAL.replace("products_search", &"X".repeat(1_000_000));
+    let err = JobSpec::from_toml(&huge, "t.toml").unwrap_err().to_string();
+    assert!(err.len() < 400, "{} bytes", err.len());
+    assert!(err.contains("1000000 bytes"), "{err}");
+}
+
+#[test]
+fn rejects_table_with_too_many_dots() {
+    let text = MINIMAL.replace("public.products", "a.b.c");
+    let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+    assert!(err.contains("[schema.]table"), "{err}");
+}
