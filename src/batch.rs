@@ -1,10 +1,9 @@
 //! One batch: a single transaction that checks the lease, updates the next keys after the cursor
 //! and moves the cursor, so the rows and the checkpoint commit together or not at all.
 
-use std::time::Duration;
-
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{Acquire, AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;

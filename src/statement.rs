@@ -32,9 +32,10 @@ pub struct BatchSql {
     filter: Option<String>,
 }
 
-/// Names of the batch statement's parts, which a checkpoint CTE may read: the walked keys, the
-/// last of them (`key text[]`), and the updated rows.
-pub const BATCH: &str = "\"__backfilld_batch\"";
+/// Names of the batch statement's parts. A checkpoint CTE may read `LAST` (one row: the last
+/// walked key as `key text[]`, and `n`, how many were walked), `SCANNED` and `UPDATED` (one row
+/// per updated row); `BATCH` is the walk itself.
+const BATCH: &str = "\"__backfilld_batch\"";
 pub const LAST: &str = "\"__backfilld_last\"";
 pub const UPDATED: &str = "\"__backfilld_updated\"";
 const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
