@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 
 use crate::api::auth::Actor;
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::view::{job_view, EventList, EventView, JobList, JobView};
+use crate::api::view::{job_view, EventList, JobList, JobView};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::store::{events, jobs, progress, JobState};
@@ -323,7 +323,5 @@ pub async fn job_events(
 ) -> Result<Json<EventList>, ApiError> {
     let job = find_job(&state, &path_name(path)?).await?;
     let events = events::list(&state.pool, &state.schema, job.id).await?;
-    Ok(Json(EventList {
-        events: events.into_iter().map(EventView::from).collect(),
-    }))
+    Ok(Json(EventList { events }))
 }

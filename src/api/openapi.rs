@@ -23,7 +23,7 @@ use crate::api::{error, jobs, view};
         view::JobView,
         view::PartitionView,
         view::JobList,
-        view::EventView,
+        crate::store::events::Event,
         view::EventList,
         error::ErrorBody,
         jobs::Tuning,

@@ -72,34 +72,8 @@ pub struct JobList {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct EventView {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    /// The token name that asked, `daemon`, `cli`, or `anonymous` without tokens.
-    pub actor: String,
-    pub kind: String,
-    pub from_state: Option<String>,
-    pub to_state: Option<String>,
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventList {
-    pub events: Vec<EventView>,
-}
-
-impl From<Event> for EventView {
-    fn from(e: Event) -> EventView {
-        EventView {
-            id: e.id,
-            at: e.at,
-            actor: e.actor,
-            kind: e.kind,
-            from_state: e.from_state,
-            to_state: e.to_state,
-            detail: e.detail,
-        }
-    }
+    pub events: Vec<Event>,
 }
 
 pub fn job_view(

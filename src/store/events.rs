@@ -1,16 +1,18 @@
 //! The event log: every submission and state change, with who asked.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
 use crate::db::{sql, Schema};
 use crate::store::JobState;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// One entry of a job's event log, as stored and as the API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub at: DateTime<Utc>,
+    /// The token name that asked, `daemon`, `cli`, or `anonymous` without tokens.
     pub actor: String,
     pub kind: String,
     pub from_state: Option<String>,
