@@ -1,11 +1,12 @@
-//! One batch: a single transaction that checks the lease, updates the next keys after the cursor
-//! and moves the cursor, so the rows and the checkpoint commit together or not at all.
+//! One batch: a single statement (so a single transaction and a single round trip) that checks
+//! the lease, updates the next keys after the cursor and moves the cursor, so the rows and the
+//! checkpoint commit together or not at all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Acquire, AssertSqlSafe, PgPool, Row};
+use sqlx::{Acquire, AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::db::{sql, Schema};
@@ -110,11 +111,11 @@ impl From<crate::store::progress::Claim> for Position {
     }
 }
 
-/// Settings applied with `SET LOCAL` to each batch transaction; `idle_in_transaction` kills a
-/// session left idle inside a batch (a stalled process), freeing its locks.
-pub type Timeouts = progress::LocalSettings;
+/// Settings of a worker's own connection: the job's lock and statement timeouts, and an idle-in-
+/// transaction limit for the short completion transaction.
+pub type Timeouts = progress::SessionSettings;
 
-/// The live tunables read in the batch's own transaction (PATCH takes effect here).
+/// The live tunables, read by each batch for the next one (a PATCH takes effect within a batch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tunables {
     pub batch_size: u32,
@@ -153,87 +154,47 @@ pub enum Outcome {
 /// is also the key of the connection's prepared-statement cache).
 #[derive(Default)]
 pub struct Statements {
-    fence: Option<Arc<str>>,
     batches: HashMap<(Lower, bool), Arc<str>>,
 }
 
 impl Statements {
-    fn fence(&mut self, schema: &Schema) -> Arc<str> {
-        self.fence
-            .get_or_insert_with(|| progress::fence_sql(schema))
-            .clone()
-    }
-
     fn batch(&mut self, ctx: &BatchContext<'_>, lower: Lower, upper: bool) -> Arc<str> {
         self.batches
             .entry((lower, upper))
             .or_insert_with(|| {
-                let checkpoint =
-                    |first: usize, limit: usize| progress::checkpoint_cte(ctx.schema, first, limit);
-                Arc::from(ctx.sql.batch(lower, upper, Some(&checkpoint)))
+                let fenced =
+                    |first: usize, limit: usize| progress::fenced(ctx.schema, first, limit);
+                Arc::from(ctx.sql.batch(lower, upper, Some(&fenced)))
             })
             .clone()
     }
 }
 
 pub struct BatchContext<'a> {
-    pub pool: &'a PgPool,
     pub schema: &'a Schema,
     pub sql: &'a BatchSql,
-    pub timeouts: Timeouts,
     pub lease_ttl: Duration,
     /// Recorded as the actor when the batch completes the job.
     pub actor: &'a str,
 }
 
-/// Runs one batch for `position`, of `size` keys (or the spec's live `batch_size` when
-/// `None`). On commit, `position.cursor` moves to the last key taken.
+/// Runs one batch for `position`, of `size` keys, on the worker's own connection: ONE
+/// autocommit statement that takes the partition's fence (lease token, job state, cursor),
+/// walks and updates the next keys, and moves the checkpoint, so the rows and the cursor commit
+/// together or not at all. On commit, `position.cursor` moves to the last key taken.
 pub async fn run(
     ctx: &BatchContext<'_>,
+    conn: &mut PgConnection,
     statements: &mut Statements,
     position: &mut Position,
-    size: Option<u32>,
+    size: u32,
 ) -> Result<Outcome, BatchError> {
-    let mut conn = ctx.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let Some(fence) = progress::fence(
-        &mut tx,
-        &statements.fence(ctx.schema),
-        position.job_id,
-        position.partition_index,
-        position.lease_token,
-        &ctx.timeouts,
-    )
-    .await?
-    else {
-        return Ok(Outcome::LeaseLost);
-    };
-    if fence.cursor != position.cursor {
-        // Someone moved the cursor under our token: never write on a stale view.
-        return Ok(Outcome::LeaseLost);
-    }
-    let job_state = JobState::parse(&fence.job_state).unwrap_or(JobState::Failed);
-    if job_state != JobState::Running {
-        return Ok(Outcome::Stopped(job_state));
-    }
-    let tunables = Tunables {
-        batch_size: fence.batch_size.clamp(1, i64::from(u32::MAX)) as u32,
-        rows_per_second: fence
-            .rows_per_second
-            .map(|r| r.clamp(1, i64::from(u32::MAX)) as u32),
-        pause: fence
-            .pause
-            .as_deref()
-            .and_then(|p| humantime::parse_duration(p).ok()),
-    };
-    let limit = i64::from(size.unwrap_or(tunables.batch_size));
-
+    let limit = i64::from(size);
     let (lower, binds): (Lower, Vec<String>) = match (&position.cursor, &position.lower_bound) {
         (Some(cursor), _) => (Lower::Cursor, cursor.clone()),
         (None, Some(lower)) => (Lower::Partition, vec![lower.clone()]),
         (None, None) => (Lower::Unbounded, Vec::new()),
     };
-    // The rows and the checkpoint in one statement.
     let statement = statements.batch(ctx, lower, position.upper_bound.is_some());
     let mut query = sqlx::query(AssertSqlSafe(statement));
     for value in binds {
@@ -248,21 +209,41 @@ pub async fn run(
         .bind(position.partition_index)
         .bind(position.lease_token)
         .bind(ctx.lease_ttl.as_millis() as i64)
-        .fetch_one(&mut *tx)
+        .bind(position.cursor.as_deref())
+        .fetch_one(&mut *conn)
         .await?;
+    let Some(job_state) = row.try_get::<Option<String>, _>("job_state")? else {
+        // No fence row: the lease token is not ours any more; nothing was written.
+        return Ok(Outcome::LeaseLost);
+    };
+    let job_state = JobState::parse(&job_state).unwrap_or(JobState::Failed);
+    if job_state != JobState::Running {
+        return Ok(Outcome::Stopped(job_state));
+    }
+    let stored: Option<Vec<String>> = row.try_get("stored_cursor")?;
+    if stored != position.cursor || row.try_get::<i64, _>("checkpointed")? != 1 {
+        // Someone moved the cursor under our token: nothing was written on a stale view.
+        return Ok(Outcome::LeaseLost);
+    }
     let scanned: i64 = row.try_get("scanned")?;
     let updated: i64 = row.try_get("updated")?;
     let last_key: Option<Vec<String>> = row.try_get("last_key")?;
-    if row.try_get::<i64, _>("checkpointed")? != 1 {
-        // Cannot happen while the fence holds the row locked; never commit without it.
-        return Ok(Outcome::LeaseLost);
-    }
-
+    let tunables = Tunables {
+        batch_size: row
+            .try_get::<Option<i64>, _>("live_batch_size")?
+            .map_or(size, |b| b.clamp(1, i64::from(u32::MAX)) as u32),
+        rows_per_second: row
+            .try_get::<Option<i64>, _>("live_rows_per_second")?
+            .map(|r| r.clamp(1, i64::from(u32::MAX)) as u32),
+        pause: row
+            .try_get::<Option<String>, _>("live_pause")?
+            .as_deref()
+            .and_then(|p| humantime::parse_duration(p).ok()),
+    };
     let partition_done = scanned < limit;
-    let cursor = last_key.or_else(|| position.cursor.clone());
-    let job_completed = partition_done && complete_if_all_done(&mut tx, ctx, position).await?;
-    tx.commit().await?;
-    position.cursor = cursor;
+    position.cursor = last_key.or_else(|| position.cursor.clone());
+    let job_completed = partition_done
+        && complete_if_all_done(conn, ctx.schema, position.job_id, ctx.actor).await?;
     Ok(Outcome::Committed {
         scanned,
         updated,
@@ -272,32 +253,37 @@ pub async fn run(
     })
 }
 
-/// Marks the job completed if this batch finished its last pending partition. The job row is
-/// locked first, so of two partitions finishing at once the second sees the first's commit.
-async fn complete_if_all_done(
-    tx: &mut sqlx::PgConnection,
-    ctx: &BatchContext<'_>,
-    position: &Position,
+/// Marks the job completed if every partition is done, in a transaction of its own. The job
+/// row is locked first, so of two partitions finishing at once the second sees the first's
+/// commit; the scheduler calls this too, for a process that died between its last batch and
+/// this step.
+pub async fn complete_if_all_done(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
 ) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
     sqlx::query(sql(format!(
         "SELECT 1 FROM {}.jobs WHERE id = $1 FOR UPDATE",
-        ctx.schema.q
+        schema.q
     )))
-    .bind(position.job_id)
+    .bind(job_id)
     .execute(&mut *tx)
     .await?;
-    if !progress::all_done(&mut *tx, ctx.schema, position.job_id).await? {
+    if !progress::all_done(&mut *tx, schema, job_id).await? {
         return Ok(false);
     }
     let transition = jobs::transition(
-        &mut *tx,
-        ctx.schema,
-        position.job_id,
+        &mut tx,
+        schema,
+        job_id,
         JobState::Completed,
-        ctx.actor,
+        actor,
         Some("every partition reached the end of its key range"),
     )
     .await?;
+    tx.commit().await?;
     Ok(matches!(transition, jobs::Transition::Done { .. }))
 }
 

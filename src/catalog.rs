@@ -268,9 +268,10 @@ async fn check_statements(
     }
     for statement in batch_sql.all_variants() {
         let columns = prepare(conn, statement, "batch statement").await?;
-        // The batch statement always yields (scanned, updated, last_key, checkpointed):
-        // anything else means an expression broke out of its parentheses.
-        if columns.len() != 4 {
+        // The batch statement always yields the same nine columns (scanned, updated, last_key,
+        // checkpointed, and the fence's five): anything else means an expression broke out of
+        // its parentheses.
+        if columns.len() != 9 {
             return Err(CheckError::NotSingleExpression {
                 field: "set".into(),
                 columns: columns.len(),

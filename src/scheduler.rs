@@ -161,6 +161,7 @@ impl Scheduler {
         if self.only_job.is_none() {
             self.start_queued_jobs().await?;
         }
+        self.complete_finished_jobs().await?;
         let holder = self.presence.holder().await?;
         let claims = progress::claim(
             &self.env.pool,
@@ -278,6 +279,21 @@ impl Scheduler {
                         .remove(&id);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Completes running jobs whose partitions are all done (a process that died between its
+    /// last batch and marking the job completed leaves one behind).
+    async fn complete_finished_jobs(&self) -> Result<(), sqlx::Error> {
+        let ids = jobs::finished_but_running(&self.env.pool, &self.env.schema).await?;
+        for id in ids {
+            if self.only_job.is_some_and(|only| only != id) {
+                continue;
+            }
+            let mut conn = self.env.pool.acquire().await?;
+            crate::batch::complete_if_all_done(&mut conn, &self.env.schema, id, &self.env.actor)
+                .await?;
         }
         Ok(())
     }

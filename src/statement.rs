@@ -39,6 +39,17 @@ const BATCH: &str = "\"__backfilld_batch\"";
 pub const LAST: &str = "\"__backfilld_last\"";
 pub const UPDATED: &str = "\"__backfilld_updated\"";
 const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
+/// The fence: the partition's progress row locked if the lease is still this worker's, with
+/// `job_state`, `cursor`, the live tunables and `go` (running, cursor unmoved).
+pub const FENCE: &str = "\"__backfilld_fence\"";
+
+/// The daemon's own parts of a batch statement (built by `store::progress`): the fence CTE and
+/// the checkpoint CTE. Their parameters follow the batch size: job id, partition index, lease
+/// token, lease TTL in ms, and the cursor the worker expects.
+pub struct Fenced {
+    pub fence: String,
+    pub checkpoint: String,
+}
 /// Keys the batch walked, counted once (in the last-key CTE).
 pub const SCANNED: &str = "coalesce((SELECT n FROM \"__backfilld_last\"), 0)";
 
@@ -102,7 +113,7 @@ impl BatchSql {
         &self,
         lower: Lower,
         upper: bool,
-        checkpoint: Option<&dyn Fn(usize, usize) -> String>,
+        fenced: Option<&dyn Fn(usize, usize) -> Fenced>,
     ) -> String {
         let mut param = 0;
         let mut next = || {
@@ -140,11 +151,6 @@ impl BatchSql {
             ));
         }
         let (limit_number, limit) = next();
-        let where_walk = if walk_conditions.is_empty() {
-            String::new()
-        } else {
-            format!("\n    WHERE {}", walk_conditions.join(" AND "))
-        };
         let select_keys: Vec<String> = self
             .key
             .iter()
@@ -173,15 +179,30 @@ impl BatchSql {
             .collect();
         let batch_keys: Vec<String> = (0..self.key.len()).map(batch_key).collect();
         let descending: Vec<String> = batch_keys.iter().map(|k| format!("{k} DESC")).collect();
-        let (checkpoint_cte, checkpointed) = match checkpoint {
-            Some(build) => (
+        // The daemon's parts: the fence gates the walk (no lease, job not running, or a moved
+        // cursor: nothing is walked, so nothing is updated), and the checkpoint follows it.
+        let parts = fenced.map(|build| build(limit_number + 1, limit_number));
+        if parts.is_some() {
+            walk_conditions.push(format!("EXISTS (SELECT 1 FROM {FENCE} WHERE go)"));
+        }
+        let where_walk = if walk_conditions.is_empty() {
+            String::new()
+        } else {
+            format!("\n    WHERE {}", walk_conditions.join(" AND "))
+        };
+        let (fence_cte, checkpoint_cte, fence_columns) = match &parts {
+            Some(parts) => (
+                format!("{FENCE} AS MATERIALIZED (\n{}\n), ", parts.fence),
+                format!(", {CHECKPOINT} AS (\n{}\n)", parts.checkpoint),
                 format!(
-                    ", {CHECKPOINT} AS (\n{}\n)",
-                    build(limit_number + 1, limit_number)
+                    "(SELECT count(*) FROM {CHECKPOINT})::int8 AS checkpointed,\n       (SELECT job_state FROM {FENCE}) AS job_state,\n       (SELECT cursor FROM {FENCE}) AS stored_cursor,\n       (SELECT batch_size FROM {FENCE}) AS live_batch_size,\n       (SELECT rows_per_second FROM {FENCE}) AS live_rows_per_second,\n       (SELECT pause FROM {FENCE}) AS live_pause"
                 ),
-                format!("(SELECT count(*) FROM {CHECKPOINT})::int8"),
             ),
-            None => (String::new(), "1::int8".to_string()),
+            None => (
+                String::new(),
+                String::new(),
+                "1::int8 AS checkpointed, NULL::text AS job_state, NULL::text[] AS stored_cursor,\n       NULL::int8 AS live_batch_size, NULL::int8 AS live_rows_per_second, NULL::text AS live_pause".to_string(),
+            ),
         };
         // The walked keys' count and last key. For a single integer key, one streaming
         // aggregate over the walk; otherwise the walk is materialized and its last row taken.
@@ -205,7 +226,7 @@ impl BatchSql {
             )
         };
         format!(
-            "WITH {walk_and_last}, {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT {SCANNED}::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {checkpointed} AS checkpointed",
+            "WITH {fence_cte}{walk_and_last}, {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT {SCANNED}::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {fence_columns}",
             table = self.table,
             assignments = assignments.join(",\n        "),
             update_conditions = update_conditions.join("\n      AND "),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{
@@ -20,6 +20,7 @@ use crate::limiter::Limiter;
 use crate::metrics::METRICS;
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
+use crate::store::progress;
 use crate::store::JobState;
 
 /// Counters of what this process did for a job; the progress display and metrics read them.
@@ -166,6 +167,9 @@ pub struct Worker {
     sizer: Option<Sizer>,
     /// This worker's generated SQL, built once.
     statements: Statements,
+    /// The worker's own connection, with the job's timeouts set for the session, so a batch is
+    /// one statement and one round trip.
+    conn: Option<PgConnection>,
 }
 
 impl Worker {
@@ -177,6 +181,7 @@ impl Worker {
         Worker {
             sizer,
             statements: Statements::default(),
+            conn: None,
             env,
             job,
             position,
@@ -204,7 +209,8 @@ impl Worker {
         }
     }
 
-    /// One batch: wait for the rate limiter, run the transaction, account for the outcome.
+    /// One batch: wait for health and the rate limiter, run the batch statement, account for
+    /// the outcome.
     /// Tests drive this directly instead of sleeping.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Step {
         if !self.wait_until_healthy(cancel).await {
@@ -219,17 +225,33 @@ impl Worker {
         if !self.job.limiter.acquire(size, cancel, limited).await {
             return Step::Exit(WorkerExit::Shutdown);
         }
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match self.connect().await {
+                Ok(conn) => conn,
+                Err(error) => return self.on_error(error.into(), cancel).await,
+            },
+        };
         let ctx = BatchContext {
-            pool: &self.env.pool,
             schema: &self.env.schema,
             sql: &self.job.sql,
-            timeouts: self.job.timeouts,
             lease_ttl: self.env.lease_ttl,
             actor: &self.env.actor,
         };
         let started = Instant::now();
-        let fixed = self.sizer.as_ref().map(|_| size);
-        match batch::run(&ctx, &mut self.statements, &mut self.position, fixed).await {
+        let result = batch::run(
+            &ctx,
+            &mut conn,
+            &mut self.statements,
+            &mut self.position,
+            size,
+        )
+        .await;
+        // A connection that failed at the network level is dropped; the next batch opens anew.
+        if !matches!(&result, Err(e) if e.retry == Retry::Reconnect) {
+            self.conn = Some(conn);
+        }
+        match result {
             Ok(Outcome::Committed {
                 scanned,
                 updated,
@@ -375,6 +397,14 @@ impl Worker {
 }
 
 impl Worker {
+    /// Opens the worker's connection, like the pool's but its own, with the job's timeouts.
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let options = self.env.pool.connect_options();
+        let mut conn = PgConnection::connect_with(&options).await?;
+        progress::apply_settings(&mut conn, &self.job.timeouts).await?;
+        Ok(conn)
+    }
+
     /// Waits while a health signal says so, re-checking every second. False if cancelled.
     async fn wait_until_healthy(&mut self, cancel: &CancellationToken) -> bool {
         let Some(health) = &self.job.health else {

@@ -332,14 +332,11 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     )
     .unwrap();
     let resolved = backfilld::submit::resolve(&db.pool, &spec).await.unwrap();
-    let checkpoint = |first: usize, limit: usize| {
-        backfilld::store::progress::checkpoint_cte(&schema, first, limit)
-    };
-    let statement = resolved.sql.batch(
-        backfilld::statement::Lower::Cursor,
-        false,
-        Some(&checkpoint),
-    );
+    let fenced =
+        |first: usize, limit: usize| backfilld::store::progress::fenced(&schema, first, limit);
+    let statement = resolved
+        .sql
+        .batch(backfilld::statement::Lower::Cursor, false, Some(&fenced));
     // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
     let mut conn = db.pool.acquire().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -349,7 +346,7 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     .await
     .unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN EXECUTE batch('90000', 1000, 1, 0, '00000000-0000-0000-0000-000000000000', 30000)",
+        "EXPLAIN EXECUTE batch('90000', 1000, 1, 0, '00000000-0000-0000-0000-000000000000', 30000, '{90000}')",
     )
     .fetch_all(&mut *conn)
     .await

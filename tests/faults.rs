@@ -53,7 +53,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     let api = Api::new(&stalled, Some(ADMIN));
 
     // The application holds a row the walk will reach, so the first daemon's batch for keys
-    // 1001..1100 waits on it, inside its transaction, with the partition's fence taken.
+    // 1001..1100 waits on it, with the partition's fence (its progress row) locked.
     let mut app = db.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM t WHERE id = 1050 FOR UPDATE")
         .execute(&mut *app)
@@ -73,19 +73,20 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     // The process stalls (a long GC pause, a frozen VM) with its batch in flight.
     stalled.signal("STOP");
     let taker = Daemon::start(&db.url, &db.dir, &config, &dir);
-    // The lock goes away: the stalled batch's UPDATE completes on the server, and its
-    // transaction, uncommitted, waits for a client that does not answer.
+    // The lock goes away. The batch is one statement that checked the lease when it started
+    // and holds the fence until it ends, so it completes and commits on the server as a whole
+    // (rows and checkpoint together) while its client sleeps; nobody could take the partition
+    // in between.
     app.commit().await.unwrap();
     eventually(
         Duration::from_secs(10),
-        "the stalled batch idle in its transaction",
-        || async {
-            (backfilld_sessions(&db, "idle in transaction", false).await >= 1).then_some(())
-        },
+        "the in-flight batch to commit whole",
+        || async { (scanned(&db).await == 1_100).then_some(()) },
     )
     .await;
-    // The server ends that transaction after lease_ttl (idle_in_transaction_session_timeout),
-    // the lease lapses, and the other process takes the partition over from the checkpoint.
+    assert_table_matches_checkpoints(&db, "t").await;
+    // The lease lapses (the stalled process cannot renew it), and the other process takes the
+    // partition over from the checkpoint.
     Api::new(&taker, Some(ADMIN))
         .wait_state("fenced", "completed", Duration::from_secs(60))
         .await;

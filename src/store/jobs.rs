@@ -234,3 +234,19 @@ pub async fn states_and_tunables<'e>(
         })
         .collect())
 }
+
+/// Running jobs whose every partition is done: completed in the batch that finished the last
+/// one, unless the process died right after it; the scheduler completes them.
+pub async fn finished_but_running<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let s = &schema.q;
+    sqlx::query_scalar(sql(format!(
+        "SELECT j.id FROM {s}.jobs j
+          WHERE j.state = 'running'
+            AND NOT EXISTS (SELECT 1 FROM {s}.progress p WHERE p.job_id = j.id AND p.state <> 'done')"
+    )))
+    .fetch_all(executor)
+    .await
+}

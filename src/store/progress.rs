@@ -7,10 +7,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use std::sync::Arc;
-
-use sqlx::AssertSqlSafe;
-
 use crate::db::{sql, Schema};
 
 /// A partition's stored state, as the API and the planner see it.
@@ -188,79 +184,30 @@ pub async fn release<'e>(
     Ok(())
 }
 
-/// What the first statement of a batch transaction finds: the lease still ours (row locked
-/// until commit), the job's state, and the live tunables of its spec.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Fence {
-    pub cursor: Option<Vec<String>>,
-    pub job_state: String,
-    pub batch_size: i64,
-    pub rows_per_second: Option<i64>,
-    pub pause: Option<String>,
-}
-
-/// Settings for the rest of a batch transaction (`SET LOCAL`); `None` keeps the server's.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalSettings {
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    pub idle_in_transaction: Option<Duration>,
-}
-
-/// The first statement of a batch transaction: locks this partition's row if the lease token
-/// still matches, reads the job's state and live tunables, and applies `settings` for the rest
-/// of the transaction — one round trip. `None`: the lease is lost.
-/// `fence_sql` is [`fence_sql`]'s text for this schema (callers keep it, the statement is the
-/// same for every batch).
-pub async fn fence(
-    conn: &mut PgConnection,
-    fence_sql: &Arc<str>,
-    job_id: i64,
-    partition_index: i32,
-    token: Uuid,
-    settings: &LocalSettings,
-) -> Result<Option<Fence>, sqlx::Error> {
-    let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
-    sqlx::query_as(AssertSqlSafe(fence_sql.clone()))
-        .bind(job_id)
-        .bind(partition_index)
-        .bind(token)
-        .bind(millis(settings.lock_timeout))
-        .bind(millis(settings.statement_timeout))
-        .bind(millis(settings.idle_in_transaction))
-        .fetch_optional(conn)
-        .await
-}
-
-/// The fence statement for `schema`.
-pub fn fence_sql(schema: &Schema) -> Arc<str> {
+/// The daemon's parts of the batch statement (see `statement::BatchSql::batch`), so one
+/// autocommit statement checks the lease, writes the rows and moves the cursor: there is no
+/// window in which a process that lost its lease could still commit, and no extra round trip.
+/// `first` is the number of the first of their parameters — job id, partition index, lease
+/// token, lease TTL in ms, expected cursor — and `limit` the batch size's.
+pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::statement::Fenced {
+    use crate::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED};
+    let (job, partition, token, ttl, cursor) = (first, first + 1, first + 2, first + 3, first + 4);
     let s = &schema.q;
-    Arc::from(format!(
-        "SELECT p.cursor, j.state AS job_state,
-                (j.spec ->> 'batch_size')::int8 AS batch_size,
-                (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
-                j.spec ->> 'pause' AS pause,
-                set_config('lock_timeout', coalesce($4, current_setting('lock_timeout')), true) AS lock_timeout,
-                set_config('statement_timeout', coalesce($5, current_setting('statement_timeout')), true) AS statement_timeout,
-                set_config('idle_in_transaction_session_timeout',
-                           coalesce($6, current_setting('idle_in_transaction_session_timeout')), true) AS idle_timeout
-           FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
-          WHERE p.job_id = $1 AND p.partition_index = $2 AND p.lease_token = $3
-            FOR UPDATE OF p"
-    ))
-}
-
-/// The checkpoint as the last part of the batch statement itself (see
-/// `statement::BatchSql::batch`), so the rows and the cursor are written by one statement in
-/// one transaction, with no extra round trip. It reads the statement's walked keys, last key
-/// and updated rows; `first` is the number of its first parameter — job id, partition index,
-/// lease token, lease TTL in ms, in that order — and `limit` the batch size's. Fenced: it
-/// matches nothing unless the lease token is still this worker's.
-pub fn checkpoint_cte(schema: &Schema, first: usize, limit: usize) -> String {
-    use crate::statement::{LAST, SCANNED, UPDATED};
-    let (job, partition, token, ttl) = (first, first + 1, first + 2, first + 3);
-    format!(
-        "    UPDATE {s}.progress
+    Fenced {
+        // Locks the partition's row only while the token is ours; the job's state and the
+        // live tunables come along for the worker's next batch.
+        fence: format!(
+            "    SELECT p.cursor, j.state AS job_state,
+           (j.spec ->> 'batch_size')::int8 AS batch_size,
+           (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
+           j.spec ->> 'pause' AS pause,
+           (j.state = 'running' AND p.cursor IS NOT DISTINCT FROM ${cursor}::text[]) AS go
+      FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
+     WHERE p.job_id = ${job} AND p.partition_index = ${partition} AND p.lease_token = ${token}
+       FOR UPDATE OF p"
+        ),
+        checkpoint: format!(
+            "    UPDATE {s}.progress
        SET cursor = coalesce((SELECT key FROM {LAST}), cursor),
            rows_scanned = rows_scanned + {SCANNED},
            rows_updated = rows_updated + (SELECT count(*) FROM {UPDATED}),
@@ -270,9 +217,38 @@ pub fn checkpoint_cte(schema: &Schema, first: usize, limit: usize) -> String {
            lease_expires_at = now() + ${ttl} * interval '1 millisecond',
            updated_at = now()
      WHERE job_id = ${job} AND partition_index = ${partition} AND lease_token = ${token}
-    RETURNING 1",
-        s = schema.q
+       AND EXISTS (SELECT 1 FROM {FENCE} WHERE go)
+    RETURNING 1"
+        ),
+    }
+}
+
+/// Session settings for a worker's own connection; `None` keeps the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionSettings {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    pub idle_in_transaction: Option<Duration>,
+}
+
+/// Applies `settings` to a worker's connection for its whole life.
+pub async fn apply_settings(
+    conn: &mut PgConnection,
+    settings: &SessionSettings,
+) -> Result<(), sqlx::Error> {
+    let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
+    sqlx::query(
+        "SELECT set_config('lock_timeout', coalesce($1, current_setting('lock_timeout')), false),
+                set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), false),
+                set_config('idle_in_transaction_session_timeout',
+                           coalesce($3, current_setting('idle_in_transaction_session_timeout')), false)",
     )
+    .bind(millis(settings.lock_timeout))
+    .bind(millis(settings.statement_timeout))
+    .bind(millis(settings.idle_in_transaction))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Whether every partition of the job is done (read in the caller's transaction).
