@@ -54,9 +54,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectE
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(10))
-        // No ping before each use: a batch on a dead connection fails as a retryable
-        // connection error anyway, and the ping was a round trip on every batch.
-        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(|source| ConnectError { target, source })

@@ -124,8 +124,9 @@ pub async fn run_job(
     let http_stop = CancellationToken::new();
     let http = if serve_api {
         let rates = Rates::default();
-        let (address, server, api_pool) = super::serve::start_http(
+        let (address, server) = super::serve::start_http(
             settings,
+            pool.clone(),
             schema.clone(),
             local.clone(),
             rates.clone(),
@@ -133,7 +134,7 @@ pub async fn run_job(
         )
         .await?;
         tracing::info!("API listening on http://{address}");
-        let sampler = tokio::spawn(rates.sample(api_pool, schema.clone(), http_stop.clone()));
+        let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
         Some((server, sampler))
     } else {
         None

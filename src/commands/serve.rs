@@ -29,13 +29,14 @@ pub const ACTOR: &str = "daemon";
 pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let url = settings.require_database_url().map_err(CliError::invalid)?;
-    let pool = lazy_pool(url, settings.workers as u32 + 4, false)?;
+    let pool = lazy_pool(url, settings.workers as u32 + 4)?;
     let schema = Schema::new(&settings.schema);
     let local = LocalJobs::default();
     let rates = Rates::default();
     let http_stop = CancellationToken::new();
-    let (address, http, api_pool) = start_http(
+    let (address, http) = start_http(
         settings,
+        pool.clone(),
         schema.clone(),
         local.clone(),
         rates.clone(),
@@ -43,7 +44,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     )
     .await?;
     println!("backfilld listening on http://{address}");
-    let sampler = tokio::spawn(rates.sample(api_pool, schema.clone(), http_stop.clone()));
+    let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
 
     let root = shutdown.token();
     if migrate_with_backoff(&pool, &schema, &root).await {
@@ -91,18 +92,16 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
 }
 
 /// A pool that connects on first use, so the daemon starts (and answers `/healthz`) while the
-/// database is still away. The workers' pool does not ping a connection before each use (a
-/// batch on a dead connection fails as a retryable connection error anyway, and the ping
-/// would be a round trip on every batch); the API's does, so a request after a database
-/// restart gets a fresh connection instead of an error.
-fn lazy_pool(url: &str, max_connections: u32, ping: bool) -> Result<PgPool, CliError> {
+/// database is still away. It checks a connection before handing it out, so a request or a
+/// claim after a database restart gets a fresh one (batches run on the workers' own
+/// connections, so the check costs them nothing).
+fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| CliError::invalid(format!("database_url: {e}")))?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(ping)
         .connect_lazy_with(options.application_name("backfilld")))
 }
 
@@ -123,20 +122,16 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
     }
 }
 
-/// The running API: its address, its task, and the pool its requests use.
-pub type Http = (SocketAddr, JoinHandle<std::io::Result<()>>, PgPool);
-
 /// Binds the API (refusing a non-loopback address when no tokens are configured) and serves it
-/// in the background until `stop`, with a small pool of its own.
+/// in the background until `stop`.
 pub async fn start_http(
     settings: &Settings,
+    pool: PgPool,
     schema: Schema,
     local: LocalJobs,
     rates: Rates,
     stop: CancellationToken,
-) -> Result<Http, CliError> {
-    let url = settings.require_database_url().map_err(CliError::invalid)?;
-    let pool = lazy_pool(url, 4, true)?;
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
     let address: SocketAddr = settings.listen.parse().map_err(|_| {
         CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
@@ -156,15 +151,11 @@ pub async fn start_http(
         .local_addr()
         .map_err(|e| CliError::Other(e.into()))?;
     let router = api::router(AppState {
-        pool: pool.clone(),
+        pool,
         schema,
         auth,
         rates,
         local,
     });
-    Ok((
-        bound,
-        tokio::spawn(api::serve(listener, router, stop)),
-        pool,
-    ))
+    Ok((bound, tokio::spawn(api::serve(listener, router, stop))))
 }
