@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, job_toml, text, TestDb};
+use common::{api, bin, job_toml, text, TestDb};
 use rand::Rng;
 
 fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
@@ -52,11 +52,7 @@ async fn hits_summary(db: &TestDb) -> String {
 async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let db = TestDb::new().await;
     let rows = 20_000;
-    db.exec(&format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
+    api::hits_table(&db, rows).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -108,11 +104,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
 #[tokio::test]
 async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
     let db = TestDb::new().await;
-    db.exec(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, 10000) i;",
-    )
-    .await;
+    api::hits_table(&db, 10000).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -202,4 +194,65 @@ async fn demo_runs_both_example_jobs() {
     let output = db.cli(&["demo", "--rows", "3000"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(db.scalar_i64("SELECT count(*) FROM users").await, 3000);
+}
+
+#[tokio::test]
+async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
+    let db = TestDb::new().await;
+    api::hits_table(&db, 20_000).await;
+    let job = db.write_job(
+        "hits.toml",
+        &job_toml(
+            "listened",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nrows_per_second = 2000",
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(bin())
+        .args(["run", job.to_str().unwrap(), "--listen", &listen])
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = api::Api::at(&format!("http://{listen}"), None);
+    common::eventually(Duration::from_secs(30), "the run's API", || async {
+        let response = client
+            .http
+            .get(format!("http://{listen}/api/v1/jobs/listened"))
+            .send()
+            .await
+            .ok()?;
+        let job: serde_json::Value = response.json().await.ok()?;
+        (job["state"] == "running" && job["rows_scanned"].as_i64()? > 0).then_some(())
+    })
+    .await;
+    let (status, paused) = client.post("/api/v1/jobs/listened/pause", None).await;
+    assert_eq!(status, 200, "{paused}");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("paused by an operator"));
+    let scanned = db
+        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
+        .await;
+    assert!(scanned < 20_000, "the pause came too late to matter");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        scanned
+    );
+    // Running the file again says it is paused, and exits 3 without touching a row.
+    let again = db.cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        scanned
+    );
 }

@@ -21,17 +21,11 @@ async fn assert_each_hit_once(db: &TestDb, rows: i64) {
     api::assert_each_hit_once(db, "t", rows).await;
 }
 
-fn empty_jobs_dir(db: &TestDb) -> std::path::PathBuf {
-    let dir = db.dir.join("jobs");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn submit_runs_to_completion_over_json_and_toml() {
     let db = TestDb::new().await;
     hits_table(&db, 3_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     let (status, job) = api
         .post(
@@ -105,7 +99,7 @@ async fn submit_runs_to_completion_over_json_and_toml() {
 async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     let db = TestDb::new().await;
     hits_table(&db, 6_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
     let (status, _) = admin
@@ -166,7 +160,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
 async fn cancel_stops_the_job_for_good() {
     let db = TestDb::new().await;
     hits_table(&db, 5_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
         "/api/v1/jobs",
@@ -213,7 +207,7 @@ async fn measured_rate(db: &TestDb, over: Duration) -> f64 {
 async fn patch_changes_the_measured_rate_within_a_batch() {
     let db = TestDb::new().await;
     hits_table(&db, 30_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
     admin
@@ -278,7 +272,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
 async fn tokens_and_roles_are_enforced() {
     let db = TestDb::new().await;
     hits_table(&db, 10).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let anonymous = Api::new(&daemon, None);
     let wrong = Api::new(&daemon, Some("not-a-token-at-all"));
     let viewer = Api::new(&daemon, Some("read-token-123"));
@@ -333,7 +327,7 @@ async fn tokens_and_roles_are_enforced() {
 async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let db = TestDb::new().await;
     hits_table(&db, 10).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     admin
         .post("/api/v1/jobs", Some(hits_job("existing", "{}")))
@@ -425,7 +419,7 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
 async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     let db = TestDb::new().await;
     hits_table(&db, 20_000).await;
-    let jobs_dir = empty_jobs_dir(&db);
+    let jobs_dir = api::jobs_dir(&db);
     let config = format!("workers = 2\n{TOKENS}");
     let first = Daemon::start(&db.url, &db.dir, &config, &jobs_dir);
     let second = Daemon::start(&db.url, &db.dir, &config, &jobs_dir);
@@ -471,7 +465,7 @@ async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
 async fn sigterm_drains_in_flight_batches_and_exits_0() {
     let db = TestDb::new().await;
     hits_table(&db, 10_000).await;
-    let mut daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let mut daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
         "/api/v1/jobs",
@@ -501,7 +495,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         "leases released on the way out"
     );
     // Another daemon picks the job up from the checkpoints.
-    let next = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let next = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     Api::new(&next, Some(ADMIN))
         .wait_state("drained", "completed", Duration::from_secs(60))
         .await;
@@ -512,7 +506,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
 async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     let db = TestDb::new().await;
     hits_table(&db, 12_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
         "/api/v1/jobs",
@@ -545,7 +539,7 @@ async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
 #[tokio::test]
 async fn the_daemon_waits_for_an_unreachable_database_and_says_why() {
     let db = TestDb::new().await;
-    let dir = empty_jobs_dir(&db);
+    let dir = api::jobs_dir(&db);
     // Nothing listens on port 1.
     let daemon = Daemon::start_unready(
         "postgres://postgres@127.0.0.1:1/postgres",
@@ -586,7 +580,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
     let db = TestDb::new().await;
     hits_table(&db, 500).await;
     db.exec("ALTER TABLE t ADD COLUMN other int").await;
-    let dir = empty_jobs_dir(&db);
+    let dir = api::jobs_dir(&db);
     std::fs::write(
         dir.join("a.toml"),
         job_toml("from-dir", "t", "\"id\"", "hits = \"hits + 1\"", ""),
@@ -630,7 +624,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
 async fn cli_client_commands_speak_to_the_daemon() {
     let db = TestDb::new().await;
     hits_table(&db, 4_000).await;
-    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &empty_jobs_dir(&db));
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let file = db.write_job(
         "cli.toml",
         &job_toml(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Daemon, TestDb};
+use common::{api, eventually, Daemon, TestDb};
 use serde_json::{json, Value};
 
 /// The metric names of DESIGN.md §5.
@@ -150,13 +150,8 @@ async fn prom_query(http: &reqwest::Client, base: &str, query: &str) -> Option<V
 #[tokio::test]
 async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
     let db = TestDb::new().await;
-    db.exec(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, 200000) i;",
-    )
-    .await;
-    let jobs = db.dir.join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
+    api::hits_table(&db, 200000).await;
+    let jobs = api::jobs_dir(&db);
     let daemon = Daemon::start(&db.url, &db.dir, "", &jobs);
     let http = reqwest::Client::new();
     let submitted = http
@@ -237,13 +232,8 @@ async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
 async fn the_exposition_passes_promtool_and_carries_every_design_metric() {
     let promtool = require("promtool", "prometheus");
     let db = TestDb::new().await;
-    db.exec(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, 2000) i;",
-    )
-    .await;
-    let jobs = db.dir.join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
+    api::hits_table(&db, 2000).await;
+    let jobs = api::jobs_dir(&db);
     std::fs::write(
         jobs.join("j.toml"),
         common::job_toml(

@@ -6,16 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backfilld::worker::{Step, Worker};
-use common::{eventually, job_toml, start_job, TestDb};
+use common::{api, eventually, job_toml, start_job, TestDb};
 use tokio_util::sync::CancellationToken;
-
-async fn hits(db: &TestDb, rows: i64) {
-    db.exec(&format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
-}
 
 fn reason(worker_job: &backfilld::worker::JobRuntime) -> String {
     worker_job
@@ -30,7 +22,7 @@ fn reason(worker_job: &backfilld::worker::JobRuntime) -> String {
 #[tokio::test]
 async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout() {
     let db = TestDb::new().await;
-    hits(&db, 200_000).await;
+    api::hits_table(&db, 200_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
@@ -109,7 +101,7 @@ async fn throttle_reason(job: &backfilld::worker::JobRuntime) -> Option<(String,
 #[tokio::test]
 async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
     let db = TestDb::new().await;
-    hits(&db, 1_000).await;
+    api::hits_table(&db, 1_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
     let (runtime, env, mut positions, _presence) = start_job(
@@ -171,7 +163,7 @@ async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
 #[tokio::test]
 async fn busy_databases_and_closed_windows_hold_the_job() {
     let db = TestDb::new().await;
-    hits(&db, 1_000).await;
+    api::hits_table(&db, 1_000).await;
     // Three application sessions busy at once.
     let mut sleepers = Vec::new();
     for _ in 0..3 {
@@ -256,11 +248,10 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
 #[tokio::test]
 async fn the_api_and_metrics_show_the_throttle_reason() {
     let db = TestDb::new().await;
-    hits(&db, 2_000).await;
+    api::hits_table(&db, 2_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
-    let jobs = db.dir.join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
+    let jobs = api::jobs_dir(&db);
     std::fs::write(
         jobs.join("held.toml"),
         job_toml(
@@ -273,26 +264,19 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
     )
     .unwrap();
     let daemon = common::Daemon::start(&db.url, &db.dir, "", &jobs);
-    let http = reqwest::Client::new();
-    let job: serde_json::Value =
-        eventually(Duration::from_secs(20), "a throttled view", || async {
-            let job: serde_json::Value = http
-                .get(format!("{}/api/v1/jobs/held", daemon.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (job["throttled"] == "throttle_query").then_some(job)
-        })
-        .await;
+    let client = api::Api::new(&daemon, None);
+    let job = eventually(Duration::from_secs(20), "a throttled view", || async {
+        let job = client.job("held").await;
+        (job["throttled"] == "throttle_query").then_some(job)
+    })
+    .await;
     assert_eq!(job["target_batch_time"], "200ms");
     assert!(job["throttle_detail"]
         .as_str()
         .unwrap()
         .contains("returned true"));
-    let metrics = http
+    let metrics = client
+        .http
         .get(format!("{}/metrics", daemon.base))
         .send()
         .await
@@ -306,18 +290,9 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
     );
     assert!(metrics.contains("backfill_throttled{job=\"held\",reason=\"replica_lag\"} 0"));
     db.exec("UPDATE health SET busy = false").await;
-    eventually(Duration::from_secs(30), "completion", || async {
-        let job: serde_json::Value = http
-            .get(format!("{}/api/v1/jobs/held", daemon.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (job["state"] == "completed").then_some(())
-    })
-    .await;
+    client
+        .wait_state("held", "completed", Duration::from_secs(30))
+        .await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
         2_000
@@ -327,7 +302,7 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
 #[tokio::test]
 async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
     let db = TestDb::new().await;
-    hits(&db, 10).await;
+    api::hits_table(&db, 10).await;
     let before = db.fingerprint().await;
     let cases = [
         (

@@ -14,7 +14,6 @@ use crate::cli::CliError;
 use crate::config::Settings;
 use crate::db::Schema;
 use crate::display::{Baseline, Display};
-use crate::rates::Rates;
 use crate::scheduler::{Scheduler, SchedulerExit};
 use crate::shutdown::Shutdown;
 use crate::spec::JobSpec;
@@ -123,19 +122,16 @@ pub async fn run_job(
     let local = LocalJobs::default();
     let http_stop = CancellationToken::new();
     let http = if serve_api {
-        let rates = Rates::default();
-        let (address, server) = super::serve::start_http(
+        let http = super::serve::start_http(
             settings,
             pool.clone(),
             schema.clone(),
             local.clone(),
-            rates.clone(),
             http_stop.clone(),
         )
         .await?;
-        tracing::info!("API listening on http://{address}");
-        let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
-        Some((server, sampler))
+        tracing::info!("API listening on http://{}", http.address);
+        Some(http)
     } else {
         None
     };
@@ -155,9 +151,8 @@ pub async fn run_job(
     let exit = scheduler.run(shutdown.token()).await;
     display.finish().await;
     http_stop.cancel();
-    if let Some((server, sampler)) = http {
-        let _ = server.await;
-        let _ = sampler.await;
+    if let Some(http) = http {
+        http.join().await;
     }
     let exit = exit.map_err(anyhow::Error::from)?;
 

@@ -32,19 +32,16 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let pool = lazy_pool(url, settings.workers as u32 + 4)?;
     let schema = Schema::new(&settings.schema);
     let local = LocalJobs::default();
-    let rates = Rates::default();
     let http_stop = CancellationToken::new();
-    let (address, http) = start_http(
+    let http = start_http(
         settings,
         pool.clone(),
         schema.clone(),
         local.clone(),
-        rates.clone(),
         http_stop.clone(),
     )
     .await?;
-    println!("backfilld listening on http://{address}");
-    let sampler = tokio::spawn(rates.sample(pool.clone(), schema.clone(), http_stop.clone()));
+    println!("backfilld listening on http://{}", http.address);
 
     let root = shutdown.token();
     if migrate_with_backoff(&pool, &schema, &root).await {
@@ -84,8 +81,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         }
     }
     http_stop.cancel();
-    let _ = http.await;
-    let _ = sampler.await;
+    http.join().await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(0)
@@ -122,16 +118,30 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
     }
 }
 
+/// The API running in the background, with the rate sampler its job views read.
+pub struct Http {
+    pub address: SocketAddr,
+    server: JoinHandle<std::io::Result<()>>,
+    sampler: JoinHandle<()>,
+}
+
+impl Http {
+    /// Waits for both to finish (after the `stop` token given to [`start_http`] fires).
+    pub async fn join(self) {
+        let _ = self.server.await;
+        let _ = self.sampler.await;
+    }
+}
+
 /// Binds the API (refusing a non-loopback address when no tokens are configured) and serves it
-/// in the background until `stop`.
+/// in the background until `stop`, sampling job rates meanwhile.
 pub async fn start_http(
     settings: &Settings,
     pool: PgPool,
     schema: Schema,
     local: LocalJobs,
-    rates: Rates,
     stop: CancellationToken,
-) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), CliError> {
+) -> Result<Http, CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
     let address: SocketAddr = settings.listen.parse().map_err(|_| {
         CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
@@ -150,6 +160,12 @@ pub async fn start_http(
     let bound = listener
         .local_addr()
         .map_err(|e| CliError::Other(e.into()))?;
+    let rates = Rates::default();
+    let sampler = tokio::spawn(
+        rates
+            .clone()
+            .sample(pool.clone(), schema.clone(), stop.clone()),
+    );
     let router = api::router(AppState {
         pool,
         schema,
@@ -157,5 +173,9 @@ pub async fn start_http(
         rates,
         local,
     });
-    Ok((bound, tokio::spawn(api::serve(listener, router, stop))))
+    Ok(Http {
+        address: bound,
+        server: tokio::spawn(api::serve(listener, router, stop)),
+        sampler,
+    })
 }
