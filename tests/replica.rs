@@ -5,103 +5,35 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-/// The newest installed PostgreSQL's binaries (Debian layout).
-fn pg_bin(tool: &str) -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("bin").join(tool).exists())
-        .collect();
-    versions.sort_by_key(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    versions
-        .pop()
-        .expect("an installed PostgreSQL")
-        .join("bin")
-        .join(tool)
-}
-
-/// Runs a PostgreSQL tool as the postgres user (servers refuse to run as root).
-fn as_postgres(tool: &str, args: &[&str]) {
-    let output = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pg_bin(tool))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("runuser");
-    assert!(
-        output.status.success(),
-        "{tool} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::cluster::{self, as_postgres, free_port, ScratchDir};
 
 /// A primary and a streaming standby in a temporary directory, stopped and removed on drop.
 struct Cluster {
-    dir: PathBuf,
+    dir: ScratchDir,
     primary_port: u16,
     standby_port: u16,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "backfilld-replica-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Command::new("chown")
-            .args(["postgres", dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        let cluster = Cluster {
-            primary_port: free_port(),
-            standby_port: free_port(),
-            dir,
-        };
-        let primary = cluster.dir.join("primary");
-        let standby = cluster.dir.join("standby");
-        as_postgres(
-            "initdb",
-            &[
-                "-D",
-                primary.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
-        cluster.pg_ctl_start(&primary, cluster.primary_port);
+        let mut dir = ScratchDir::new("replica");
+        let (primary_port, standby_port) = (free_port(), free_port());
+        let primary = dir.initdb("primary");
+        dir.start(&primary, primary_port, &["fsync=off"]);
+        let standby = dir.path.join("standby");
         as_postgres(
             "pg_basebackup",
             &[
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &cluster.primary_port.to_string(),
+                &primary_port.to_string(),
                 "-U",
                 "postgres",
                 "-D",
@@ -111,54 +43,16 @@ impl Cluster {
                 "stream",
             ],
         );
-        cluster.pg_ctl_start(&standby, cluster.standby_port);
-        cluster
-    }
-
-    fn pg_ctl_start(&self, data: &Path, port: u16) {
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.dir.display()
-        );
-        let log = self.dir.join(format!("{port}.log"));
-        as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
+        dir.start(&standby, standby_port, &["fsync=off"]);
+        Cluster {
+            dir,
+            primary_port,
+            standby_port,
+        }
     }
 
     fn url(&self, port: u16) -> String {
-        format!("postgres://postgres@127.0.0.1:{port}/postgres")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for data in ["standby", "primary"] {
-            let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(pg_bin("pg_ctl"))
-                .args([
-                    "-D",
-                    self.dir.join(data).to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        cluster::url(port)
     }
 }
 
@@ -216,7 +110,7 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
         .await
         .unwrap();
 
-    let dir = cluster.dir.join("job");
+    let dir = cluster.dir.path.join("job");
     std::fs::create_dir_all(&dir).unwrap();
     let job = dir.join("lagged.toml");
     std::fs::write(
