@@ -264,6 +264,14 @@ pub async fn complete_if_all_done(
     actor: &str,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    // The worker's session may commit batches asynchronously (spec::SynchronousCommit); the
+    // completion waits for its flush, and with it for every batch's WAL before it.
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'on', true)
+          WHERE current_setting('synchronous_commit') = 'off'",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(sql(format!(
         "SELECT 1 FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q

@@ -90,6 +90,7 @@ impl JobRuntime {
                 lock_timeout: spec.lock_timeout,
                 statement_timeout: spec.statement_timeout,
                 idle_in_transaction: Some(lease_ttl),
+                synchronous_commit: spec.synchronous_commit,
             },
             max_attempts: spec.max_attempts,
             limiter: Limiter::new(spec.rows_per_second, spec.batch_size),

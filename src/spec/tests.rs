@@ -9,6 +9,10 @@ const MINIMAL: &str = r#"
     [set]
     search = "to_tsvector(name)"
 "#;
+/// `MINIMAL` in two halves, to put fields before its `[set]` table.
+const MINIMAL_HEAD: &str =
+    "name = \"products_search\"\ntable = \"public.products\"\nkey = \"id\"\n";
+const MINIMAL_SET: &str = "[set]\nsearch = \"to_tsvector(name)\"\n";
 
 #[test]
 fn minimal_spec_gets_defaults() {
@@ -17,6 +21,32 @@ fn minimal_spec_gets_defaults() {
     assert_eq!(spec.partitions, 1);
     assert_eq!(spec.max_attempts, 5);
     assert_eq!(spec.key.0, vec!["id"]);
+    assert_eq!(spec.synchronous_commit, SynchronousCommit::Off);
+}
+
+#[test]
+fn synchronous_commit_takes_postgresql_values_and_names_itself_when_wrong() {
+    for value in ["off", "local", "remote_write", "on", "remote_apply"] {
+        let text = format!("{MINIMAL_HEAD}synchronous_commit = \"{value}\"\n{MINIMAL_SET}");
+        let spec = JobSpec::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(spec.synchronous_commit.as_setting(), value);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_json(&json, "api").unwrap(), spec);
+    }
+    let json = r#"{"name": "a", "table": "t", "key": "id", "set": {"a": "1"},
+                   "synchronous_commit": "sometimes"}"#;
+    let error = JobSpec::from_json(json, "api").unwrap_err().to_string();
+    assert!(
+        error.contains("synchronous_commit \"sometimes\" is not one of off, local"),
+        "{error}"
+    );
+    let json = r#"{"name": "a", "table": "t", "key": "id", "set": {"a": "1"},
+                   "synchronous_commit": true}"#;
+    let error = JobSpec::from_json(json, "api").unwrap_err().to_string();
+    assert!(
+        error.contains("synchronous_commit must be a string"),
+        "{error}"
+    );
 }
 
 #[test]

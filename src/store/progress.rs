@@ -223,12 +223,13 @@ pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::statement::
     }
 }
 
-/// Session settings for a worker's own connection; `None` keeps the server's.
+/// Session settings for a worker's own connection; a `None` timeout keeps the server's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionSettings {
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
     pub idle_in_transaction: Option<Duration>,
+    pub synchronous_commit: crate::spec::SynchronousCommit,
 }
 
 /// Applies `settings` to a worker's connection for its whole life.
@@ -244,11 +245,15 @@ pub async fn apply_settings(
                            coalesce($3, current_setting('idle_in_transaction_session_timeout')), false),
                 -- The batch statement's generic plan is a bounded index range scan (a test
                 -- asserts it), so planning it again for every batch would only cost time.
-                set_config('plan_cache_mode', 'force_generic_plan', false)",
+                set_config('plan_cache_mode', 'force_generic_plan', false),
+                -- Off by default: a batch's rows and checkpoint are lost together or kept
+                -- together, so waiting for each batch's flush buys nothing (spec::SynchronousCommit).
+                set_config('synchronous_commit', $4, false)",
     )
     .bind(millis(settings.lock_timeout))
     .bind(millis(settings.statement_timeout))
     .bind(millis(settings.idle_in_transaction))
+    .bind(settings.synchronous_commit.as_setting())
     .execute(conn)
     .await?;
     Ok(())
