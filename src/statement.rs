@@ -33,11 +33,12 @@ pub struct BatchSql {
 }
 
 /// Names of the batch statement's parts. A checkpoint CTE may read `LAST` (one row: the last
-/// walked key as `key text[]`, and `n`, how many were walked), `SCANNED` and `UPDATED` (one row
-/// per updated row); `BATCH` is the walk itself.
+/// walked key as `key text[]`, and `n`, how many were walked), `SCANNED` and `UPDATED_COUNT`;
+/// `BATCH` is the walk itself.
 const BATCH: &str = "\"__backfilld_batch\"";
 pub const LAST: &str = "\"__backfilld_last\"";
-pub const UPDATED: &str = "\"__backfilld_updated\"";
+const UPDATED: &str = "\"__backfilld_updated\"";
+const MATCHES: &str = "\"__backfilld_matches\"";
 const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
 /// The fence: the partition's progress row locked if the lease is still this worker's, with
 /// `job_state`, `cursor`, the live tunables and `go` (running, cursor unmoved).
@@ -52,6 +53,8 @@ pub struct Fenced {
 }
 /// Keys the batch walked, counted once (in the last-key CTE).
 pub const SCANNED: &str = "coalesce((SELECT n FROM \"__backfilld_last\"), 0)";
+/// Rows the batch updated, counted once: the checkpoint and the result both read it.
+pub const UPDATED_COUNT: &str = "coalesce((SELECT u FROM \"__backfilld_last\"), 0)";
 
 fn batch_key(i: usize) -> String {
     format!("\"__backfilld_k{i}\"")
@@ -151,12 +154,21 @@ impl BatchSql {
             ));
         }
         let (limit_number, limit) = next();
-        let select_keys: Vec<String> = self
+        let mut select_keys: Vec<String> = self
             .key
             .iter()
             .enumerate()
             .map(|(i, k)| format!("{} AS {}", quote_ident(&k.name), batch_key(i)))
             .collect();
+        // Which walked rows need the update, read in the walk: counting them there costs less
+        // than RETURNING a row per update to count afterwards.
+        if let Some(filter) = &self.filter {
+            select_keys.push(format!("{} AS {MATCHES}", wrap(filter)));
+        }
+        let matched = |over: &str| match &self.filter {
+            Some(_) => format!("count(*) FILTER (WHERE {MATCHES}){over}"),
+            None => format!("count(*){over}"),
+        };
         let assignments: Vec<String> = self
             .set
             .iter()
@@ -209,14 +221,16 @@ impl BatchSql {
         let walk_and_last = if self.key.len() == 1 && is_integer(&first.type_sql) {
             let k = batch_key(0);
             format!(
-                "{LAST} AS (\n    SELECT CASE WHEN count(*) > 0 THEN ARRAY[max({k})::text] END AS key, max({k}) AS {k}, count(*) AS n\n      FROM (SELECT {select} FROM {table}{where_walk}\n            ORDER BY {order}\n            LIMIT {limit}) AS {BATCH}\n)",
+                "{LAST} AS (\n    SELECT CASE WHEN count(*) > 0 THEN ARRAY[max({k})::text] END AS key, max({k}) AS {k}, count(*) AS n, {matched} AS u\n      FROM (SELECT {select} FROM {table}{where_walk}\n            ORDER BY {order}\n            LIMIT {limit}) AS {BATCH}\n)",
+                matched = matched(""),
                 select = select_keys.join(", "),
                 table = self.table,
                 order = self.key_list(),
             )
         } else {
             format!(
-                "{BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {LAST} AS (\n    SELECT ARRAY[{last_key}] AS key, {batch_keys}, count(*) OVER () AS n FROM {BATCH}\n    ORDER BY {descending} LIMIT 1\n)",
+                "{BATCH} AS MATERIALIZED (\n    SELECT {select} FROM {table}{where_walk}\n    ORDER BY {order}\n    LIMIT {limit}\n), {LAST} AS (\n    SELECT ARRAY[{last_key}] AS key, {batch_keys}, count(*) OVER () AS n, {matched} AS u FROM {BATCH}\n    ORDER BY {descending} LIMIT 1\n)",
+                matched = matched(" OVER ()"),
                 select = select_keys.join(", "),
                 table = self.table,
                 order = self.key_list(),
@@ -226,7 +240,7 @@ impl BatchSql {
             )
         };
         format!(
-            "WITH {fence_cte}{walk_and_last}, {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n    RETURNING 1\n){checkpoint_cte}\nSELECT {SCANNED}::int8 AS scanned,\n       (SELECT count(*) FROM {UPDATED})::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {fence_columns}",
+            "WITH {fence_cte}{walk_and_last}, {UPDATED} AS (\n    UPDATE {table} SET {assignments}\n    WHERE {update_conditions}\n){checkpoint_cte}\nSELECT {SCANNED}::int8 AS scanned,\n       {UPDATED_COUNT}::int8 AS updated,\n       (SELECT key FROM {LAST}) AS last_key,\n       {fence_columns}",
             table = self.table,
             assignments = assignments.join(",\n        "),
             update_conditions = update_conditions.join("\n      AND "),

@@ -190,7 +190,7 @@ pub async fn release<'e>(
 /// `first` is the number of the first of their parameters — job id, partition index, lease
 /// token, lease TTL in ms, expected cursor — and `limit` the batch size's.
 pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::statement::Fenced {
-    use crate::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED};
+    use crate::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED_COUNT};
     let (job, partition, token, ttl, cursor) = (first, first + 1, first + 2, first + 3, first + 4);
     let s = &schema.q;
     Fenced {
@@ -210,7 +210,7 @@ pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::statement::
             "    UPDATE {s}.progress
        SET cursor = coalesce((SELECT key FROM {LAST}), cursor),
            rows_scanned = rows_scanned + {SCANNED},
-           rows_updated = rows_updated + (SELECT count(*) FROM {UPDATED}),
+           rows_updated = rows_updated + {UPDATED_COUNT},
            batches = batches + 1,
            state = CASE WHEN {SCANNED} < ${limit} THEN 'done' ELSE state END,
            finished_at = CASE WHEN {SCANNED} < ${limit} THEN now() ELSE finished_at END,
