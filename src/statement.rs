@@ -311,6 +311,25 @@ mod tests {
     }
 
     #[test]
+    fn updated_rows_are_counted_in_the_walk_not_returned_by_the_update() {
+        for key in [
+            &[("id", "bigint")][..],
+            &[("tenant_id", "integer"), ("id", "uuid")],
+        ] {
+            let s = sql(key, Some("hits < 10")).batch(Lower::Cursor, false, None);
+            assert!(s.contains(&format!("(\nhits < 10\n) AS {MATCHES}")), "{s}");
+            assert!(
+                s.contains(&format!("count(*) FILTER (WHERE {MATCHES})")),
+                "{s}"
+            );
+            assert!(!s.contains("RETURNING"), "{s}");
+            // Without `where`, every walked row is updated.
+            let s = sql(key, None).batch(Lower::Cursor, false, None);
+            assert!(!s.contains(MATCHES), "{s}");
+        }
+    }
+
+    #[test]
     fn composite_keys_use_row_comparison() {
         let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(
             Lower::Cursor,
