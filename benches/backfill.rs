@@ -8,7 +8,8 @@
 //! cargo bench --bench backfill                        # W1 200k rows, W2 1M rows
 //! cargo bench --bench backfill -- --w2-rows 50000 --only w2
 //! cargo bench --bench backfill -- --target-batch-time 200ms
-//! cargo bench --bench backfill -- --scale             # W2 with 1 partition, 1M vs 5M rows
+//! cargo bench --bench backfill -- --scale             # W2, loop and 1 partition, 1M vs 5M rows
+//! cargo bench --bench backfill -- --synchronous-commit on   # batches wait for their flush
 //! ```
 
 use std::fmt::Write as _;
@@ -19,7 +20,7 @@ use anyhow::{bail, ensure, Context, Result};
 use backfilld::commands::demo;
 use backfilld::db::{self, quote_ident, sql, Schema};
 use backfilld::scheduler::{Scheduler, SchedulerExit};
-use backfilld::spec::JobSpec;
+use backfilld::spec::{JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
 use backfilld::submit;
 use backfilld::worker::JobRuntime;
@@ -53,6 +54,9 @@ struct Args {
     /// Also run (c) and (d) again with this `target_batch_time` (adaptive batch size).
     #[arg(long, value_parser = humantime::parse_duration)]
     target_batch_time: Option<Duration>,
+    /// The jobs' `synchronous_commit` for (c) and (d) (default: the job's own, `off`).
+    #[arg(long, value_parser = str::parse::<SynchronousCommit>)]
+    synchronous_commit: Option<SynchronousCommit>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -221,7 +225,16 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
         }
         for variant in &variants {
             eprintln!("… {} {} on {rows} rows", workload.label(), variant.label());
-            let m = measure(scratch, &pool, workload, variant.clone(), rows, ticks).await?;
+            let m = measure(
+                scratch,
+                &pool,
+                workload,
+                variant.clone(),
+                rows,
+                ticks,
+                args.synchronous_commit,
+            )
+            .await?;
             eprintln!(
                 "  {:.0} rows/s in {:.2}s",
                 m.rows_per_second(),
@@ -238,29 +251,55 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
     Ok(())
 }
 
-/// W2 with 1 partition on N and 5N rows: rows/s should not depend on the table's size.
+/// W2 with 1 partition on N and 5N rows: rows/s should not depend on the table's size. The
+/// PL/pgSQL loop runs on the same tables too: what the server itself pays for a larger job (WAL
+/// segments created beyond those it recycles, checkpoints, a table outgrowing shared_buffers)
+/// slows it as much, so backfilld's rate relative to the loop isolates backfilld's own per-batch
+/// cost.
 async fn scale(args: &Args, scratch: &Scratch, pool: &PgPool, ticks: f64) -> Result<()> {
-    let variant = Variant::Backfilld {
+    let backfilld = Variant::Backfilld {
         partitions: 1,
         target: None,
     };
     let mut results = Vec::new();
     for rows in [args.w2_rows, args.w2_rows * 5] {
-        eprintln!(
-            "… {} {} on {rows} rows",
-            Workload::W2.label(),
-            variant.label()
-        );
-        results.push(measure(scratch, pool, Workload::W2, variant.clone(), rows, ticks).await?);
+        for variant in [Variant::Loop, backfilld.clone()] {
+            eprintln!(
+                "… {} {} on {rows} rows",
+                Workload::W2.label(),
+                variant.label()
+            );
+            results.push(
+                measure(
+                    scratch,
+                    pool,
+                    Workload::W2,
+                    variant,
+                    rows,
+                    ticks,
+                    args.synchronous_commit,
+                )
+                .await?,
+            );
+        }
     }
     print!("{}", table(&results));
-    let (small, large) = (results[0].rows_per_second(), results[1].rows_per_second());
-    let difference = (large - small) / small * 100.0;
+    let rate = |i: usize| results[i].rows_per_second();
+    let change = |from: f64, to: f64| (to - from) / from * 100.0;
+    let (small, large) = (rate(1), rate(3));
+    let difference = change(small, large);
     println!(
         "\nscale: {} rows {small:.0} rows/s, {} rows {large:.0} rows/s: {difference:+.1}% ({} target |difference| < 10%)",
-        results[0].rows,
         results[1].rows,
+        results[3].rows,
         verdict(difference.abs() < 10.0)
+    );
+    let (loop_small, loop_large) = (rate(0), rate(2));
+    let (relative_small, relative_large) = (small / loop_small, large / loop_large);
+    println!(
+        "       the PL/pgSQL loop on the same tables: {loop_small:.0} → {loop_large:.0} rows/s ({:+.1}%); backfilld relative to it: {relative_small:.2}× → {relative_large:.2}× ({:+.1}%)",
+        change(loop_small, loop_large),
+        change(relative_small, relative_large)
     );
     Ok(())
 }
@@ -273,8 +312,12 @@ async fn measure(
     variant: Variant,
     rows: i64,
     ticks: f64,
+    synchronous_commit: Option<SynchronousCommit>,
 ) -> Result<Measurement> {
-    let job = workload.job()?;
+    let mut job = workload.job()?;
+    if let Some(commit) = synchronous_commit {
+        job.synchronous_commit = commit;
+    }
     fresh_table(pool, workload, rows).await?;
     let (wall, batches, cpu, updated) = match &variant {
         Variant::Update => {

@@ -174,14 +174,22 @@ impl SynchronousCommit {
         let value = String::deserialize(deserializer).map_err(|_| {
             serde::de::Error::custom("synchronous_commit must be a string such as \"off\"")
         })?;
+        value.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for SynchronousCommit {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<SynchronousCommit, String> {
         Self::ALL
             .into_iter()
             .find(|v| v.as_setting() == value)
             .ok_or_else(|| {
-                serde::de::Error::custom(format!(
+                format!(
                     "synchronous_commit {:?} is not one of off, local, remote_write, on, remote_apply",
-                    shorten(&value)
-                ))
+                    shorten(value)
+                )
             })
     }
 }
