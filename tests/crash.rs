@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{api, bin, job_toml, text, TestDb};
 use rand::Rng;
@@ -18,26 +18,6 @@ fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn backfilld run")
-}
-
-/// Waits (polling the database, bounded) until the job has checkpointed at least `rows`.
-async fn wait_for_progress(db: &TestDb, rows: i64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let scanned = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT sum(rows_scanned)::int8 FROM backfilld.progress",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0);
-        if scanned >= rows {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no progress within 60s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn hits_summary(db: &TestDb) -> String {
@@ -69,7 +49,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let mut kills = 0;
     for round in 0..4 {
         let mut child = spawn_run(&db, &job);
-        wait_for_progress(&db, (round + 1) * 1_000).await;
+        api::wait_for_progress(&db, (round + 1) * 1_000).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -116,7 +96,7 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
         ),
     );
     let child = spawn_run(&db, &job);
-    wait_for_progress(&db, 500).await;
+    api::wait_for_progress(&db, 500).await;
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

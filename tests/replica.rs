@@ -71,16 +71,6 @@ async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
         .unwrap()
 }
 
-/// Rows the job has checkpointed; 0 before its schema exists.
-async fn progress(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
     let cluster = Cluster::start();
@@ -152,9 +142,9 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
         .fetch_one(&primary)
         .await
         .unwrap();
-        let before = progress(&primary).await;
+        let before = common::checkpointed(&primary).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let after = progress(&primary).await;
+        let after = common::checkpointed(&primary).await;
         if lag > 1.0 && before == after && after > 0 {
             break after;
         }

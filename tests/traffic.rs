@@ -62,15 +62,7 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
         .spawn()
         .unwrap();
     eventually(Duration::from_secs(30), "the job under way", || async {
-        let scanned = sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT sum(rows_scanned)::int8 FROM backfilld.progress",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(0);
-        (scanned > 0).then_some(())
+        (common::checkpointed(&db.pool).await > 0).then_some(())
     })
     .await;
 

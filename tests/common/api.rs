@@ -158,7 +158,7 @@ pub fn hits_job(name: &str, extra: Value) -> Value {
 /// Waits (bounded) until the job's checkpoints cover at least `rows` keys.
 pub async fn wait_for_progress(db: &TestDb, rows: i64) {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         &format!("{rows} rows checkpointed"),
         || async { (scanned(db).await >= rows).then_some(()) },
     )
@@ -166,8 +166,7 @@ pub async fn wait_for_progress(db: &TestDb, rows: i64) {
 }
 
 pub async fn scanned(db: &TestDb) -> i64 {
-    db.scalar_i64("SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress")
-        .await
+    super::checkpointed(&db.pool).await
 }
 
 /// `rows` rows in `table`, every one with `hits = 1`.

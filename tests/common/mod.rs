@@ -346,3 +346,14 @@ pub async fn start_job(
     };
     (runtime, env, positions, presence)
 }
+
+/// Keys the jobs in the database behind `executor` have checkpointed, as other sessions see
+/// them; 0 before backfilld's schema exists (a test may poll before the binary migrated).
+pub async fn checkpointed<'e>(executor: impl sqlx::PgExecutor<'e>) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
+    )
+    .fetch_one(executor)
+    .await
+    .unwrap_or(0)
+}
