@@ -45,16 +45,6 @@ async fn scalar(conn: &mut PgConnection, sql: &'static str) -> i64 {
         .unwrap()
 }
 
-/// Rows the job has checkpointed, as other sessions see it; 0 before its schema exists.
-async fn checkpointed(conn: &mut PgConnection) -> i64 {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
-    )
-    .fetch_one(conn)
-    .await
-    .unwrap_or(0)
-}
-
 fn run(url: &str, job: &Path, log: &Path) -> std::process::Child {
     Command::new(common::bin())
         .args(["run", job.to_str().unwrap()])
@@ -67,6 +57,33 @@ fn run(url: &str, job: &Path, log: &Path) -> std::process::Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("spawn backfilld run")
+}
+
+/// A throwaway server where nothing but the WAL writer and synchronous commits writes WAL out:
+/// no background writer, no autovacuum, no timed checkpoint.
+fn crashable_server() -> (ScratchDir, u16) {
+    let mut dir = ScratchDir::new("crash");
+    let port = free_port();
+    let data = dir.initdb("crash");
+    dir.start(
+        &data,
+        port,
+        &[
+            // Only a process crash is simulated: WAL written to the files survives it.
+            "fsync=off",
+            "autovacuum=off",
+            "bgwriter_lru_maxpages=0",
+            "checkpoint_timeout=1h",
+        ],
+    );
+    (dir, port)
+}
+
+async fn walwriter(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
+        .fetch_one(conn)
+        .await
+        .unwrap()
 }
 
 fn signal(pid: i32, name: &str) {
@@ -87,20 +104,7 @@ struct Crash {
 /// server mid-run as the module says, checks that rows and checkpoint survived together, and
 /// runs the job again to its end.
 async fn crash_mid_run(synchronous_commit: &str) -> Crash {
-    let mut dir = ScratchDir::new("crash");
-    let port = free_port();
-    let data = dir.initdb("crash");
-    dir.start(
-        &data,
-        port,
-        &[
-            // Only a process crash is simulated: WAL written to the files survives it.
-            "fsync=off",
-            "autovacuum=off",
-            "bgwriter_lru_maxpages=0",
-            "checkpoint_timeout=1h",
-        ],
-    );
+    let (dir, port) = crashable_server();
     let url = cluster::url(port);
     let mut conn = connect(&url).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -128,19 +132,15 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     let mut first = run(&url, &job, &log);
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpointed(&mut conn).await < 2_000 {
+    while common::checkpointed(&mut conn).await < 2_000 {
         assert!(Instant::now() < deadline, "no progress within 60s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let walwriter: i32 =
-        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let walwriter = walwriter(&mut conn).await;
     signal(walwriter, "STOP");
     // A few more batches commit while nothing writes the WAL out.
-    let stopped_at = checkpointed(&mut conn).await;
-    while checkpointed(&mut conn).await < stopped_at + 500 {
+    let stopped_at = common::checkpointed(&mut conn).await;
+    while common::checkpointed(&mut conn).await < stopped_at + 500 {
         assert!(Instant::now() < deadline, "no progress within 60s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -162,14 +162,14 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let seen = checkpointed(&mut conn).await;
+    let seen = common::checkpointed(&mut conn).await;
     drop(conn);
     signal(walwriter, "KILL");
 
     // The postmaster restarts the server through crash recovery.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    let recovered = checkpointed(&mut conn).await;
+    let recovered = common::checkpointed(&mut conn).await;
     assert!(
         cluster_log_mentions_recovery(&dir, port),
         "the server did not go through crash recovery:\n{}",
@@ -230,4 +230,59 @@ async fn a_server_crash_loses_asynchronous_batches_whole_and_the_rerun_does_each
 async fn with_synchronous_commit_on_no_seen_batch_is_lost_in_a_server_crash() {
     let crash = crash_mid_run("on").await;
     assert_eq!(crash.recovered, crash.seen);
+}
+
+#[tokio::test]
+async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_a_crash() {
+    let (dir, port) = crashable_server();
+    let url = cluster::url(port);
+    let schema = backfilld::db::Schema::new("backfilld");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    backfilld::migrate::run(&pool, &schema).await.unwrap();
+    // A running job whose only partition reached its end: completing it is all that is left.
+    let job: i64 = sqlx::query_scalar(
+        "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state)
+                      VALUES ('finishing', '{}', 'running') RETURNING id)
+         INSERT INTO backfilld.progress (job_id, partition_index, state)
+         SELECT id, 0, 'done' FROM job RETURNING job_id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    // The worker's session, as a job with the default `synchronous_commit` sets it up.
+    let mut worker = PgConnection::connect(&url).await.unwrap();
+    backfilld::store::progress::apply_settings(
+        &mut worker,
+        &backfilld::store::progress::SessionSettings::default(),
+    )
+    .await
+    .unwrap();
+    let mut conn = connect(&url).await;
+    let walwriter = walwriter(&mut conn).await;
+    signal(walwriter, "STOP");
+    assert!(
+        backfilld::batch::complete_if_all_done(&mut worker, &schema, job, "test")
+            .await
+            .unwrap()
+    );
+    drop((worker, conn));
+    signal(walwriter, "KILL");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = connect(&url).await;
+    assert!(
+        cluster_log_mentions_recovery(&dir, port),
+        "the server did not go through crash recovery:\n{}",
+        dir.log(port)
+    );
+    let state: String = sqlx::query_scalar("SELECT state FROM backfilld.jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        state, "completed",
+        "the completion did not wait for its flush"
+    );
 }
