@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use backfilld::commands::demo;
-use backfilld::db::{self, quote_ident, sql, Schema};
-use backfilld::scheduler::{Scheduler, SchedulerExit};
+use backfilld::engine::scheduler::{Scheduler, SchedulerExit};
+use backfilld::engine::submit;
+use backfilld::engine::worker::JobRuntime;
+use backfilld::plumbing::db::{self, quote_ident, sql, Schema};
 use backfilld::spec::{JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
-use backfilld::submit;
-use backfilld::worker::JobRuntime;
 use clap::{Parser, ValueEnum};
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -180,7 +180,7 @@ async fn main() -> Result<()> {
 
 async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
     let pool = db::connect(&scratch.url, 2).await?;
-    backfilld::migrate::run(&pool, &Schema::new("backfilld")).await?;
+    backfilld::store::migrate::run(&pool, &Schema::new("backfilld")).await?;
     let ticks = clock_ticks();
     println!(
         "backfilld benchmark in scratch database {} ({} cores); batch size {BATCH_SIZE}",

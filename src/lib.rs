@@ -1,32 +1,17 @@
 //! backfilld: long data backfills against a live PostgreSQL database, in keyset-paginated
 //! batches, each checkpointed in its own transaction so nothing is lost or done twice.
 //!
-//! Start at [`cli`] for the commands, [`scheduler`] and [`worker`] for the engine, [`batch`] for
-//! the transaction at its heart.
+//! The modules are layers, each using only those listed before it (docs/architecture.md):
+//! [`spec`] (what a job is), [`plumbing`] (config, connections, logging, signals), [`store`]
+//! (the daemon's own tables), [`status`] (what is reported about a job, and the metrics),
+//! [`engine`] (statement, batch, worker, scheduler), [`api`] (HTTP) and [`commands`] (the
+//! command line). Start at [`commands::cli`] for the commands and [`engine::batch`] for the
+//! transaction at the heart of it all.
 
 pub mod api;
-pub mod batch;
-pub mod catalog;
-pub mod cli;
-pub mod client;
 pub mod commands;
-pub mod config;
-pub mod db;
-pub mod display;
-pub mod health;
-pub mod jobs_dir;
-pub mod lease;
-pub mod limiter;
-pub mod metrics;
-pub mod migrate;
-pub mod partition;
-pub mod rates;
-pub mod scheduler;
-pub mod shutdown;
-pub mod sizer;
+pub mod engine;
+pub mod plumbing;
 pub mod spec;
-pub mod statement;
+pub mod status;
 pub mod store;
-pub mod submit;
-pub mod telemetry;
-pub mod worker;

@@ -4,7 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    let cli = backfilld::cli::Cli::parse();
+    let cli = backfilld::commands::cli::Cli::parse();
     let code = match cli.execute().await {
         Ok(code) => code,
         Err(error) => {

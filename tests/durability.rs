@@ -236,9 +236,11 @@ async fn with_synchronous_commit_on_no_seen_batch_is_lost_in_a_server_crash() {
 async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_a_crash() {
     let (dir, port) = crashable_server();
     let url = cluster::url(port);
-    let schema = backfilld::db::Schema::new("backfilld");
+    let schema = backfilld::plumbing::db::Schema::new("backfilld");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    backfilld::migrate::run(&pool, &schema).await.unwrap();
+    backfilld::store::migrate::run(&pool, &schema)
+        .await
+        .unwrap();
     // A running job whose only partition reached its end: completing it is all that is left.
     let job: i64 = sqlx::query_scalar(
         "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state)
@@ -262,7 +264,7 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     let walwriter = walwriter(&mut conn).await;
     signal(walwriter, "STOP");
     assert!(
-        backfilld::batch::complete_if_all_done(&mut worker, &schema, job, "test")
+        backfilld::engine::batch::complete_if_all_done(&mut worker, &schema, job, "test")
             .await
             .unwrap()
     );

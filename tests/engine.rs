@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Instant;
 
+use backfilld::engine::worker::{Step, Worker, WorkerExit};
 use backfilld::store::{jobs, JobState};
-use backfilld::worker::{Step, Worker, WorkerExit};
 use common::{job_toml, start_job, text, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -318,8 +318,10 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     let db = TestDb::new().await;
     hits_table(&db, "t", "bigint", "i", 100_000).await;
     db.exec("ANALYZE t").await;
-    let schema = backfilld::db::Schema::new("backfilld");
-    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
+    let schema = backfilld::plumbing::db::Schema::new("backfilld");
+    backfilld::store::migrate::run(&db.pool, &schema)
+        .await
+        .unwrap();
     let spec = backfilld::spec::JobSpec::from_toml(
         &job_toml(
             "plan",
@@ -331,12 +333,16 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
         "test",
     )
     .unwrap();
-    let resolved = backfilld::submit::resolve(&db.pool, &spec).await.unwrap();
+    let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
+        .await
+        .unwrap();
     let fenced =
         |first: usize, limit: usize| backfilld::store::progress::fenced(&schema, first, limit);
-    let statement = resolved
-        .sql
-        .batch(backfilld::statement::Lower::Cursor, false, Some(&fenced));
+    let statement = resolved.sql.batch(
+        backfilld::engine::statement::Lower::Cursor,
+        false,
+        Some(&fenced),
+    );
     // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
     let mut conn = db.pool.acquire().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

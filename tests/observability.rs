@@ -426,11 +426,12 @@ fn kubernetes_manifests_match_the_daemon() {
         config["data"]["backfilld.toml"].as_str().unwrap(),
     )
     .unwrap();
-    let settings = backfilld::config::Settings::load(&backfilld::config::Overrides {
-        config_file: Some(config_file),
-        ..Default::default()
-    })
-    .unwrap();
+    let settings =
+        backfilld::plumbing::config::Settings::load(&backfilld::plumbing::config::Overrides {
+            config_file: Some(config_file),
+            ..Default::default()
+        })
+        .unwrap();
     assert!(settings.listen.ends_with(":9780"));
     let grace = pod["spec"]["terminationGracePeriodSeconds"]
         .as_u64()

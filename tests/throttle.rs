@@ -5,11 +5,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use backfilld::worker::{Step, Worker};
+use backfilld::engine::worker::{Step, Worker};
 use common::{api, eventually, job_toml, start_job, TestDb};
 use tokio_util::sync::CancellationToken;
 
-fn reason(worker_job: &backfilld::worker::JobRuntime) -> String {
+fn reason(worker_job: &backfilld::engine::worker::JobRuntime) -> String {
     worker_job
         .stats
         .batch_size_reason
@@ -89,7 +89,7 @@ fn step_in_background(mut worker: Worker) -> tokio::task::JoinHandle<(Worker, St
     })
 }
 
-async fn throttle_reason(job: &backfilld::worker::JobRuntime) -> Option<(String, String)> {
+async fn throttle_reason(job: &backfilld::engine::worker::JobRuntime) -> Option<(String, String)> {
     job.stats
         .throttle
         .lock()

@@ -8,7 +8,7 @@ use axum::response::Response;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::config::{Role, TokenConfig};
+use crate::plumbing::config::{Role, TokenConfig};
 
 /// Who made a request, as the event log records it.
 #[derive(Debug, Clone)]

@@ -9,11 +9,11 @@ use axum::{Extension, Json, Router};
 
 use crate::api::auth::Actor;
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::view::{job_view, EventList, JobList, JobView};
 use crate::api::{AppState, MAX_BODY_BYTES};
+use crate::engine::submit::{self, SubmitError};
 use crate::spec::{is_valid_name, JobSpec, SpecError};
+use crate::status::view::{job_view, EventList, JobList, JobView};
 use crate::store::{events, jobs, progress, JobState};
-use crate::submit::{self, SubmitError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -125,7 +125,7 @@ pub async fn submit_job(
 fn submit_error(error: SubmitError) -> ApiError {
     match error {
         SubmitError::Invalid(check) => match check {
-            crate::catalog::CheckError::Database(e) => ApiError::from(e),
+            crate::engine::catalog::CheckError::Database(e) => ApiError::from(e),
             other => ApiError::BadRequest(other.to_string()),
         },
         SubmitError::NameTaken(name) => ApiError::Conflict(format!(

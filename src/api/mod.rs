@@ -5,7 +5,6 @@ pub mod auth;
 pub mod error;
 pub mod jobs;
 pub mod openapi;
-pub mod view;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -16,10 +15,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Schema;
-use crate::metrics::METRICS;
-use crate::rates::Rates;
-use crate::worker::LocalJobs;
+use crate::engine::rates::Rates;
+use crate::engine::worker::LocalJobs;
+use crate::plumbing::db::Schema;
+use crate::status::metrics::METRICS;
 use auth::Auth;
 use error::{ApiError, ErrorBody};
 
@@ -60,7 +59,7 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the database answers and backfilld's migrations are applied.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match crate::migrate::is_current(&state.pool, &state.schema).await {
+    match crate::store::migrate::is_current(&state.pool, &state.schema).await {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => ApiError::Unavailable("migrations are not applied yet".into()).into_response(),
         Err(e) => ApiError::Unavailable(format!("database unreachable: {e}")).into_response(),

@@ -4,7 +4,8 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{error, jobs, view};
+use crate::api::{error, jobs};
+use crate::status::view;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use crate::catalog;
-use crate::cli::CliError;
-use crate::config::Settings;
-use crate::db::Schema;
+use crate::commands::cli::CliError;
+use crate::engine::catalog;
+use crate::plumbing::config::Settings;
+use crate::plumbing::db::Schema;
 use crate::spec::JobSpec;
 use crate::store::jobs;
 

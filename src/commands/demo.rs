@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::cli::CliError;
-use crate::config::Settings;
-use crate::db::{sql, Schema};
-use crate::shutdown::Shutdown;
+use crate::commands::cli::CliError;
+use crate::plumbing::config::Settings;
+use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::shutdown::Shutdown;
 use crate::spec::JobSpec;
 
 /// Marks a table as the demo's own, safe for the demo to drop and recreate.

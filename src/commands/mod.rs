@@ -1,17 +1,21 @@
 //! One module per command of the command line.
 
+pub mod api_client;
 pub mod check;
-pub mod client;
+pub mod cli;
 pub mod demo;
+pub mod display;
+pub mod jobs_dir;
 pub mod migrate;
+pub mod remote;
 pub mod run;
 pub mod serve;
 
 use sqlx::PgPool;
 
-use crate::cli::CliError;
-use crate::config::Settings;
-use crate::db::{self, Schema};
+use crate::commands::cli::CliError;
+use crate::plumbing::config::Settings;
+use crate::plumbing::db::{self, Schema};
 
 /// Connects: failures are exit-2 errors (config or connection).
 pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, CliError> {
@@ -25,7 +29,7 @@ pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool
 /// input is valid, so bad input leaves even the daemon's schema uncreated.
 pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<Schema, CliError> {
     let schema = Schema::new(&settings.schema);
-    crate::migrate::run(pool, &schema)
+    crate::store::migrate::run(pool, &schema)
         .await
         .map_err(CliError::invalid)?;
     Ok(schema)

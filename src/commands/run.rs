@@ -10,16 +10,16 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::cli::CliError;
-use crate::config::Settings;
-use crate::db::Schema;
-use crate::display::{Baseline, Display};
-use crate::scheduler::{Scheduler, SchedulerExit};
-use crate::shutdown::Shutdown;
+use crate::commands::cli::CliError;
+use crate::commands::display::{Baseline, Display};
+use crate::engine::scheduler::{Scheduler, SchedulerExit};
+use crate::engine::submit::{self, SubmitError};
+use crate::engine::worker::{JobRuntime, LocalJobs};
+use crate::plumbing::config::Settings;
+use crate::plumbing::db::Schema;
+use crate::plumbing::shutdown::Shutdown;
 use crate::spec::JobSpec;
 use crate::store::{jobs, progress, JobState};
-use crate::submit::{self, SubmitError};
-use crate::worker::{JobRuntime, LocalJobs};
 use tokio_util::sync::CancellationToken;
 
 /// Recorded as the actor of what a foreground run does.
@@ -169,7 +169,9 @@ pub async fn run_job(
         humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
     let code = match exit {
         SchedulerExit::Shutdown => {
-            let signal = shutdown.signal().unwrap_or(crate::shutdown::SIGINT);
+            let signal = shutdown
+                .signal()
+                .unwrap_or(crate::plumbing::shutdown::SIGINT);
             println!(
                 "job {}: interrupted after {elapsed}; checkpoint written at {scanned} rows scanned. Run the same file again to continue.",
                 job.name

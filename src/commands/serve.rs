@@ -15,13 +15,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, auth::Auth, AppState};
-use crate::cli::CliError;
-use crate::config::Settings;
-use crate::db::Schema;
-use crate::rates::Rates;
-use crate::scheduler::Scheduler;
-use crate::shutdown::Shutdown;
-use crate::worker::LocalJobs;
+use crate::commands::cli::CliError;
+use crate::engine::rates::Rates;
+use crate::engine::scheduler::Scheduler;
+use crate::engine::worker::LocalJobs;
+use crate::plumbing::config::Settings;
+use crate::plumbing::db::Schema;
+use crate::plumbing::shutdown::Shutdown;
 
 /// Recorded as the actor of what the daemon does on its own.
 pub const ACTOR: &str = "daemon";
@@ -45,7 +45,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
 
     let root = shutdown.token();
     if migrate_with_backoff(&pool, &schema, &root).await {
-        crate::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
+        crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
         let scheduler = Scheduler::new(
             pool.clone(),
             schema.clone(),
@@ -106,7 +106,7 @@ fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
 async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &CancellationToken) -> bool {
     let mut delay = Duration::from_millis(250);
     loop {
-        match crate::migrate::run(pool, schema).await {
+        match crate::store::migrate::run(pool, schema).await {
             Ok(_) => return true,
             Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "database not ready"),
         }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use crate::db::{sql, Schema};
+use crate::plumbing::db::{sql, Schema};
 use crate::store::JobState;
 
 /// One entry of a job's event log, as stored and as the API returns it.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::db::{sql, Schema};
+use crate::plumbing::db::{sql, Schema};
 use crate::spec::JobSpec;
 use crate::store::{events, JobState};
 
@@ -212,7 +212,7 @@ pub async fn states_and_tunables<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
     ids: &[i64],
-) -> Result<Vec<(i64, JobState, Option<crate::batch::Tunables>)>, sqlx::Error> {
+) -> Result<Vec<(i64, JobState, Option<crate::engine::batch::Tunables>)>, sqlx::Error> {
     let rows: Vec<(i64, String, Json<serde_json::Value>)> = sqlx::query_as(sql(format!(
         "SELECT id, state, spec FROM {}.jobs WHERE id = ANY ($1)",
         schema.q
@@ -225,7 +225,7 @@ pub async fn states_and_tunables<'e>(
         .map(|(id, state, spec)| {
             let tunables = serde_json::from_value::<JobSpec>(spec.0)
                 .ok()
-                .map(|s| crate::batch::Tunables::of(&s));
+                .map(|s| crate::engine::batch::Tunables::of(&s));
             (
                 id,
                 JobState::parse(&state).unwrap_or(JobState::Failed),

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod jobs;
+pub mod migrate;
 pub mod progress;
 
 use serde::{Deserialize, Serialize};

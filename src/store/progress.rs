@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::db::{sql, Schema};
+use crate::plumbing::db::{sql, Schema};
 
 /// A partition's stored state, as the API and the planner see it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -189,8 +189,8 @@ pub async fn release<'e>(
 /// window in which a process that lost its lease could still commit, and no extra round trip.
 /// `first` is the number of the first of their parameters — job id, partition index, lease
 /// token, lease TTL in ms, expected cursor — and `limit` the batch size's.
-pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::statement::Fenced {
-    use crate::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED_COUNT};
+pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::engine::statement::Fenced {
+    use crate::engine::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED_COUNT};
     let (job, partition, token, ttl, cursor) = (first, first + 1, first + 2, first + 3, first + 4);
     let s = &schema.q;
     Fenced {

@@ -302,13 +302,13 @@ pub fn http_status(base: &str, path: &str) -> Option<u16> {
 
 use std::sync::Arc;
 
-use backfilld::batch::Position;
-use backfilld::db::Schema;
-use backfilld::lease::Presence;
+use backfilld::engine::batch::Position;
+use backfilld::engine::lease::Presence;
+use backfilld::engine::submit;
+use backfilld::engine::worker::{JobRuntime, WorkerEnv};
+use backfilld::plumbing::db::Schema;
 use backfilld::spec::JobSpec;
 use backfilld::store::{jobs, progress, JobState};
-use backfilld::submit;
-use backfilld::worker::{JobRuntime, WorkerEnv};
 
 /// Lease time-to-live for jobs driven step by step from a test.
 pub const JOB_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -320,7 +320,9 @@ pub async fn start_job(
 ) -> (Arc<JobRuntime>, WorkerEnv, Vec<Position>, Presence) {
     let spec = JobSpec::from_toml(toml, "test").unwrap();
     let schema = Schema::new("backfilld");
-    backfilld::migrate::run(&db.pool, &schema).await.unwrap();
+    backfilld::store::migrate::run(&db.pool, &schema)
+        .await
+        .unwrap();
     let resolved = submit::resolve(&db.pool, &spec).await.unwrap();
     let submitted = submit::find_or_submit(&db.pool, &schema, &spec, resolved.clone(), "test")
         .await

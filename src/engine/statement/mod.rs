@@ -2,7 +2,7 @@
 //! and is quoted; the author's expressions are wrapped in parentheses on lines of their own so a
 //! trailing `--` comment cannot swallow the rest of the statement.
 
-use crate::db::quote_ident;
+use crate::plumbing::db::quote_ident;
 
 /// A key column as the catalog knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

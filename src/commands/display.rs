@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry;
-use crate::worker::JobRuntime;
+use crate::engine::worker::JobRuntime;
+use crate::plumbing::telemetry;
 
 /// How often the plain log line is written when not on a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::Schema;
+use crate::plumbing::db::Schema;
 use crate::store::progress::{self, Holder};
 
 /// A dedicated connection held open for the life of the process. Other processes treat a lease

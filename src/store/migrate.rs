@@ -3,11 +3,11 @@
 
 use sqlx::{Connection, PgPool};
 
-use crate::db::{sql, Schema};
+use crate::plumbing::db::{sql, Schema};
 
 /// Every migration, in order. Files are embedded so the binary carries its schema.
 const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

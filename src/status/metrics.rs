@@ -10,7 +10,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::api::view::JobView;
+use crate::status::view::JobView;
 use crate::store::JobState;
 
 pub struct Metrics {
@@ -160,7 +160,7 @@ impl Metrics {
                 .with_label_values(&[job, state.as_str()])
                 .set(i64::from(state == view.state));
         }
-        for reason in crate::health::REASONS {
+        for reason in crate::engine::throttle::REASONS {
             let on = view.throttled.as_deref() == Some(*reason);
             self.throttled
                 .with_label_values(&[job, reason])

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::Client;
 use crate::commands;
-use crate::config::{Overrides, Settings};
+use crate::commands::api_client::Client;
+use crate::plumbing::config::{Overrides, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -180,7 +180,7 @@ impl Cli {
     /// Loads settings for the chosen command (exit 2 on a bad value) and runs it.
     pub async fn execute(self) -> Result<i32, CliError> {
         let settings = Settings::load(&self.overrides()).map_err(CliError::invalid)?;
-        crate::telemetry::init(settings.log_format);
+        crate::plumbing::telemetry::init(settings.log_format);
         let client = |remote: &Remote| Client::new(&remote.url, remote.token.clone());
         match self.command {
             Command::Serve { .. } => commands::serve::execute(&settings).await,
@@ -193,19 +193,19 @@ impl Cli {
                 rows, setup_only, ..
             } => commands::demo::execute(&settings, rows, setup_only).await,
             Command::Submit { job, remote } => {
-                commands::client::submit(&client(&remote), &job).await
+                commands::remote::submit(&client(&remote), &job).await
             }
             Command::Status { name, json, remote } => {
-                commands::client::status(&client(&remote), name.as_deref(), json).await
+                commands::remote::status(&client(&remote), name.as_deref(), json).await
             }
             Command::Pause { name, remote } => {
-                commands::client::act(&client(&remote), &name, "pause").await
+                commands::remote::act(&client(&remote), &name, "pause").await
             }
             Command::Resume { name, remote } => {
-                commands::client::act(&client(&remote), &name, "resume").await
+                commands::remote::act(&client(&remote), &name, "resume").await
             }
             Command::Cancel { name, remote } => {
-                commands::client::act(&client(&remote), &name, "cancel").await
+                commands::remote::act(&client(&remote), &name, "cancel").await
             }
         }
     }

@@ -4,9 +4,9 @@
 use sqlx::postgres::PgRow;
 use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
-use crate::db::sql;
+use crate::engine::statement::{BatchSql, KeyColumn};
+use crate::plumbing::db::sql;
 use crate::spec::JobSpec;
-use crate::statement::{BatchSql, KeyColumn};
 
 /// Why the database refused a job. Every variant names what is wrong.
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sqlx::{Acquire, AssertSqlSafe, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::db::{sql, Schema};
-use crate::statement::{BatchSql, Lower};
+use crate::engine::statement::{BatchSql, Lower};
+use crate::plumbing::db::{sql, Schema};
 use crate::store::{jobs, progress, JobState};
 
 /// Whether trying a failed batch again can help, and how.

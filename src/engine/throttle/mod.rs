@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::db::sql;
+use crate::plumbing::db::sql;
 use crate::spec::{JobSpec, Window};
 
 /// Why a job waits right now.

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::rates::Rates;
+use crate::engine::rates::Rates;
+use crate::engine::worker::LocalJobs;
 use crate::spec::JobSpec;
 use crate::store::events::Event;
 use crate::store::jobs::JobRow;
 use crate::store::progress::PartitionRow;
 use crate::store::JobState;
-use crate::worker::LocalJobs;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{sql, Schema};
+use crate::plumbing::db::{sql, Schema};
 
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(15);

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use crate::api::view::JobView;
-use crate::cli::CliError;
-use crate::client::{Client, ClientError};
+use crate::commands::api_client::{Client, ClientError};
+use crate::commands::cli::CliError;
 use crate::spec::JobSpec;
+use crate::status::view::JobView;
 
 fn failed(error: ClientError) -> Result<i32, CliError> {
     match error {

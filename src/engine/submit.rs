@@ -4,9 +4,9 @@
 
 use sqlx::PgPool;
 
-use crate::catalog::{self, CheckError, ResolvedJob};
-use crate::db::Schema;
-use crate::partition;
+use crate::engine::catalog::{self, CheckError, ResolvedJob};
+use crate::engine::partition;
+use crate::plumbing::db::Schema;
 use crate::spec::JobSpec;
 use crate::store::{events, jobs, progress, JobState};
 

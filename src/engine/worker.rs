@@ -10,16 +10,16 @@ use rand::Rng;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{
+use crate::engine::batch::{
     self, BatchContext, BatchError, Outcome, Position, Retry, Statements, Timeouts, Tunables,
 };
-use crate::catalog::ResolvedJob;
-use crate::db::Schema;
-use crate::health::{HealthChecks, Throttle};
-use crate::limiter::Limiter;
-use crate::metrics::METRICS;
-use crate::sizer::Sizer;
+use crate::engine::catalog::ResolvedJob;
+use crate::engine::limiter::Limiter;
+use crate::engine::sizer::Sizer;
+use crate::engine::throttle::{HealthChecks, Throttle};
+use crate::plumbing::db::Schema;
 use crate::spec::JobSpec;
+use crate::status::metrics::METRICS;
 use crate::store::progress;
 use crate::store::JobState;
 
@@ -64,7 +64,7 @@ pub type LocalJobs = Arc<Mutex<HashMap<i64, Arc<JobRuntime>>>>;
 pub struct JobRuntime {
     pub id: i64,
     pub name: String,
-    pub sql: crate::statement::BatchSql,
+    pub sql: crate::engine::statement::BatchSql,
     pub timeouts: Timeouts,
     pub max_attempts: u32,
     pub limiter: Limiter,

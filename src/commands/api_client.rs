@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::api::view::{JobList, JobView};
+use crate::status::view::{JobList, JobView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use sqlx::PgPool;
 
-use crate::db::Schema;
+use crate::engine::submit::{self, SubmitError};
+use crate::plumbing::db::Schema;
 use crate::spec::JobSpec;
-use crate::submit::{self, SubmitError};
 
 /// What loading one file did, for the log and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::plumbing::config::LogFormat;
 
 /// The bar currently drawn on the terminal, if any.
 static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);

@@ -11,12 +11,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::batch::Position;
-use crate::catalog;
-use crate::db::Schema;
-use crate::lease::{self, HeldLeases, Presence};
+use crate::engine::batch::Position;
+use crate::engine::catalog;
+use crate::engine::lease::{self, HeldLeases, Presence};
+use crate::engine::worker::{JobRuntime, LocalJobs, Worker, WorkerEnv, WorkerExit};
+use crate::plumbing::db::Schema;
 use crate::store::{jobs, progress, JobState};
-use crate::worker::{JobRuntime, LocalJobs, Worker, WorkerEnv, WorkerExit};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -233,7 +233,7 @@ impl Scheduler {
             Err(message) => {
                 let message = format!("job no longer matches the database: {message}");
                 tracing::error!(job = %row.name, "{message}");
-                crate::batch::fail_job(
+                crate::engine::batch::fail_job(
                     &self.env.pool,
                     &self.env.schema,
                     job_id,
@@ -292,8 +292,13 @@ impl Scheduler {
                 continue;
             }
             let mut conn = self.env.pool.acquire().await?;
-            crate::batch::complete_if_all_done(&mut conn, &self.env.schema, id, &self.env.actor)
-                .await?;
+            crate::engine::batch::complete_if_all_done(
+                &mut conn,
+                &self.env.schema,
+                id,
+                &self.env.actor,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -5,8 +5,8 @@
 
 use sqlx::PgConnection;
 
-use crate::catalog::{KeyKind, ResolvedJob};
-use crate::db::{quote_ident, sql};
+use crate::engine::catalog::{KeyKind, ResolvedJob};
+use crate::plumbing::db::{quote_ident, sql};
 
 /// `(lower, upper)` per partition; `None` is unbounded.
 pub type Ranges = Vec<(Option<String>, Option<String>)>;

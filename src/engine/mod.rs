@@ -1,0 +1,17 @@
+//! The engine: from a checked job to committed batches. [`catalog`] binds a spec to the
+//! database, [`submit`] plans and stores it, [`scheduler`] claims partitions and runs a
+//! [`worker`] for each, which runs [`batch`]es built by [`statement`], under the [`limiter`],
+//! the [`sizer`] and the [`throttle`] signals.
+
+pub mod batch;
+pub mod catalog;
+pub mod lease;
+pub mod limiter;
+pub mod partition;
+pub mod rates;
+pub mod scheduler;
+pub mod sizer;
+pub mod statement;
+pub mod submit;
+pub mod throttle;
+pub mod worker;

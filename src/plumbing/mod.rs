@@ -1,0 +1,7 @@
+//! What every layer above leans on and none of it is about backfills: configuration,
+//! connections and their errors, logging, and shutdown signals.
+
+pub mod config;
+pub mod db;
+pub mod shutdown;
+pub mod telemetry;
