@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use backfilld::commands::demo;
+use backfilld::engine::runtime::JobRuntime;
 use backfilld::engine::scheduler::{Scheduler, SchedulerExit};
 use backfilld::engine::submit;
-use backfilld::engine::worker::JobRuntime;
 use backfilld::plumbing::db::{self, quote_ident, sql, Schema};
 use backfilld::spec::{JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
@@ -498,7 +498,19 @@ async fn run_backfilld(
     let mut tx = pool.begin().await?;
     jobs::transition(&mut tx, &schema, id, JobState::Running, ACTOR, None).await?;
     tx.commit().await?;
-    let runtime = Arc::new(JobRuntime::new(id, spec, &submitted.resolved, LEASE_TTL));
+    // The benchmark keeps every batch's transaction time for its percentiles.
+    let durations = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = durations.clone();
+    let runtime = Arc::new(
+        JobRuntime::new(id, spec, &submitted.resolved, LEASE_TTL).with_batch_observer(Box::new(
+            move |elapsed| {
+                recorder
+                    .lock()
+                    .expect("durations lock poisoned")
+                    .push(elapsed)
+            },
+        )),
+    );
     let exit = Scheduler::new(
         pool.clone(),
         schema,
@@ -516,15 +528,8 @@ async fn run_backfilld(
     if exit != SchedulerExit::JobEnded(JobState::Completed) {
         bail!("job {} ended with {exit:?}, not completed", spec.name);
     }
-    let stats = &runtime.stats;
-    let batches = stats
-        .batch_durations
-        .lock()
-        .expect("durations lock poisoned")
-        .clone();
-    let updated = stats
-        .rows_updated
-        .load(std::sync::atomic::Ordering::Relaxed) as i64;
+    let batches = durations.lock().expect("durations lock poisoned").clone();
+    let updated = runtime.snapshot().rows_updated as i64;
     Ok((wall, batches, Some(cpu), updated))
 }
 

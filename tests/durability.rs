@@ -254,9 +254,9 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     pool.close().await;
     // The worker's session, as a job with the default `synchronous_commit` sets it up.
     let mut worker = PgConnection::connect(&url).await.unwrap();
-    backfilld::store::progress::apply_settings(
+    backfilld::plumbing::db::apply_settings(
         &mut worker,
-        &backfilld::store::progress::SessionSettings::default(),
+        &backfilld::plumbing::db::SessionSettings::default(),
     )
     .await
     .unwrap();
@@ -264,7 +264,7 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     let walwriter = walwriter(&mut conn).await;
     signal(walwriter, "STOP");
     assert!(
-        backfilld::engine::batch::complete_if_all_done(&mut worker, &schema, job, "test")
+        backfilld::store::jobs::complete_if_all_done(&mut worker, &schema, job, "test")
             .await
             .unwrap()
     );

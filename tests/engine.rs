@@ -203,7 +203,7 @@ async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
     let cancel = CancellationToken::new();
     let mut worker = Worker::new(env, runtime, positions.remove(0));
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
-    assert_eq!(worker.position.cursor, Some(vec!["300".to_string()]));
+    assert_eq!(worker.claim.cursor, Some(vec!["300".to_string()]));
     // The application keeps inserting, above the cursor and beyond the old maximum.
     db.exec("INSERT INTO t (k) SELECT i FROM generate_series(1001, 1500) i")
         .await;
@@ -243,7 +243,7 @@ async fn a_paused_job_or_a_lost_lease_writes_nothing() {
     assert_eq!(db.scalar_i64("SELECT sum(hits)::int8 FROM t").await, 100);
 
     // An operator pauses the job (from any process: the state lives in the database).
-    let job_id = worker.position.job_id;
+    let job_id = worker.claim.job_id;
     let mut tx = db.pool.begin().await.unwrap();
     jobs::transition(&mut tx, &schema, job_id, JobState::Paused, "oncall", None)
         .await
@@ -336,12 +336,10 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
         .await
         .unwrap();
-    let fenced =
-        |first: usize, limit: usize| backfilld::store::progress::fenced(&schema, first, limit);
     let statement = resolved.sql.batch(
         backfilld::engine::statement::Lower::Cursor,
         false,
-        Some(&fenced),
+        Some(&schema),
     );
     // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
     let mut conn = db.pool.acquire().await.unwrap();

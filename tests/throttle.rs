@@ -2,21 +2,14 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backfilld::engine::worker::{Step, Worker};
 use common::{api, eventually, job_toml, start_job, TestDb};
 use tokio_util::sync::CancellationToken;
 
-fn reason(worker_job: &backfilld::engine::worker::JobRuntime) -> String {
-    worker_job
-        .stats
-        .batch_size_reason
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_default()
+fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
+    worker_job.snapshot().batch_size_reason.unwrap_or_default()
 }
 
 #[tokio::test]
@@ -41,7 +34,7 @@ async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout(
     }
     // Any machine updates far more than 1,000 rows/s: 100 ms holds more than 100 rows, so the
     // size has grown (at most doubling per batch).
-    let grown = runtime.stats.batch_size.load(Ordering::Relaxed);
+    let grown = runtime.snapshot().batch_size;
     assert!(grown > 100, "batch size stayed at {grown}");
     assert!(
         reason(&runtime).contains("toward 100 ms"),
@@ -51,22 +44,22 @@ async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout(
 
     // Another session holds a lock on the next batch's rows: the batch times out, and the
     // retry is half the size.
-    let cursor: i64 = worker.position.cursor.as_ref().unwrap()[0].parse().unwrap();
+    let cursor: i64 = worker.claim.cursor.as_ref().unwrap()[0].parse().unwrap();
     let mut blocker = db.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
         .bind(cursor + 1)
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let before = runtime.stats.batch_size.load(Ordering::Relaxed);
+    let before = runtime.snapshot().batch_size;
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
-    assert_eq!(runtime.stats.batch_size.load(Ordering::Relaxed), before / 2);
+    assert_eq!(runtime.snapshot().batch_size, before / 2);
     assert!(
         reason(&runtime).contains("halved after lock_timeout"),
         "{}",
         reason(&runtime)
     );
-    let retried = runtime.stats.batches_retried.load(Ordering::Relaxed);
+    let retried = runtime.snapshot().batches_retried;
     assert_eq!(retried, 1);
     blocker.rollback().await.unwrap();
     // Nothing of the timed-out batch was written.
@@ -89,13 +82,10 @@ fn step_in_background(mut worker: Worker) -> tokio::task::JoinHandle<(Worker, St
     })
 }
 
-async fn throttle_reason(job: &backfilld::engine::worker::JobRuntime) -> Option<(String, String)> {
-    job.stats
+async fn throttle_reason(job: &backfilld::engine::runtime::JobRuntime) -> Option<(String, String)> {
+    job.snapshot()
         .throttle
-        .lock()
-        .unwrap()
-        .as_ref()
-        .map(|t| (t.reason.to_string(), t.detail.clone()))
+        .map(|t| (t.reason.to_string(), t.detail))
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use crate::api::error::{ApiError, ErrorBody};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::engine::submit::{self, SubmitError};
 use crate::spec::{is_valid_name, JobSpec, SpecError};
-use crate::status::view::{job_view, EventList, JobList, JobView};
+use crate::status::view::{EventList, JobList, JobView};
 use crate::store::{events, jobs, progress, JobState};
 
 pub fn router() -> Router<AppState> {
@@ -52,7 +52,14 @@ fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 
 async fn view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError> {
     let partitions = progress::list(&state.pool, &state.schema, job.id).await?;
-    Ok(job_view(job, &partitions, &state.rates, &state.local))
+    let local = state
+        .local
+        .lock()
+        .expect("registry lock poisoned")
+        .get(&job.id)
+        .map(|runtime| runtime.snapshot());
+    let rate = state.rates.rows_per_second(job.id);
+    Ok(JobView::build(job, &partitions, rate, local.as_ref()))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
@@ -202,10 +209,10 @@ pub async fn patch_job(
     let tuning: Tuning = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let job = find_job(&state, &name).await?;
-    if job.state().is_terminal() {
+    if job.state.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "job {name:?} is {}; only a live job can be re-tuned",
-            job.state()
+            job.state
         )));
     }
     let mut spec = job.spec().map_err(|message| {

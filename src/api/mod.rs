@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::rates::Rates;
-use crate::engine::worker::LocalJobs;
+use crate::engine::runtime::LocalJobs;
 use crate::plumbing::db::Schema;
 use crate::status::metrics::METRICS;
 use auth::Auth;

@@ -1,4 +1,5 @@
-//! The command line (DESIGN.md §3): argument parsing and dispatch to the commands.
+//! The command line (README, "Running a job in the foreground" and "Operating the daemon"):
+//! argument parsing and dispatch to the commands.
 
 use std::path::PathBuf;
 

@@ -14,6 +14,7 @@ use crate::plumbing::config::Settings;
 use crate::plumbing::db::{sql, Schema};
 use crate::plumbing::shutdown::Shutdown;
 use crate::spec::JobSpec;
+use crate::store::jobs;
 
 /// Marks a table as the demo's own, safe for the demo to drop and recreate.
 const DEMO_MARK: &str = "backfilld demo table";
@@ -153,15 +154,9 @@ async fn create_tables(
     let mut tx = pool.begin().await.map_err(other)?;
     // Earlier demo runs' jobs go with their tables, so the demo starts from zero every time.
     for spec in jobs {
-        sqlx::query(sql(format!(
-            "DELETE FROM {}.jobs WHERE name = $1 AND spec ->> 'table' = $2",
-            schema.q
-        )))
-        .bind(&spec.name)
-        .bind(&spec.table)
-        .execute(&mut *tx)
-        .await
-        .map_err(other)?;
+        jobs::delete_named_on_table(&mut tx, schema, &spec.name, &spec.table)
+            .await
+            .map_err(other)?;
     }
     sqlx::raw_sql("DROP TABLE IF EXISTS public.products, public.users")
         .execute(&mut *tx)

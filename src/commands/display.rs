@@ -2,7 +2,6 @@
 //! line every few seconds otherwise (CI logs, `kubectl logs`).
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::worker::JobRuntime;
+use crate::engine::runtime::JobRuntime;
 use crate::plumbing::telemetry;
 
 /// How often the plain log line is written when not on a terminal.
@@ -47,9 +46,10 @@ impl Display {
 }
 
 fn totals(job: &JobRuntime, baseline: Baseline) -> (u64, u64) {
+    let now = job.snapshot();
     (
-        baseline.scanned + job.stats.rows_scanned.load(Ordering::Relaxed),
-        baseline.updated + job.stats.rows_updated.load(Ordering::Relaxed),
+        baseline.scanned + now.rows_scanned,
+        baseline.updated + now.rows_updated,
     )
 }
 

@@ -1,7 +1,7 @@
 //! `backfilld run JOB.toml`: runs one job in the foreground to its end. Running the same file
 //! again after any interruption continues from the checkpoint.
 //!
-//! Exit codes (DESIGN.md §3): 0 completed (also when it already was), 1 failed, 2 invalid job,
+//! Exit codes (README, "Running a job in the foreground"): 0 completed (also when it already was), 1 failed, 2 invalid job,
 //! config or connection, 3 paused or cancelled by an operator, 130/143 after SIGINT/SIGTERM.
 
 use std::path::Path;
@@ -12,9 +12,9 @@ use sqlx::PgPool;
 
 use crate::commands::cli::CliError;
 use crate::commands::display::{Baseline, Display};
+use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::engine::submit::{self, SubmitError};
-use crate::engine::worker::{JobRuntime, LocalJobs};
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::Schema;
 use crate::plumbing::shutdown::Shutdown;
@@ -53,7 +53,7 @@ pub async fn run_job(
     if submitted.created {
         tracing::info!(job = %spec.name, "submitted");
     }
-    match job.state() {
+    match job.state {
         JobState::Completed => {
             println!(
                 "job {} is already completed ({} rows updated); nothing to do",
@@ -77,7 +77,7 @@ pub async fn run_job(
             return Ok(3);
         }
         JobState::Queued | JobState::Failed => {
-            let detail = match job.state() {
+            let detail = match job.state {
                 JobState::Failed => "resumed by a new run after a failure",
                 _ => "started by run",
             };

@@ -4,7 +4,7 @@
 use sqlx::postgres::PgRow;
 use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
-use crate::engine::statement::{BatchSql, KeyColumn};
+use crate::engine::statement::{BatchRow, BatchSql, KeyColumn};
 use crate::plumbing::db::sql;
 use crate::spec::JobSpec;
 
@@ -267,11 +267,10 @@ async fn check_statements(
         }
     }
     for statement in batch_sql.all_variants() {
-        let columns = prepare(conn, statement, "batch statement").await?;
-        // The batch statement always yields the same nine columns (scanned, updated, last_key,
-        // checkpointed, and the fence's five): anything else means an expression broke out of
-        // its parentheses.
-        if columns.len() != 9 {
+        let columns = prepare_named(conn, statement, "batch statement").await?;
+        // The batch statement always yields the same columns, `BatchRow`'s: anything else
+        // means an expression broke out of its parentheses.
+        if columns != BatchRow::COLUMNS {
             return Err(CheckError::NotSingleExpression {
                 field: "set".into(),
                 columns: columns.len(),
@@ -288,11 +287,36 @@ async fn prepare(
     text: String,
     field: &str,
 ) -> Result<Vec<String>, CheckError> {
+    Ok(prepare_columns(conn, text, field)
+        .await?
+        .into_iter()
+        .map(|(_, type_name)| type_name)
+        .collect())
+}
+
+/// Like [`prepare`], returning the result columns' names.
+async fn prepare_named(
+    conn: &mut PgConnection,
+    text: String,
+    field: &str,
+) -> Result<Vec<String>, CheckError> {
+    Ok(prepare_columns(conn, text, field)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+async fn prepare_columns(
+    conn: &mut PgConnection,
+    text: String,
+    field: &str,
+) -> Result<Vec<(String, String)>, CheckError> {
     match conn.prepare(sql(text)).await {
         Ok(statement) => Ok(statement
             .columns()
             .iter()
-            .map(|c| c.type_info().name().to_string())
+            .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
             .collect()),
         Err(sqlx::Error::Database(e)) => {
             let mut message = e.message().to_string();

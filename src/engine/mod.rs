@@ -9,6 +9,7 @@ pub mod lease;
 pub mod limiter;
 pub mod partition;
 pub mod rates;
+pub mod runtime;
 pub mod scheduler;
 pub mod sizer;
 pub mod statement;

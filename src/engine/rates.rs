@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::Schema;
+use crate::store::progress;
 
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(15);
@@ -62,7 +63,7 @@ impl Rates {
     /// Samples until `stop`; database errors are skipped (the next sample retries).
     pub async fn sample(self, pool: PgPool, schema: Schema, stop: CancellationToken) {
         loop {
-            match totals(&pool, &schema).await {
+            match progress::scanned_by_running_job(&pool, &schema).await {
                 Ok(totals) => {
                     let now = Instant::now();
                     let running: Vec<i64> = totals.iter().map(|(id, _)| *id).collect();
@@ -79,18 +80,6 @@ impl Rates {
             }
         }
     }
-}
-
-async fn totals(pool: &PgPool, schema: &Schema) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    let s = &schema.q;
-    sqlx::query_as(sql(format!(
-        "SELECT p.job_id, sum(p.rows_scanned)::int8
-           FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
-          WHERE j.state = 'running'
-          GROUP BY p.job_id"
-    )))
-    .fetch_all(pool)
-    .await
 }
 
 #[cfg(test)]

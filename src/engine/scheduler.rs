@@ -11,10 +11,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::batch::Position;
 use crate::engine::catalog;
 use crate::engine::lease::{self, HeldLeases, Presence};
-use crate::engine::worker::{JobRuntime, LocalJobs, Worker, WorkerEnv, WorkerExit};
+use crate::engine::runtime::{JobRuntime, LocalJobs};
+use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::plumbing::db::Schema;
 use crate::store::{jobs, progress, JobState};
 
@@ -137,7 +137,7 @@ impl Scheduler {
                 if let Some(job_id) = self.only_job {
                     let state = jobs::find(&self.env.pool, &self.env.schema, job_id)
                         .await?
-                        .map(|j| j.state())
+                        .map(|j| j.state)
                         .unwrap_or(JobState::Cancelled);
                     if state != JobState::Running {
                         return Ok(SchedulerExit::JobEnded(state));
@@ -185,7 +185,7 @@ impl Scheduler {
                 "claimed partition"
             );
             let token = claim.lease_token;
-            let worker = Worker::new(self.env.clone(), runtime, Position::from(claim));
+            let worker = Worker::new(self.env.clone(), runtime, claim);
             let handle = active.spawn(worker.run(job_cancel));
             self.tasks.insert(handle.id(), token);
         }
@@ -233,7 +233,7 @@ impl Scheduler {
             Err(message) => {
                 let message = format!("job no longer matches the database: {message}");
                 tracing::error!(job = %row.name, "{message}");
-                crate::engine::batch::fail_job(
+                jobs::fail(
                     &self.env.pool,
                     &self.env.schema,
                     job_id,
@@ -247,38 +247,36 @@ impl Scheduler {
     }
 
     /// Looks at the jobs this process runs: a job that left `running` has its workers
-    /// stopped now (not at their next batch), and PATCHed tunables reach the rate limiter.
+    /// stopped now (not at their next batch), even those waiting on the rate limit or a
+    /// throttle. (Re-tuned values reach the workers through their batches' fence.)
     async fn watch_jobs(&mut self) -> Result<(), sqlx::Error> {
         if self.runtimes.is_empty() {
             return Ok(());
         }
         let ids: Vec<i64> = self.runtimes.keys().copied().collect();
-        let rows = jobs::states_and_tunables(&self.env.pool, &self.env.schema, &ids).await?;
+        let states = jobs::states(&self.env.pool, &self.env.schema, &ids).await?;
         for id in ids {
-            match rows.iter().find(|r| r.0 == id) {
-                Some((_, state, tunables)) if *state == JobState::Running => {
-                    if let (Some((runtime, _)), Some(tunables)) = (self.runtimes.get(&id), tunables)
-                    {
-                        runtime.apply(tunables.clone());
-                    }
-                }
-                _ if self.only_job == Some(id) => {
-                    // One-job mode keeps its runtime (the caller watches it); its workers
-                    // stop at the next batch or through the token.
-                    if let Some((_, token)) = self.runtimes.get(&id) {
-                        token.cancel();
-                    }
-                }
-                _ => {
-                    if let Some((_, token)) = self.runtimes.remove(&id) {
-                        token.cancel();
-                    }
-                    self.registry
-                        .lock()
-                        .expect("registry lock poisoned")
-                        .remove(&id);
-                }
+            let running = states
+                .iter()
+                .any(|(job, state)| *job == id && *state == JobState::Running);
+            if running {
+                continue;
             }
+            if self.only_job == Some(id) {
+                // One-job mode keeps its runtime (the caller watches it); its workers stop at
+                // the next batch or through the token.
+                if let Some((_, token)) = self.runtimes.get(&id) {
+                    token.cancel();
+                }
+                continue;
+            }
+            if let Some((_, token)) = self.runtimes.remove(&id) {
+                token.cancel();
+            }
+            self.registry
+                .lock()
+                .expect("registry lock poisoned")
+                .remove(&id);
         }
         Ok(())
     }
@@ -292,13 +290,7 @@ impl Scheduler {
                 continue;
             }
             let mut conn = self.env.pool.acquire().await?;
-            crate::engine::batch::complete_if_all_done(
-                &mut conn,
-                &self.env.schema,
-                id,
-                &self.env.actor,
-            )
-            .await?;
+            jobs::complete_if_all_done(&mut conn, &self.env.schema, id, &self.env.actor).await?;
         }
         Ok(())
     }

@@ -1,128 +1,19 @@
 //! A partition's worker: takes batches one after another under the job's rate limit, retries
 //! what can be retried, and looks at the cancellation token only between batches.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::batch::{
-    self, BatchContext, BatchError, Outcome, Position, Retry, Statements, Timeouts, Tunables,
-};
-use crate::engine::catalog::ResolvedJob;
-use crate::engine::limiter::Limiter;
+use crate::engine::batch::{self, BatchContext, BatchError, Outcome, Statements};
+use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::Sizer;
-use crate::engine::throttle::{HealthChecks, Throttle};
-use crate::plumbing::db::Schema;
-use crate::spec::JobSpec;
-use crate::status::metrics::METRICS;
-use crate::store::progress;
-use crate::store::JobState;
-
-/// Counters of what this process did for a job; the progress display and metrics read them.
-#[derive(Debug, Default)]
-pub struct JobStats {
-    pub rows_scanned: AtomicU64,
-    pub rows_updated: AtomicU64,
-    pub batches_ok: AtomicU64,
-    pub batches_retried: AtomicU64,
-    pub batches_failed: AtomicU64,
-    pub batch_size: AtomicU32,
-    /// True while a worker of this job waits on the rate limiter.
-    pub rate_limited: AtomicBool,
-    /// Why the job waits right now (a health signal), if it does.
-    pub throttle: Mutex<Option<Throttle>>,
-    /// Why the batch size is what it is (adaptive batches).
-    pub batch_size_reason: Mutex<Option<String>>,
-    /// Every committed batch's transaction time, for the benchmark's percentiles (bounded:
-    /// beyond `MAX_RECORDED_BATCHES` only the histogram metric keeps counting).
-    pub batch_durations: Mutex<Vec<Duration>>,
-}
-
-const MAX_RECORDED_BATCHES: usize = 1_000_000;
-
-impl JobStats {
-    fn record_batch(&self, elapsed: Duration) {
-        let mut durations = self
-            .batch_durations
-            .lock()
-            .expect("durations lock poisoned");
-        if durations.len() < MAX_RECORDED_BATCHES {
-            durations.push(elapsed);
-        }
-    }
-}
-
-/// The jobs this process is running, by id, for the API's view of local state.
-pub type LocalJobs = Arc<Mutex<HashMap<i64, Arc<JobRuntime>>>>;
-
-/// Everything the workers of one job share in this process.
-pub struct JobRuntime {
-    pub id: i64,
-    pub name: String,
-    pub sql: crate::engine::statement::BatchSql,
-    pub timeouts: Timeouts,
-    pub max_attempts: u32,
-    pub limiter: Limiter,
-    pub stats: JobStats,
-    /// `target_batch_time` and the size bounds, when batches adapt.
-    pub adaptive: Option<(Duration, u32, u32)>,
-    /// The health signals checked between batches, if any.
-    pub health: Option<HealthChecks>,
-    /// The latest tunables seen in a batch transaction; PATCHed values arrive through it.
-    tunables: Mutex<Tunables>,
-}
-
-impl JobRuntime {
-    pub fn new(id: i64, spec: &JobSpec, resolved: &ResolvedJob, lease_ttl: Duration) -> JobRuntime {
-        let stats = JobStats::default();
-        stats.batch_size.store(spec.batch_size, Ordering::Relaxed);
-        METRICS.touch(&spec.name);
-        JobRuntime {
-            id,
-            name: spec.name.clone(),
-            sql: resolved.sql.clone(),
-            timeouts: Timeouts {
-                lock_timeout: spec.lock_timeout,
-                statement_timeout: spec.statement_timeout,
-                idle_in_transaction: Some(lease_ttl),
-                synchronous_commit: spec.synchronous_commit,
-            },
-            max_attempts: spec.max_attempts,
-            limiter: Limiter::new(spec.rows_per_second, spec.batch_size),
-            stats,
-            adaptive: spec.target_batch_time.map(|target| {
-                let (min, max) = spec.batch_size_bounds();
-                (target, min, max)
-            }),
-            health: HealthChecks::of(spec),
-            tunables: Mutex::new(Tunables::of(spec)),
-        }
-    }
-
-    pub fn tunables(&self) -> Tunables {
-        self.tunables
-            .lock()
-            .expect("tunables lock poisoned")
-            .clone()
-    }
-
-    /// Applies new tunables (from a batch's fence read, or a PATCH seen by the scheduler).
-    pub fn apply(&self, tunables: Tunables) {
-        self.limiter
-            .configure(tunables.rows_per_second, tunables.batch_size);
-        if self.adaptive.is_none() {
-            self.stats
-                .batch_size
-                .store(tunables.batch_size, Ordering::Relaxed);
-        }
-        *self.tunables.lock().expect("tunables lock poisoned") = tunables;
-    }
-}
+use crate::plumbing::db::{self, Schema};
+use crate::plumbing::retry::{backoff, ErrorKind};
+use crate::store::progress::Claim;
+use crate::store::{jobs, JobState};
 
 /// How a worker's run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,7 +50,8 @@ pub struct WorkerEnv {
 pub struct Worker {
     env: WorkerEnv,
     job: Arc<JobRuntime>,
-    pub position: Position,
+    /// The partition this worker holds, and its cursor.
+    pub claim: Claim,
     /// Tries of the current batch that failed; reset when a batch commits.
     failed_attempts: u32,
     /// Consecutive waits for an unreachable database (they do not spend attempts).
@@ -174,7 +66,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(env: WorkerEnv, job: Arc<JobRuntime>, position: Position) -> Worker {
+    pub fn new(env: WorkerEnv, job: Arc<JobRuntime>, claim: Claim) -> Worker {
         let start = job.tunables().batch_size;
         let sizer = job
             .adaptive
@@ -185,7 +77,7 @@ impl Worker {
             conn: None,
             env,
             job,
-            position,
+            claim,
             failed_attempts: 0,
             reconnect_waits: 0,
         }
@@ -222,7 +114,7 @@ impl Worker {
             Some(sizer) => sizer.next(tunables.batch_size),
             None => tunables.batch_size,
         };
-        let limited = &self.job.stats.rate_limited;
+        let limited = self.job.rate_limited_flag();
         if !self.job.limiter.acquire(size, cancel, limited).await {
             return Step::Exit(WorkerExit::Shutdown);
         }
@@ -240,16 +132,9 @@ impl Worker {
             actor: &self.env.actor,
         };
         let started = Instant::now();
-        let result = batch::run(
-            &ctx,
-            &mut conn,
-            &mut self.statements,
-            &mut self.position,
-            size,
-        )
-        .await;
+        let result = batch::run(&ctx, &mut conn, &mut self.statements, &mut self.claim, size).await;
         // A connection that failed at the network level is dropped; the next batch opens anew.
-        if !matches!(&result, Err(e) if e.retry == Retry::Reconnect) {
+        if !matches!(&result, Err(e) if e.kind == ErrorKind::Reconnect) {
             self.conn = Some(conn);
         }
         match result {
@@ -262,45 +147,18 @@ impl Worker {
             }) => {
                 self.failed_attempts = 0;
                 self.reconnect_waits = 0;
-                let job = self.job.name.as_str();
-                let metrics = &*METRICS;
-                metrics
-                    .rows_scanned
-                    .with_label_values(&[job])
-                    .inc_by(scanned as u64);
-                metrics
-                    .rows_updated
-                    .with_label_values(&[job])
-                    .inc_by(updated as u64);
-                metrics.batches.with_label_values(&[job, "ok"]).inc();
                 let elapsed = started.elapsed();
-                metrics
-                    .batch_duration
-                    .with_label_values(&[job])
-                    .observe(elapsed.as_secs_f64());
-                let stats = &self.job.stats;
-                stats.record_batch(elapsed);
+                self.job.record_batch(scanned, updated, elapsed);
                 if let Some(sizer) = &mut self.sizer {
                     sizer.observe(scanned as u64, size, elapsed);
-                    stats.batch_size.store(sizer.current(), Ordering::Relaxed);
-                    *stats
-                        .batch_size_reason
-                        .lock()
-                        .expect("reason lock poisoned") = Some(sizer.reason().to_string());
+                    self.job.record_batch_size(sizer.current(), sizer.reason());
                 }
-                stats
-                    .rows_scanned
-                    .fetch_add(scanned as u64, Ordering::Relaxed);
-                stats
-                    .rows_updated
-                    .fetch_add(updated as u64, Ordering::Relaxed);
-                stats.batches_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     job = %self.job.name,
-                    partition = self.position.partition_index,
+                    partition = self.claim.partition_index,
                     scanned,
                     updated,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = elapsed.as_millis() as u64,
                     "batch committed"
                 );
                 let pause = tunables.pause;
@@ -322,37 +180,27 @@ impl Worker {
     async fn on_error(&mut self, error: BatchError, cancel: &CancellationToken) -> Step {
         if let (Some(sizer), Some(cause)) = (&mut self.sizer, timeout_cause(&error)) {
             sizer.halve(cause);
-            let stats = &self.job.stats;
-            stats.batch_size.store(sizer.current(), Ordering::Relaxed);
-            *stats
-                .batch_size_reason
-                .lock()
-                .expect("reason lock poisoned") = Some(sizer.reason().to_string());
+            self.job.record_batch_size(sizer.current(), sizer.reason());
         }
-        let stats = &self.job.stats;
-        let delay = match error.retry {
-            Retry::Reconnect => {
+        let delay = match error.kind {
+            ErrorKind::Reconnect => {
                 self.reconnect_waits += 1;
                 Some(backoff(self.reconnect_waits))
             }
-            Retry::Attempt if self.failed_attempts + 1 < self.job.max_attempts => {
+            ErrorKind::Retryable if self.failed_attempts + 1 < self.job.max_attempts => {
                 self.failed_attempts += 1;
                 Some(backoff(self.failed_attempts))
             }
-            Retry::Attempt | Retry::Never => {
+            ErrorKind::Retryable | ErrorKind::Fatal => {
                 self.failed_attempts += 1;
                 None
             }
         };
         if let Some(delay) = delay {
-            stats.batches_retried.fetch_add(1, Ordering::Relaxed);
-            METRICS
-                .batches
-                .with_label_values(&[self.job.name.as_str(), "retried"])
-                .inc();
+            self.job.record_failure(true);
             tracing::warn!(
                 job = %self.job.name,
-                partition = self.position.partition_index,
+                partition = self.claim.partition_index,
                 attempt = self.failed_attempts,
                 max_attempts = self.job.max_attempts,
                 retry_in_ms = delay.as_millis() as u64,
@@ -365,24 +213,20 @@ impl Worker {
             }
             return Step::Continue { pause: None };
         }
-        stats.batches_failed.fetch_add(1, Ordering::Relaxed);
-        METRICS
-            .batches
-            .with_label_values(&[self.job.name.as_str(), "failed"])
-            .inc();
-        let message = if error.retry == Retry::Attempt {
+        self.job.record_failure(false);
+        let message = if error.kind == ErrorKind::Retryable {
             format!(
                 "batch on partition {} failed {} times, last: {}",
-                self.position.partition_index, self.failed_attempts, error.message
+                self.claim.partition_index, self.failed_attempts, error.message
             )
         } else {
             format!(
                 "batch on partition {} failed: {}",
-                self.position.partition_index, error.message
+                self.claim.partition_index, error.message
             )
         };
         tracing::error!(job = %self.job.name, "{message}");
-        if let Err(e) = batch::fail_job(
+        if let Err(e) = jobs::fail(
             &self.env.pool,
             &self.env.schema,
             self.job.id,
@@ -402,29 +246,18 @@ impl Worker {
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let options = self.env.pool.connect_options();
         let mut conn = PgConnection::connect_with(&options).await?;
-        progress::apply_settings(&mut conn, &self.job.timeouts).await?;
+        db::apply_settings(&mut conn, &self.job.session).await?;
         Ok(conn)
     }
 
-    /// Waits while a health signal says so, re-checking every second. False if cancelled.
+    /// Waits while a throttle signal says so, re-checking every second. False if cancelled.
     async fn wait_until_healthy(&mut self, cancel: &CancellationToken) -> bool {
-        let Some(health) = &self.job.health else {
+        let Some(signals) = &self.job.signals else {
             return true;
         };
         loop {
-            let throttle = health.check(&self.env.pool).await;
-            let changed = {
-                let mut current = self
-                    .job
-                    .stats
-                    .throttle
-                    .lock()
-                    .expect("throttle lock poisoned");
-                let changed =
-                    current.as_ref().map(|t| t.reason) != throttle.as_ref().map(|t| t.reason);
-                *current = throttle.clone();
-                changed
-            };
+            let throttle = signals.check(&self.env.pool).await;
+            let changed = self.job.record_throttle(throttle.clone());
             let Some(throttle) = throttle else {
                 if changed {
                     tracing::info!(job = %self.job.name, "health checks pass again; resuming batches");
@@ -432,7 +265,7 @@ impl Worker {
                 return true;
             };
             if changed {
-                tracing::warn!(job = %self.job.name, reason = throttle.reason, "throttled: {}", throttle.detail);
+                tracing::warn!(job = %self.job.name, reason = %throttle.reason, "throttled: {}", throttle.detail);
             }
             tokio::select! {
                 _ = cancel.cancelled() => return false,
@@ -452,14 +285,4 @@ fn timeout_cause(error: &BatchError) -> Option<&'static str> {
         Some("57014") => Some("statement_timeout"),
         _ => None,
     }
-}
-
-/// Exponential backoff from 100 ms, capped at 10 s, with up to 50% jitter so workers that
-/// failed together do not retry together.
-fn backoff(attempt: u32) -> Duration {
-    let base = 100u64
-        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
-        .min(10_000);
-    let jitter = rand::rng().random_range(0..=base / 2);
-    Duration::from_millis(base + jitter)
 }

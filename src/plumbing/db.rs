@@ -1,10 +1,12 @@
-//! Connecting to PostgreSQL and naming the daemon's own schema; every module that owns a table
-//! builds its SQL from the quoted names here.
+//! Connecting to PostgreSQL, the settings of a worker's own session, and naming the daemon's
+//! own schema; every module that owns a table builds its SQL from the quoted names here.
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, SqlSafeStr, SqlStr};
+
+use crate::spec::SynchronousCommit;
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` always would.
 pub fn quote_ident(name: &str) -> String {
@@ -57,6 +59,42 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectE
         .connect_with(options)
         .await
         .map_err(|source| ConnectError { target, source })
+}
+
+/// Session settings for a worker's own connection; a `None` timeout keeps the server's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionSettings {
+    pub lock_timeout: Option<Duration>,
+    pub statement_timeout: Option<Duration>,
+    pub idle_in_transaction: Option<Duration>,
+    pub synchronous_commit: SynchronousCommit,
+}
+
+/// Applies `settings` to a worker's connection for its whole life.
+pub async fn apply_settings(
+    conn: &mut PgConnection,
+    settings: &SessionSettings,
+) -> Result<(), sqlx::Error> {
+    let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
+    sqlx::query(
+        "SELECT set_config('lock_timeout', coalesce($1, current_setting('lock_timeout')), false),
+                set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), false),
+                set_config('idle_in_transaction_session_timeout',
+                           coalesce($3, current_setting('idle_in_transaction_session_timeout')), false),
+                -- The batch statement's generic plan is a bounded index range scan (a test
+                -- asserts it), so planning it again for every batch would only cost time.
+                set_config('plan_cache_mode', 'force_generic_plan', false),
+                -- Off by default: a batch's rows and checkpoint are lost together or kept
+                -- together, so waiting for each batch's flush buys nothing (see `SynchronousCommit`).
+                set_config('synchronous_commit', $4, false)",
+    )
+    .bind(millis(settings.lock_timeout))
+    .bind(millis(settings.statement_timeout))
+    .bind(millis(settings.idle_in_transaction))
+    .bind(settings.synchronous_commit.as_setting())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user@host/db`.

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod db;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod tunables;
 mod window;
+pub use tunables::Tunables;
 pub use window::Window;
 
 /// Why a job definition was refused before anything touched the database.
@@ -33,7 +35,7 @@ pub const MAX_BATCH_SIZE: u32 = 1_000_000;
 pub const MAX_PARTITIONS: u32 = 256;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-/// A backfill job as its author wrote it. Field names are the public job format (DESIGN.md §1).
+/// A backfill job as its author wrote it. Field names are the public job format (README, "A job file").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
@@ -463,28 +465,8 @@ impl JobSpec {
         (min, max)
     }
 
-    /// Whether any health signal is configured (so workers check between batches).
-    pub fn has_health_checks(&self) -> bool {
-        self.max_replica_lag.is_some()
-            || self.throttle_query.is_some()
-            || self.max_active_sessions.is_some()
-            || self.window.is_some()
-    }
-
     pub fn key_columns(&self) -> &[String] {
         &self.key.0
-    }
-
-    /// Whether two definitions do the same work: equal but for the tunables an operator may
-    /// change on a live job (`batch_size`, `rows_per_second`, `pause`).
-    pub fn same_work(&self, other: &JobSpec) -> bool {
-        let strip = |s: &JobSpec| JobSpec {
-            batch_size: 0,
-            rows_per_second: None,
-            pause: None,
-            ..s.clone()
-        };
-        strip(self) == strip(other)
     }
 
     /// Names of the top-level fields where `self` and `other` differ, for messages.

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §5), defined once here; the dashboard queries exactly these
+//! Prometheus metrics (README, "Metrics"), defined once here; the dashboard queries exactly these
 //! names. Counters and the batch histogram count what this process did (a dashboard sums them
 //! across replicas); the gauges describe the job as the database knows it, so every replica
 //! exports the same value (a dashboard takes the max).
@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::status::view::JobView;
+use crate::status::Reason;
 use crate::store::JobState;
 
 pub struct Metrics {
@@ -160,10 +161,10 @@ impl Metrics {
                 .with_label_values(&[job, state.as_str()])
                 .set(i64::from(state == view.state));
         }
-        for reason in crate::engine::throttle::REASONS {
-            let on = view.throttled.as_deref() == Some(*reason);
+        for reason in Reason::ALL {
+            let on = view.throttled.as_deref() == Some(reason.as_str());
             self.throttled
-                .with_label_values(&[job, reason])
+                .with_label_values(&[job, reason.as_str()])
                 .set(i64::from(on));
         }
         match view.rate_limit_rows_per_second {

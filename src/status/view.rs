@@ -1,15 +1,13 @@
-//! What the API says about a job (DESIGN.md §4), built from the database (shared by every
-//! replica) plus what this process knows first-hand (whether it is waiting on the rate limit).
-
-use std::sync::atomic::Ordering;
+//! The job view: what the API returns for a job (README, "HTTP API"), what the metrics export
+//! and what `status` prints, built in one place from the database (shared by every replica)
+//! plus what this process knows first-hand (whether it is waiting on the rate limit).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::engine::rates::Rates;
-use crate::engine::worker::LocalJobs;
 use crate::spec::JobSpec;
+use crate::status::{Reason, RuntimeSnapshot};
 use crate::store::events::Event;
 use crate::store::jobs::JobRow;
 use crate::store::progress::PartitionRow;
@@ -76,103 +74,88 @@ pub struct EventList {
     pub events: Vec<Event>,
 }
 
-pub fn job_view(
-    job: &JobRow,
-    partitions: &[PartitionRow],
-    rates: &Rates,
-    local: &LocalJobs,
-) -> JobView {
-    let state = job.state();
-    let spec = job.spec().ok();
-    let rows_scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
-    let rows_updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
-    let expected = job.estimated_rows.max(rows_scanned).max(1);
-    let progress = if state == JobState::Completed {
-        1.0
-    } else {
-        (rows_scanned as f64 / expected as f64).clamp(0.0, 1.0)
-    };
-    let rate = if state == JobState::Running {
-        rates.rows_per_second(job.id)
-    } else {
-        0.0
-    };
-    let eta_seconds = match state {
-        JobState::Completed => Some(0.0),
-        JobState::Running if rate > 0.0 => Some((expected - rows_scanned).max(0) as f64 / rate),
-        _ => None,
-    };
-    let limit = spec.as_ref().and_then(|s| s.rows_per_second);
-    let runtime = local
-        .lock()
-        .expect("registry lock poisoned")
-        .get(&job.id)
-        .cloned();
-    let health = runtime.as_ref().and_then(|rt| {
-        rt.stats
-            .throttle
-            .lock()
-            .expect("throttle lock poisoned")
-            .clone()
-    });
-    let locally_limited = runtime
-        .as_ref()
-        .is_some_and(|rt| rt.stats.rate_limited.load(Ordering::Relaxed));
-    // Another replica may be the one waiting: running at the limit means it is the constraint.
-    let at_limit = limit.is_some_and(|l| rate >= 0.95 * f64::from(l));
-    let (throttled, throttle_detail) = match (state, health) {
-        (JobState::Running, Some(t)) => (Some(t.reason.to_string()), Some(t.detail)),
-        (JobState::Running, None) if locally_limited || at_limit => (
-            Some("rate_limit".to_string()),
-            limit.map(|l| format!("held to rows_per_second = {l}")),
-        ),
-        _ => (None, None),
-    };
-    let adaptive = spec.as_ref().and_then(|s| s.target_batch_time);
-    let batch_size = match (&runtime, adaptive) {
-        (Some(rt), Some(_)) => rt.stats.batch_size.load(Ordering::Relaxed),
-        _ => spec.as_ref().map_or(0, |s: &JobSpec| s.batch_size),
-    };
-    let batch_size_reason = runtime.as_ref().and_then(|rt| {
-        rt.stats
-            .batch_size_reason
-            .lock()
-            .expect("reason lock poisoned")
-            .clone()
-    });
-    let now = Utc::now();
-    JobView {
-        name: job.name.clone(),
-        state,
-        spec: job.spec.0.clone(),
-        rows_scanned,
-        rows_updated,
-        progress,
-        eta_seconds,
-        batch_size,
-        target_batch_time: adaptive.map(|d| humantime::format_duration(d).to_string()),
-        batch_size_reason,
-        rate_rows_per_second: (rate * 10.0).round() / 10.0,
-        rate_limit_rows_per_second: limit,
-        throttled,
-        throttle_detail,
-        last_error: job.last_error.clone(),
-        created_at: job.created_at,
-        started_at: job.started_at,
-        finished_at: job.finished_at,
-        partitions: partitions
-            .iter()
-            .map(|p| PartitionView {
-                index: p.partition_index,
-                state: partition_state(p, now).to_string(),
-                cursor: p.cursor.clone(),
-                rows_scanned: p.rows_scanned,
-                rows_updated: p.rows_updated,
-                owner: p.lease_owner.clone(),
-                lower_bound: p.lower_bound.clone(),
-                upper_bound: p.upper_bound.clone(),
-            })
-            .collect(),
+impl JobView {
+    /// The job as the database knows it (`job`, `partitions`), with the rate measured over
+    /// every replica and, when this process runs the job, what it knows first-hand.
+    pub fn build(
+        job: &JobRow,
+        partitions: &[PartitionRow],
+        rate: f64,
+        local: Option<&RuntimeSnapshot>,
+    ) -> JobView {
+        let state = job.state;
+        let spec = job.spec().ok();
+        let rows_scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
+        let rows_updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
+        let expected = job.estimated_rows.max(rows_scanned).max(1);
+        let progress = if state == JobState::Completed {
+            1.0
+        } else {
+            (rows_scanned as f64 / expected as f64).clamp(0.0, 1.0)
+        };
+        let rate = if state == JobState::Running {
+            rate
+        } else {
+            0.0
+        };
+        let eta_seconds = match state {
+            JobState::Completed => Some(0.0),
+            JobState::Running if rate > 0.0 => Some((expected - rows_scanned).max(0) as f64 / rate),
+            _ => None,
+        };
+        let limit = spec.as_ref().and_then(|s| s.rows_per_second);
+        let health = local.and_then(|l| l.throttle.clone());
+        let locally_limited = local.is_some_and(|l| l.rate_limited);
+        // Another replica may be the one waiting: running at the limit means it is the
+        // constraint.
+        let at_limit = limit.is_some_and(|l| rate >= 0.95 * f64::from(l));
+        let (throttled, throttle_detail) = match (state, health) {
+            (JobState::Running, Some(t)) => (Some(t.reason.to_string()), Some(t.detail)),
+            (JobState::Running, None) if locally_limited || at_limit => (
+                Some(Reason::RateLimit.to_string()),
+                limit.map(|l| format!("held to rows_per_second = {l}")),
+            ),
+            _ => (None, None),
+        };
+        let adaptive = spec.as_ref().and_then(|s| s.target_batch_time);
+        let batch_size = match (local, adaptive) {
+            (Some(local), Some(_)) => local.batch_size,
+            _ => spec.as_ref().map_or(0, |s: &JobSpec| s.batch_size),
+        };
+        let now = Utc::now();
+        JobView {
+            name: job.name.clone(),
+            state,
+            spec: job.spec.0.clone(),
+            rows_scanned,
+            rows_updated,
+            progress,
+            eta_seconds,
+            batch_size,
+            target_batch_time: adaptive.map(|d| humantime::format_duration(d).to_string()),
+            batch_size_reason: local.and_then(|l| l.batch_size_reason.clone()),
+            rate_rows_per_second: (rate * 10.0).round() / 10.0,
+            rate_limit_rows_per_second: limit,
+            throttled,
+            throttle_detail,
+            last_error: job.last_error.clone(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            partitions: partitions
+                .iter()
+                .map(|p| PartitionView {
+                    index: p.partition_index,
+                    state: partition_state(p, now).to_string(),
+                    cursor: p.cursor.clone(),
+                    rows_scanned: p.rows_scanned,
+                    rows_updated: p.rows_updated,
+                    owner: p.lease_owner.clone(),
+                    lower_bound: p.lower_bound.clone(),
+                    upper_bound: p.upper_bound.clone(),
+                })
+                .collect(),
+        }
     }
 }
 

@@ -1,19 +1,20 @@
-//! The `jobs` table: one row per submitted definition, its state and when it changed.
+//! The `jobs` table: one row per submitted definition, its state and when it changed, its live
+//! tunables, and the job's life cycle: every state change goes through [`transition`].
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
 
 use crate::plumbing::db::{sql, Schema};
-use crate::spec::JobSpec;
-use crate::store::{events, JobState};
+use crate::spec::{JobSpec, Tunables};
+use crate::store::{events, progress, JobState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: i64,
     pub name: String,
     pub spec: Json<serde_json::Value>,
-    pub state: String,
+    pub state: JobState,
     pub estimated_rows: i64,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -22,10 +23,6 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    pub fn state(&self) -> JobState {
-        JobState::parse(&self.state).unwrap_or(JobState::Failed)
-    }
-
     /// The stored definition. A row whose spec no longer parses (a newer binary wrote it) is
     /// reported rather than guessed at.
     pub fn spec(&self) -> Result<JobSpec, String> {
@@ -89,16 +86,57 @@ pub async fn insert(
     estimated_rows: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
+    let live = LiveTunables::from(spec.tunables());
     sqlx::query_scalar(sql(format!(
-        "INSERT INTO {}.jobs (name, spec, state, estimated_rows) VALUES ($1, $2, 'queued', $3)
+        "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         schema.q
     )))
     .bind(&spec.name)
     .bind(Json(spec_json))
     .bind(estimated_rows)
+    .bind(live.batch_size)
+    .bind(live.rows_per_second)
+    .bind(live.pause_us)
     .fetch_optional(conn)
     .await
+}
+
+/// The tunables as the jobs table stores them, in typed columns that every batch reads back
+/// under its fence (see `engine::statement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct LiveTunables {
+    pub batch_size: i32,
+    pub rows_per_second: Option<i32>,
+    pub pause_us: Option<i64>,
+}
+
+impl From<Tunables> for LiveTunables {
+    fn from(t: Tunables) -> LiveTunables {
+        // The spec's validation bounds every value well inside these types.
+        LiveTunables {
+            batch_size: i32::try_from(t.batch_size).unwrap_or(i32::MAX),
+            rows_per_second: t
+                .rows_per_second
+                .map(|r| i32::try_from(r).unwrap_or(i32::MAX)),
+            pause_us: t
+                .pause
+                .map(|p| i64::try_from(p.as_micros()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl From<LiveTunables> for Tunables {
+    fn from(t: LiveTunables) -> Tunables {
+        Tunables {
+            batch_size: t.batch_size.max(1) as u32,
+            rows_per_second: t.rows_per_second.map(|r| r.max(1) as u32),
+            pause: t
+                .pause_us
+                .map(|us| std::time::Duration::from_micros(us.max(0) as u64)),
+        }
+    }
 }
 
 /// The result of asking for a state change.
@@ -119,14 +157,14 @@ pub async fn transition(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
-    let current: Option<String> = sqlx::query_scalar(sql(format!(
+    let current: Option<JobState> = sqlx::query_scalar(sql(format!(
         "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
     )))
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(current) = current.as_deref().and_then(JobState::parse) else {
+    let Some(current) = current else {
         return Ok(Transition::Unknown);
     };
     if !current.can_become(to) {
@@ -144,7 +182,7 @@ pub async fn transition(
         schema.q
     )))
     .bind(id)
-    .bind(to.as_str())
+    .bind(to)
     .bind(detail)
     .execute(&mut *conn)
     .await?;
@@ -161,10 +199,10 @@ pub async fn transition(
     Ok(Transition::Done { from: current })
 }
 
-/// Rewrites the stored definition (tunables only: callers check `JobSpec::same_work`), with an
-/// event naming what changed.
+/// Rewrites the stored definition (tunables only: callers check `JobSpec::same_work`) and the
+/// live tunables with it, with an event naming what changed.
 pub async fn replace_spec(
-    pool: &sqlx::PgPool,
+    pool: &PgPool,
     schema: &Schema,
     id: i64,
     spec: &JobSpec,
@@ -173,12 +211,18 @@ pub async fn replace_spec(
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
+    let live = LiveTunables::from(spec.tunables());
     sqlx::query(sql(format!(
-        "UPDATE {}.jobs SET spec = $2, updated_at = now() WHERE id = $1",
+        "UPDATE {}.jobs
+            SET spec = $2, batch_size = $3, rows_per_second = $4, pause_us = $5, updated_at = now()
+          WHERE id = $1",
         schema.q
     )))
     .bind(id)
     .bind(Json(spec_json))
+    .bind(live.batch_size)
+    .bind(live.rows_per_second)
+    .bind(live.pause_us)
     .execute(&mut *tx)
     .await?;
     events::record(
@@ -207,32 +251,19 @@ pub async fn queued<'e>(
     .await
 }
 
-/// State and live tunables of the given jobs (a missing job is simply absent).
-pub async fn states_and_tunables<'e>(
+/// States of the given jobs (a missing job is simply absent).
+pub async fn states<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
     ids: &[i64],
-) -> Result<Vec<(i64, JobState, Option<crate::engine::batch::Tunables>)>, sqlx::Error> {
-    let rows: Vec<(i64, String, Json<serde_json::Value>)> = sqlx::query_as(sql(format!(
-        "SELECT id, state, spec FROM {}.jobs WHERE id = ANY ($1)",
+) -> Result<Vec<(i64, JobState)>, sqlx::Error> {
+    sqlx::query_as(sql(format!(
+        "SELECT id, state FROM {}.jobs WHERE id = ANY ($1)",
         schema.q
     )))
     .bind(ids)
     .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, state, spec)| {
-            let tunables = serde_json::from_value::<JobSpec>(spec.0)
-                .ok()
-                .map(|s| crate::engine::batch::Tunables::of(&s));
-            (
-                id,
-                JobState::parse(&state).unwrap_or(JobState::Failed),
-                tunables,
-            )
-        })
-        .collect())
+    .await
 }
 
 /// Running jobs whose every partition is done: completed in the batch that finished the last
@@ -249,4 +280,87 @@ pub async fn finished_but_running<'e>(
     )))
     .fetch_all(executor)
     .await
+}
+
+/// Marks the job completed if every partition is done, in a transaction of its own. The job
+/// row is locked first, so of two partitions finishing at once the second sees the first's
+/// commit; the scheduler calls this too, for a process that died between its last batch and
+/// this step.
+pub async fn complete_if_all_done(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    // A worker's session may commit batches asynchronously (`synchronous_commit`); the
+    // completion waits for its flush, and with it for every batch's WAL before it.
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'on', true)
+          WHERE current_setting('synchronous_commit') = 'off'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sql(format!(
+        "SELECT 1 FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        schema.q
+    )))
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    if !progress::all_done(&mut *tx, schema, job_id).await? {
+        return Ok(false);
+    }
+    let transition = transition(
+        &mut tx,
+        schema,
+        job_id,
+        JobState::Completed,
+        actor,
+        Some("every partition reached the end of its key range"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(matches!(transition, Transition::Done { .. }))
+}
+
+/// Records a failure: `failed` with the message, in the event log too.
+pub async fn fail(
+    pool: &PgPool,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let transition = transition(
+        &mut tx,
+        schema,
+        job_id,
+        JobState::Failed,
+        actor,
+        Some(message),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(matches!(transition, Transition::Done { .. }))
+}
+
+/// Deletes the jobs named `name` that run on `table` (with their partitions and events): the
+/// demo's own jobs, recreated with its tables.
+pub async fn delete_named_on_table(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    name: &str,
+    table: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql(format!(
+        "DELETE FROM {}.jobs WHERE name = $1 AND spec ->> 'table' = $2",
+        schema.q
+    )))
+    .bind(name)
+    .bind(table)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -6,8 +6,14 @@ use sqlx::{Connection, PgPool};
 use crate::plumbing::db::{sql, Schema};
 
 /// Every migration, in order. Files are embedded so the binary carries its schema.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        3,
+        "live_tunables",
+        include_str!("../../migrations/0003_live_tunables.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

@@ -8,9 +8,11 @@ pub mod progress;
 
 use serde::{Deserialize, Serialize};
 
-/// A job's life cycle (DESIGN.md §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A job's life cycle (README, "Operating the daemon"). Stored as text; a value this binary
+/// does not know is a decoding error, never mistaken for another state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum JobState {
     Queued,
     Running,

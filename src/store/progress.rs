@@ -1,5 +1,6 @@
 //! The `progress` table: each job partition's key range, cursor, counters and lease. The cursor
-//! is written only by [`checkpoint`], inside the batch's own transaction, fenced by the lease.
+//! is written only by the batch statement's checkpoint (`engine::statement`), inside the
+//! batch's own transaction, fenced by the lease.
 
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ pub struct PartitionRow {
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
-/// A partition this process holds a lease on.
+/// A partition this process holds a lease on, and where its worker stands: `cursor` moves
+/// with each committed batch.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claim {
     pub job_id: i64,
@@ -184,81 +186,6 @@ pub async fn release<'e>(
     Ok(())
 }
 
-/// The daemon's parts of the batch statement (see `statement::BatchSql::batch`), so one
-/// autocommit statement checks the lease, writes the rows and moves the cursor: there is no
-/// window in which a process that lost its lease could still commit, and no extra round trip.
-/// `first` is the number of the first of their parameters — job id, partition index, lease
-/// token, lease TTL in ms, expected cursor — and `limit` the batch size's.
-pub fn fenced(schema: &Schema, first: usize, limit: usize) -> crate::engine::statement::Fenced {
-    use crate::engine::statement::{Fenced, FENCE, LAST, SCANNED, UPDATED_COUNT};
-    let (job, partition, token, ttl, cursor) = (first, first + 1, first + 2, first + 3, first + 4);
-    let s = &schema.q;
-    Fenced {
-        // Locks the partition's row only while the token is ours; the job's state and the
-        // live tunables come along for the worker's next batch.
-        fence: format!(
-            "    SELECT p.cursor, j.state AS job_state,
-           (j.spec ->> 'batch_size')::int8 AS batch_size,
-           (j.spec ->> 'rows_per_second')::int8 AS rows_per_second,
-           j.spec ->> 'pause' AS pause,
-           (j.state = 'running' AND p.cursor IS NOT DISTINCT FROM ${cursor}::text[]) AS go
-      FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
-     WHERE p.job_id = ${job} AND p.partition_index = ${partition} AND p.lease_token = ${token}
-       FOR UPDATE OF p"
-        ),
-        checkpoint: format!(
-            "    UPDATE {s}.progress
-       SET cursor = coalesce((SELECT key FROM {LAST}), cursor),
-           rows_scanned = rows_scanned + {SCANNED},
-           rows_updated = rows_updated + {UPDATED_COUNT},
-           batches = batches + 1,
-           state = CASE WHEN {SCANNED} < ${limit} THEN 'done' ELSE state END,
-           finished_at = CASE WHEN {SCANNED} < ${limit} THEN now() ELSE finished_at END,
-           lease_expires_at = now() + ${ttl} * interval '1 millisecond',
-           updated_at = now()
-     WHERE job_id = ${job} AND partition_index = ${partition} AND lease_token = ${token}
-       AND EXISTS (SELECT 1 FROM {FENCE} WHERE go)
-    RETURNING 1"
-        ),
-    }
-}
-
-/// Session settings for a worker's own connection; a `None` timeout keeps the server's.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SessionSettings {
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    pub idle_in_transaction: Option<Duration>,
-    pub synchronous_commit: crate::spec::SynchronousCommit,
-}
-
-/// Applies `settings` to a worker's connection for its whole life.
-pub async fn apply_settings(
-    conn: &mut PgConnection,
-    settings: &SessionSettings,
-) -> Result<(), sqlx::Error> {
-    let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
-    sqlx::query(
-        "SELECT set_config('lock_timeout', coalesce($1, current_setting('lock_timeout')), false),
-                set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), false),
-                set_config('idle_in_transaction_session_timeout',
-                           coalesce($3, current_setting('idle_in_transaction_session_timeout')), false),
-                -- The batch statement's generic plan is a bounded index range scan (a test
-                -- asserts it), so planning it again for every batch would only cost time.
-                set_config('plan_cache_mode', 'force_generic_plan', false),
-                -- Off by default: a batch's rows and checkpoint are lost together or kept
-                -- together, so waiting for each batch's flush buys nothing (spec::SynchronousCommit).
-                set_config('synchronous_commit', $4, false)",
-    )
-    .bind(millis(settings.lock_timeout))
-    .bind(millis(settings.statement_timeout))
-    .bind(millis(settings.idle_in_transaction))
-    .bind(settings.synchronous_commit.as_setting())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Whether every partition of the job is done (read in the caller's transaction).
 pub async fn all_done<'e>(
     executor: impl PgExecutor<'e>,
@@ -271,5 +198,22 @@ pub async fn all_done<'e>(
     )))
     .bind(job_id)
     .fetch_one(executor)
+    .await
+}
+
+/// Keys scanned so far by each running job, over all its partitions: what the rate sampler
+/// reads every second.
+pub async fn scanned_by_running_job<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let s = &schema.q;
+    sqlx::query_as(sql(format!(
+        "SELECT p.job_id, sum(p.rows_scanned)::int8
+           FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
+          WHERE j.state = 'running'
+          GROUP BY p.job_id"
+    )))
+    .fetch_all(executor)
     .await
 }

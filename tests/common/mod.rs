@@ -302,10 +302,10 @@ pub fn http_status(base: &str, path: &str) -> Option<u16> {
 
 use std::sync::Arc;
 
-use backfilld::engine::batch::Position;
 use backfilld::engine::lease::Presence;
+use backfilld::engine::runtime::JobRuntime;
 use backfilld::engine::submit;
-use backfilld::engine::worker::{JobRuntime, WorkerEnv};
+use backfilld::engine::worker::WorkerEnv;
 use backfilld::plumbing::db::Schema;
 use backfilld::spec::JobSpec;
 use backfilld::store::{jobs, progress, JobState};
@@ -317,7 +317,7 @@ pub const JOB_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 pub async fn start_job(
     db: &TestDb,
     toml: &str,
-) -> (Arc<JobRuntime>, WorkerEnv, Vec<Position>, Presence) {
+) -> (Arc<JobRuntime>, WorkerEnv, Vec<progress::Claim>, Presence) {
     let spec = JobSpec::from_toml(toml, "test").unwrap();
     let schema = Schema::new("backfilld");
     backfilld::store::migrate::run(&db.pool, &schema)
@@ -338,7 +338,6 @@ pub async fn start_job(
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
         .await
         .unwrap();
-    let positions = claims.into_iter().map(Position::from).collect();
     let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, JOB_TTL));
     let env = WorkerEnv {
         pool: db.pool.clone(),
@@ -346,7 +345,7 @@ pub async fn start_job(
         lease_ttl: JOB_TTL,
         actor: "test".into(),
     };
-    (runtime, env, positions, presence)
+    (runtime, env, claims, presence)
 }
 
 /// Keys the jobs in the database behind `executor` have checkpointed, as other sessions see

@@ -1,8 +1,17 @@
-//! The SQL generated from a job spec, all in one place: every identifier comes from the catalog
-//! and is quoted; the author's expressions are wrapped in parentheses on lines of their own so a
-//! trailing `--` comment cannot swallow the rest of the statement.
+//! The batch statement, whole: the SQL generated from a job spec (every identifier comes from
+//! the catalog and is quoted; the author's expressions are wrapped in parentheses on lines of
+//! their own so a trailing `--` comment cannot swallow the rest of the statement), the daemon's
+//! fence and checkpoint around it ([`fence`]), and the one row it returns ([`BatchRow`]).
+//! Nothing outside this module knows the statement's parts or its column names.
 
-use crate::plumbing::db::quote_ident;
+mod fence;
+#[cfg(test)]
+mod tests;
+
+use crate::plumbing::db::{quote_ident, Schema};
+use crate::spec::Tunables;
+use crate::store::jobs::LiveTunables;
+use crate::store::JobState;
 
 /// A key column as the catalog knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,29 +41,65 @@ pub struct BatchSql {
     filter: Option<String>,
 }
 
-/// Names of the batch statement's parts. A checkpoint CTE may read `LAST` (one row: the last
-/// walked key as `key text[]`, and `n`, how many were walked), `SCANNED` and `UPDATED_COUNT`;
-/// `BATCH` is the walk itself.
+/// Names of the batch statement's parts. The checkpoint may read `LAST` (one row: the last
+/// walked key as `key text[]`, `n`, how many were walked, and `u`, how many matched), through
+/// `SCANNED` and `UPDATED_COUNT`; `BATCH` is the walk itself.
 const BATCH: &str = "\"__backfilld_batch\"";
-pub const LAST: &str = "\"__backfilld_last\"";
+const LAST: &str = "\"__backfilld_last\"";
 const UPDATED: &str = "\"__backfilld_updated\"";
 const MATCHES: &str = "\"__backfilld_matches\"";
-const CHECKPOINT: &str = "\"__backfilld_checkpoint\"";
-/// The fence: the partition's progress row locked if the lease is still this worker's, with
-/// `job_state`, `cursor`, the live tunables and `go` (running, cursor unmoved).
-pub const FENCE: &str = "\"__backfilld_fence\"";
-
-/// The daemon's own parts of a batch statement (built by `store::progress`): the fence CTE and
-/// the checkpoint CTE. Their parameters follow the batch size: job id, partition index, lease
-/// token, lease TTL in ms, and the cursor the worker expects.
-pub struct Fenced {
-    pub fence: String,
-    pub checkpoint: String,
-}
 /// Keys the batch walked, counted once (in the last-key CTE).
-pub const SCANNED: &str = "coalesce((SELECT n FROM \"__backfilld_last\"), 0)";
+const SCANNED: &str = "coalesce((SELECT n FROM \"__backfilld_last\"), 0)";
 /// Rows the batch updated, counted once: the checkpoint and the result both read it.
-pub const UPDATED_COUNT: &str = "coalesce((SELECT u FROM \"__backfilld_last\"), 0)";
+const UPDATED_COUNT: &str = "coalesce((SELECT u FROM \"__backfilld_last\"), 0)";
+
+/// The one row a batch statement returns. Without the fence (as `check` prepares it) the
+/// fence's columns are NULL and `checkpointed` is 1.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct BatchRow {
+    /// Keys walked.
+    pub scanned: i64,
+    /// Walked rows that matched `where` (all of them without one), and so were updated.
+    pub updated: i64,
+    /// The last key walked, one text per key column; NULL when nothing was walked.
+    pub last_key: Option<Vec<String>>,
+    /// 1 when the checkpoint moved.
+    pub checkpointed: i64,
+    /// The job's state under the fence; NULL when the lease token is not ours any more.
+    pub job_state: Option<JobState>,
+    /// The cursor the fence found.
+    pub stored_cursor: Option<Vec<String>>,
+    /// The live tunables the fence read, for the next batch.
+    pub batch_size: Option<i32>,
+    pub rows_per_second: Option<i32>,
+    pub pause_us: Option<i64>,
+}
+
+impl BatchRow {
+    /// Its columns in order: `catalog` checks every prepared variant against this list, so an
+    /// expression that escaped its parentheses (and changed the result's shape) is refused.
+    pub const COLUMNS: [&'static str; 9] = [
+        "scanned",
+        "updated",
+        "last_key",
+        "checkpointed",
+        "job_state",
+        "stored_cursor",
+        "batch_size",
+        "rows_per_second",
+        "pause_us",
+    ];
+
+    /// The live tunables the fence read (none without the fence).
+    pub fn tunables(&self) -> Option<Tunables> {
+        let batch_size = self.batch_size?;
+        Some(Tunables::from(LiveTunables {
+            batch_size,
+            rows_per_second: self.rows_per_second,
+            pause_us: self.pause_us,
+        }))
+    }
+}
 
 fn batch_key(i: usize) -> String {
     format!("\"__backfilld_k{i}\"")
@@ -100,24 +145,18 @@ impl BatchSql {
             .join(", ")
     }
 
-    /// The one statement a batch runs. Parameters, in order: the lower bound (one text per key
-    /// column for `Cursor`, one for `Partition`, none for `Unbounded`), the upper bound on the
-    /// first key column if `upper`, the batch size (int8), then whatever `checkpoint` uses
-    /// (it is given the number of its first parameter and of the batch size's). Returns one
-    /// row: `scanned int8, updated int8, last_key text[]` (NULL when nothing was scanned) and
-    /// `checkpointed int8` (1 without a checkpoint).
+    /// The one statement a batch runs, returning one [`BatchRow`]. Parameters, in order: the
+    /// lower bound (one text per key column for `Cursor`, one for `Partition`, none for
+    /// `Unbounded`), the upper bound on the first key column if `upper`, the batch size (int8),
+    /// then, with `fence` (the daemon's schema), the fence's: job id, partition index, lease
+    /// token, lease TTL in ms, and the cursor the worker expects (see [`fence`]).
     ///
     /// The walk takes the next keys in key order from the key's index; the UPDATE then covers
     /// the same keys as one index range, `(cursor, last key]`, which keeps the plan a bounded
     /// index scan whatever the batch size (a join against the walked keys lets the planner pick
     /// a merge join that reads the index from its first entry, a cost that grows with progress).
     /// Both read one snapshot, so the range holds exactly the walked keys.
-    pub fn batch(
-        &self,
-        lower: Lower,
-        upper: bool,
-        fenced: Option<&dyn Fn(usize, usize) -> Fenced>,
-    ) -> String {
+    pub fn batch(&self, lower: Lower, upper: bool, fence: Option<&Schema>) -> String {
         let mut param = 0;
         let mut next = || {
             param += 1;
@@ -193,9 +232,9 @@ impl BatchSql {
         let descending: Vec<String> = batch_keys.iter().map(|k| format!("{k} DESC")).collect();
         // The daemon's parts: the fence gates the walk (no lease, job not running, or a moved
         // cursor: nothing is walked, so nothing is updated), and the checkpoint follows it.
-        let parts = fenced.map(|build| build(limit_number + 1, limit_number));
+        let parts = fence.map(|schema| fence::Parts::new(schema, limit_number + 1, limit_number));
         if parts.is_some() {
-            walk_conditions.push(format!("EXISTS (SELECT 1 FROM {FENCE} WHERE go)"));
+            walk_conditions.push(fence::GO.to_string());
         }
         let where_walk = if walk_conditions.is_empty() {
             String::new()
@@ -204,17 +243,11 @@ impl BatchSql {
         };
         let (fence_cte, checkpoint_cte, fence_columns) = match &parts {
             Some(parts) => (
-                format!("{FENCE} AS MATERIALIZED (\n{}\n), ", parts.fence),
-                format!(", {CHECKPOINT} AS (\n{}\n)", parts.checkpoint),
-                format!(
-                    "(SELECT count(*) FROM {CHECKPOINT})::int8 AS checkpointed,\n       (SELECT job_state FROM {FENCE}) AS job_state,\n       (SELECT cursor FROM {FENCE}) AS stored_cursor,\n       (SELECT batch_size FROM {FENCE}) AS live_batch_size,\n       (SELECT rows_per_second FROM {FENCE}) AS live_rows_per_second,\n       (SELECT pause FROM {FENCE}) AS live_pause"
-                ),
+                format!("{}, ", parts.fence),
+                format!(", {}", parts.checkpoint),
+                fence::COLUMNS.to_string(),
             ),
-            None => (
-                String::new(),
-                String::new(),
-                "1::int8 AS checkpointed, NULL::text AS job_state, NULL::text[] AS stored_cursor,\n       NULL::int8 AS live_batch_size, NULL::int8 AS live_rows_per_second, NULL::text AS live_pause".to_string(),
-            ),
+            None => (String::new(), String::new(), fence::ABSENT.to_string()),
         };
         // The walked keys' count and last key. For a single integer key, one streaming
         // aggregate over the walk; otherwise the walk is materialized and its last row taken.
@@ -274,88 +307,5 @@ impl BatchSql {
             keys = self.key_list(),
             table = self.table
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sql(key: &[(&str, &str)], filter: Option<&str>) -> BatchSql {
-        BatchSql::new(
-            "public",
-            "my \"table\"",
-            key.iter()
-                .map(|(n, t)| KeyColumn {
-                    name: n.to_string(),
-                    type_sql: t.to_string(),
-                })
-                .collect(),
-            [("hits".to_string(), "hits + 1".to_string())],
-            filter.map(str::to_string),
-        )
-    }
-
-    #[test]
-    fn quotes_identifiers_and_numbers_parameters() {
-        let s =
-            sql(&[("id", "bigint")], Some("hits < 10 -- comment")).batch(Lower::Cursor, true, None);
-        assert!(s.contains("\"public\".\"my \"\"table\"\"\""), "{s}");
-        assert!(
-            s.contains("\"id\" > $1::text::bigint AND \"id\" <= $2::text::bigint"),
-            "{s}"
-        );
-        assert!(s.contains("LIMIT $3"), "{s}");
-        // The author's comment ends at its own line and cannot hide the rest.
-        assert!(s.contains("hits < 10 -- comment\n)"), "{s}");
-    }
-
-    #[test]
-    fn updated_rows_are_counted_in_the_walk_not_returned_by_the_update() {
-        for key in [
-            &[("id", "bigint")][..],
-            &[("tenant_id", "integer"), ("id", "uuid")],
-        ] {
-            let s = sql(key, Some("hits < 10")).batch(Lower::Cursor, false, None);
-            assert!(s.contains(&format!("(\nhits < 10\n) AS {MATCHES}")), "{s}");
-            assert!(
-                s.contains(&format!("count(*) FILTER (WHERE {MATCHES})")),
-                "{s}"
-            );
-            assert!(!s.contains("RETURNING"), "{s}");
-            // Without `where`, every walked row is updated.
-            let s = sql(key, None).batch(Lower::Cursor, false, None);
-            assert!(!s.contains(MATCHES), "{s}");
-        }
-    }
-
-    #[test]
-    fn composite_keys_use_row_comparison() {
-        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(
-            Lower::Cursor,
-            false,
-            None,
-        );
-        assert!(
-            s.contains("(\"tenant_id\", \"id\") > ($1::text::integer, $2::text::uuid)"),
-            "{s}"
-        );
-        assert!(s.contains("LIMIT $3"), "{s}");
-        let s = sql(&[("tenant_id", "integer"), ("id", "uuid")], None).batch(
-            Lower::Partition,
-            true,
-            None,
-        );
-        assert!(
-            s.contains("\"tenant_id\" > $1::text::integer AND \"tenant_id\" <= $2::text::integer"),
-            "{s}"
-        );
-    }
-
-    #[test]
-    fn unbounded_has_only_the_limit() {
-        let s = sql(&[("id", "bigint")], None).batch(Lower::Unbounded, false, None);
-        assert!(s.contains("LIMIT $1"), "{s}");
-        assert!(!s.contains("$2"), "{s}");
     }
 }
