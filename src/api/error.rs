@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::plumbing::retry::ErrorKind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -55,32 +57,33 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> ApiError {
-        match &error {
+        let code = match &error {
+            sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+            _ => None,
+        };
+        // Before the first migration (the daemon is still waiting for the database).
+        if matches!(code.as_deref(), Some("42P01" | "3F000")) {
+            return ApiError::Unavailable(
+                "backfilld's schema is not migrated yet; see /readyz".into(),
+            );
+        }
+        let message = match &error {
+            sqlx::Error::Database(db) => db.message().to_string(),
+            other => other.to_string(),
+        };
+        match ErrorKind::of(&error) {
             // The database being away is not the client's fault, nor a bug: say so.
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ErrorKind::Reconnect => {
                 tracing::warn!(error = %error, "database unavailable for an API request");
-                ApiError::Unavailable(format!("database unavailable: {error}"))
+                ApiError::Unavailable(format!("database unavailable: {message}"))
             }
-            // The server went away under the request (restart, terminated backend).
-            sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
-            {
-                tracing::warn!(error = %error, "database unavailable for an API request");
-                ApiError::Unavailable(format!("database unavailable: {}", db.message()))
+            // Contention (a lock or statement timeout, a deadlock): the same request can
+            // succeed in a moment.
+            ErrorKind::Retryable => {
+                tracing::warn!(error = %error, "database busy during an API request");
+                ApiError::Unavailable(format!("database busy, try again: {message}"))
             }
-            sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
-                tracing::warn!(error = %error, "database connection lost during an API request");
-                ApiError::Unavailable(format!("database unavailable: {error}"))
-            }
-            // Before the first migration (the daemon is still waiting for the database).
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("42P01" | "3F000")) =>
-            {
-                ApiError::Unavailable("backfilld's schema is not migrated yet; see /readyz".into())
-            }
-            _ => {
+            ErrorKind::Fatal => {
                 tracing::error!(error = %error, "database error in an API request");
                 ApiError::Internal
             }

@@ -21,6 +21,7 @@ use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::Schema;
+use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
 
 /// Recorded as the actor of what the daemon does on its own.
@@ -104,17 +105,19 @@ fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
 /// Applies migrations, retrying with backoff until the database answers. False if shut down
 /// first.
 async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
     loop {
-        match crate::store::migrate::run(pool, schema).await {
+        let error = match crate::store::migrate::run(pool, schema).await {
             Ok(_) => return true,
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "database not ready"),
-        }
+            Err(e) => e,
+        };
+        attempt += 1;
+        let delay = backoff(attempt);
+        tracing::warn!(error = %error, retry_in = ?delay, "database not ready");
         tokio::select! {
             _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
