@@ -5,8 +5,14 @@
 //! [`spec`] (what a job is), [`plumbing`] (config, connections, logging, signals), [`store`]
 //! (the daemon's own tables), [`status`] (what is reported about a job, and the metrics),
 //! [`engine`] (statement, batch, worker, scheduler), [`api`] (HTTP) and [`commands`] (the
-//! command line). Start at [`commands::cli`] for the commands and [`engine::batch`] for the
-//! transaction at the heart of it all.
+//! command line). Start at [`commands::cli`] for the commands and the `engine::batch` module
+//! for the transaction at the heart of it all.
+//!
+//! The public surface is deliberate and small: what the binary, the integration tests and the
+//! benchmark drive — the job [`spec`], the [`store`], the engine's submission, scheduler,
+//! worker and runtime (so tests can run a job step by step), the settings and connections of
+//! [`plumbing`], the job view of [`status`] and the API's router. Everything else is
+//! `pub(crate)`.
 
 pub mod api;
 pub mod commands;

@@ -1,15 +1,15 @@
 //! One module per command of the command line.
 
-pub mod api_client;
-pub mod check;
+pub(crate) mod api_client;
+pub(crate) mod check;
 pub mod cli;
 pub mod demo;
-pub mod display;
-pub mod jobs_dir;
-pub mod migrate;
-pub mod remote;
-pub mod run;
-pub mod serve;
+pub(crate) mod display;
+pub(crate) mod jobs_dir;
+pub(crate) mod migrate;
+pub(crate) mod remote;
+pub(crate) mod run;
+pub(crate) mod serve;
 
 use sqlx::PgPool;
 

@@ -52,14 +52,6 @@ impl Limiter {
         });
     }
 
-    pub fn rate(&self) -> Option<u32> {
-        self.current
-            .lock()
-            .expect("limiter lock poisoned")
-            .as_ref()
-            .map(|c| c.rate)
-    }
-
     /// Waits until `rows` may be processed, holding `throttled` true while it waits.
     /// Returns false if cancelled first.
     pub async fn acquire(

@@ -3,16 +3,16 @@
 //! [`worker`] for each, which runs [`batch`]es built by [`statement`], under the [`limiter`],
 //! the [`sizer`] and the [`throttle`] signals.
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod catalog;
 pub mod lease;
-pub mod limiter;
-pub mod partition;
-pub mod rates;
+pub(crate) mod limiter;
+pub(crate) mod partition;
+pub(crate) mod rates;
 pub mod runtime;
 pub mod scheduler;
-pub mod sizer;
+pub(crate) mod sizer;
 pub mod statement;
 pub mod submit;
-pub mod throttle;
+pub(crate) mod throttle;
 pub mod worker;

@@ -47,11 +47,11 @@ pub struct JobRuntime {
     /// The settings of each worker's own connection.
     pub session: SessionSettings,
     pub max_attempts: u32,
-    pub limiter: Limiter,
+    pub(crate) limiter: Limiter,
     /// `target_batch_time` and the size bounds, when batches adapt.
     pub adaptive: Option<(Duration, u32, u32)>,
     /// The throttle signals checked between batches, if any.
-    pub signals: Option<Signals>,
+    pub(crate) signals: Option<Signals>,
     stats: JobStats,
     /// The latest tunables read under a batch's fence: how a PATCH reaches the workers.
     tunables: Mutex<Tunables>,

@@ -3,6 +3,6 @@
 
 pub mod config;
 pub mod db;
-pub mod retry;
-pub mod shutdown;
-pub mod telemetry;
+pub(crate) mod retry;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;

@@ -52,14 +52,6 @@ impl Shutdown {
         Ok(shutdown)
     }
 
-    /// A token that no signal cancels, for library callers and tests.
-    pub fn manual() -> Shutdown {
-        Shutdown {
-            token: CancellationToken::new(),
-            signal: Arc::new(AtomicI32::new(0)),
-        }
-    }
-
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
     }

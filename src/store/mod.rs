@@ -43,10 +43,6 @@ impl JobState {
         }
     }
 
-    pub fn parse(text: &str) -> Option<JobState> {
-        JobState::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
     /// Whether an operator (or the daemon) may move a job from `self` to `to`.
     pub fn can_become(self, to: JobState) -> bool {
         use JobState::*;
