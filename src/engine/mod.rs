@@ -1,7 +1,7 @@
 //! The engine: from a checked job to committed batches. [`catalog`] binds a spec to the
 //! database, [`submit`] plans and stores it, [`scheduler`] claims partitions and runs a
-//! [`worker`] for each, which runs [`batch`]es built by [`statement`], under the [`limiter`],
-//! the [`sizer`] and the [`throttle`] signals.
+//! [`worker`] for each, which runs batches (`batch`) built by [`statement`], under the rate
+//! `limiter`, the adaptive `sizer` and the `throttle` signals.
 
 pub(crate) mod batch;
 pub mod catalog;

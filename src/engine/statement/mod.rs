@@ -1,7 +1,7 @@
 //! The batch statement, whole: the SQL generated from a job spec (every identifier comes from
 //! the catalog and is quoted; the author's expressions are wrapped in parentheses on lines of
 //! their own so a trailing `--` comment cannot swallow the rest of the statement), the daemon's
-//! fence and checkpoint around it ([`fence`]), and the one row it returns ([`BatchRow`]).
+//! fence and checkpoint around it (`fence`), and the one row it returns ([`BatchRow`]).
 //! Nothing outside this module knows the statement's parts or its column names.
 
 mod fence;
@@ -149,7 +149,7 @@ impl BatchSql {
     /// lower bound (one text per key column for `Cursor`, one for `Partition`, none for
     /// `Unbounded`), the upper bound on the first key column if `upper`, the batch size (int8),
     /// then, with `fence` (the daemon's schema), the fence's: job id, partition index, lease
-    /// token, lease TTL in ms, and the cursor the worker expects (see [`fence`]).
+    /// token, lease TTL in ms, and the cursor the worker expects (see the `fence` module).
     ///
     /// The walk takes the next keys in key order from the key's index; the UPDATE then covers
     /// the same keys as one index range, `(cursor, last key]`, which keeps the plan a bounded
