@@ -34,6 +34,9 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
+/// Writes each log line whole, above the bar when one is drawn. tracing-indicatif does this for
+/// bars that belong to tracing spans; ours belongs to the foreground run, not a span, and these
+/// few lines keep it that way without a second progress-bar manager in the process.
 #[derive(Clone, Copy)]
 struct BarAwareStderr;
 
