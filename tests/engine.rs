@@ -362,3 +362,60 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     assert!(!plan.contains("Merge Join"), "{plan}");
     assert!(plan.matches("Index").count() >= 2, "{plan}");
 }
+
+#[tokio::test]
+async fn retuned_values_reach_the_worker_through_the_next_batch_fence() {
+    let db = TestDb::new().await;
+    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "retune",
+            "t",
+            "\"k\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100",
+        ),
+    )
+    .await;
+    let schema = env.schema.clone();
+    let cancel = CancellationToken::new();
+    let mut worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
+    // An operator re-tunes the job (what PATCH does): smaller batches and a pause.
+    let job = jobs::find_by_name(&db.pool, &schema, "retune")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut spec = job.spec().unwrap();
+    spec.batch_size = 7;
+    spec.pause = Some(std::time::Duration::from_millis(250));
+    jobs::replace_spec(
+        &db.pool,
+        &schema,
+        job.id,
+        &spec,
+        "test",
+        "batch_size, pause",
+    )
+    .await
+    .unwrap();
+    // The batch already sized reads the new values under its fence and pauses after itself...
+    assert_eq!(
+        worker.step(&cancel).await,
+        Step::Continue {
+            pause: Some(std::time::Duration::from_millis(250))
+        }
+    );
+    assert_eq!(worker.claim.cursor, Some(vec!["200".to_string()]));
+    // ...and the next one takes 7 keys.
+    worker.step(&cancel).await;
+    assert_eq!(worker.claim.cursor, Some(vec!["207".to_string()]));
+    assert_eq!(runtime.snapshot().batch_size, 7);
+    // Removing the pause reaches the worker the same way.
+    spec.pause = None;
+    jobs::replace_spec(&db.pool, &schema, job.id, &spec, "test", "pause")
+        .await
+        .unwrap();
+    assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
+}
