@@ -5,6 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use subtle::ConstantTimeEq;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -61,7 +62,8 @@ impl Auth {
         self.tokens.is_empty()
     }
 
-    /// The token's name and role, comparing against every configured token in constant time.
+    /// The token's name and role. Every configured token is compared, with no early exit, so
+    /// timing does not tell which token a guess was close to.
     fn identify(&self, presented: &[u8]) -> Option<(String, Role)> {
         let mut found = None;
         for (name, role, secret) in &self.tokens {
@@ -73,15 +75,11 @@ impl Auth {
     }
 }
 
-/// Compares without an early exit, so timing does not tell how much of a guess was right.
+/// `subtle`'s comparison, which the optimiser cannot turn into an early exit, so timing does not
+/// tell how much of a guess was right. It does return at once when the lengths differ: that
+/// tells a token's length, not its content.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        difference |= x ^ y;
-    }
-    difference == 0
+    a.ct_eq(b).into()
 }
 
 /// The role a request needs (DESIGN.md §4).
@@ -137,6 +135,15 @@ pub async fn require_token(
 mod tests {
     use super::*;
 
+    fn token(name: &str, role: Role, secret: &str) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            role,
+            token: Some(secret.into()),
+            token_env: None,
+        }
+    }
+
     #[test]
     fn constant_time_comparison_is_exact() {
         assert!(constant_time_eq(b"secret-token", b"secret-token"));
@@ -144,6 +151,22 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secret-token"));
         assert!(!constant_time_eq(b"", b"x"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn every_token_is_compared_and_only_an_exact_one_matches() {
+        let auth = Auth::from_config(&[
+            token("viewer", Role::Read, "secret-token"),
+            token("oncall", Role::Operate, "other-secret"),
+        ])
+        .unwrap();
+        let who = |presented: &[u8]| auth.identify(presented);
+        assert_eq!(who(b"secret-token"), Some(("viewer".into(), Role::Read)));
+        assert_eq!(who(b"other-secret"), Some(("oncall".into(), Role::Operate)));
+        assert_eq!(who(b"secret-tokex"), None);
+        assert_eq!(who(b"secret"), None);
+        assert_eq!(who(b"secret-token-and-more"), None);
+        assert_eq!(who(b""), None);
     }
 
     #[test]
