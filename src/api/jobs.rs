@@ -4,25 +4,31 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
+use utoipa_axum::routes;
 
-use crate::api::auth::Actor;
+use crate::api::auth::{Actor, Auth, GuardedRouter};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::engine::submit::{self, SubmitError};
+use crate::plumbing::config::Role;
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::status::view::{EventList, JobList, JobView};
 use crate::store::{events, jobs, progress, JobState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs", get(list_jobs).post(submit_job))
-        .route("/api/v1/jobs/{name}", get(get_job).patch(patch_job))
-        .route("/api/v1/jobs/{name}/pause", post(pause_job))
-        .route("/api/v1/jobs/{name}/resume", post(resume_job))
-        .route("/api/v1/jobs/{name}/cancel", post(cancel_job))
-        .route("/api/v1/jobs/{name}/events", get(job_events))
+/// The job routes, each registered with the role it needs: that one call serves the handler
+/// (at the path and method of its `#[utoipa::path]`), checks the role, and puts both in the
+/// OpenAPI document.
+pub fn router(auth: &Auth) -> GuardedRouter<AppState> {
+    GuardedRouter::new(auth)
+        .routes(Role::Read, routes!(list_jobs))
+        .routes(Role::Admin, routes!(submit_job))
+        .routes(Role::Read, routes!(get_job))
+        .routes(Role::Operate, routes!(patch_job))
+        .routes(Role::Operate, routes!(pause_job))
+        .routes(Role::Operate, routes!(resume_job))
+        .routes(Role::Operate, routes!(cancel_job))
+        .routes(Role::Read, routes!(job_events))
 }
 
 /// The job's row, or 404; names that cannot be job names are simply unknown.
@@ -64,8 +70,7 @@ async fn view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError>
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
     responses((status = 200, description = "All jobs", body = JobList),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, ApiError> {
     Ok(Json(JobList {
         jobs: all_views(&state).await?,
@@ -89,8 +94,7 @@ pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
               (status = 400, description = "Invalid definition, with the reason", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 409, description = "A job of that name exists", body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn submit_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -150,8 +154,7 @@ fn submit_error(error: SubmitError) -> ApiError {
 #[utoipa::path(get, path = "/api/v1/jobs/{name}", tag = "jobs",
     params(("name" = String, Path, description = "Job name")),
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -196,8 +199,7 @@ mod double_option {
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The job has ended", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 413, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 413, body = ErrorBody)))]
 pub async fn patch_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -281,8 +283,7 @@ async fn change_state(
     params(("name" = String, Path, description = "Job name")),
     responses((status = 200, description = "Paused: every partition stops within one batch", body = JobView),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn pause_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -295,8 +296,7 @@ pub async fn pause_job(
     params(("name" = String, Path, description = "Job name")),
     responses((status = 200, description = "Running again from the checkpoints", body = JobView),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn resume_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -309,8 +309,7 @@ pub async fn resume_job(
     params(("name" = String, Path, description = "Job name")),
     responses((status = 200, description = "Cancelled", body = JobView),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -322,8 +321,7 @@ pub async fn cancel_job(
 #[utoipa::path(get, path = "/api/v1/jobs/{name}/events", tag = "jobs",
     params(("name" = String, Path, description = "Job name")),
     responses((status = 200, body = EventList), (status = 404, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

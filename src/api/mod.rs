@@ -1,5 +1,7 @@
-//! The HTTP API (DESIGN.md §4): the router is built by [`router`] apart from serving it, so
-//! tests can call it without a socket; [`serve`] binds it and stops with the root token.
+//! The HTTP API: the router is built by [`router`] apart from serving it, so tests can call it
+//! without a socket; [`serve`] binds it and stops with the root token. The `/api/v1/jobs` routes
+//! each need a token of the role they declare ([`auth`]); the probes, the metrics and the
+//! OpenAPI document are open.
 
 pub mod auth;
 pub mod error;
@@ -10,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{middleware, Json, Router};
+use axum::{Json, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,15 +38,15 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = jobs::router().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_token,
-    ));
+    let (api, declared) = jobs::router(&state.auth).split_for_parts();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi::document))
+        .route(
+            "/api/v1/openapi.json",
+            openapi::serve(openapi::document(declared)),
+        )
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -118,13 +120,20 @@ mod tests {
 
     /// A router whose database is never reached by these requests.
     fn offline_router() -> Router {
+        offline_router_with(Auth::from_config(&[]).unwrap())
+    }
+
+    /// A router with these tokens and no database: a request that needs one gets a 503 after
+    /// a short wait (the pool retries a refused connection until its acquire timeout).
+    pub(super) fn offline_router_with(auth: Auth) -> Router {
         let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(50))
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
         router(AppState {
             pool,
             schema: Schema::new("backfilld"),
-            auth: Auth::from_config(&[]).unwrap(),
+            auth,
             rates: Rates::default(),
             local: LocalJobs::default(),
         })
