@@ -88,7 +88,7 @@ pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
-    request_body(content = JobSpec, description = "A job definition (DESIGN.md §1) as JSON, or as TOML with Content-Type: application/toml",
+    request_body(content = JobSpec, description = "A job definition as JSON, or as TOML with Content-Type: application/toml",
                  content_type = "application/json"),
     responses((status = 201, description = "Submitted", body = JobView),
               (status = 400, description = "Invalid definition, with the reason", body = ErrorBody),
