@@ -1,8 +1,10 @@
 -- backfilld's own state. Applied with search_path set to the daemon's schema (default
 -- `backfilld`), so every name below lands there and never next to the application's tables.
+-- IF NOT EXISTS throughout: a database migrated by backfilld's earlier, hand-written runner
+-- already has all of this, and there this migration must be a no-op that loses nothing.
 
 -- One row per submitted job definition.
-CREATE TABLE jobs (
+CREATE TABLE IF NOT EXISTS jobs (
     id              bigserial PRIMARY KEY,
     name            text NOT NULL UNIQUE,
     -- The definition as submitted (DESIGN.md §1 fields); PATCH rewrites its tunables.
@@ -20,7 +22,7 @@ CREATE TABLE jobs (
 
 -- One row per key range of a job. The cursor moves only in the transaction that updated the
 -- rows it covers, and only while the lease token matches (fencing).
-CREATE TABLE progress (
+CREATE TABLE IF NOT EXISTS progress (
     job_id              bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     partition_index     integer NOT NULL,
     -- Bounds on the first key column, as text: keys in (lower_bound, upper_bound].
@@ -46,10 +48,10 @@ CREATE TABLE progress (
     PRIMARY KEY (job_id, partition_index)
 );
 
-CREATE INDEX progress_claimable ON progress (job_id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS progress_claimable ON progress (job_id) WHERE state = 'pending';
 
 -- Every submission and state change, with who asked.
-CREATE TABLE events (
+CREATE TABLE IF NOT EXISTS events (
     id          bigserial PRIMARY KEY,
     job_id      bigint NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     at          timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -60,4 +62,4 @@ CREATE TABLE events (
     detail      text
 );
 
-CREATE INDEX events_by_job ON events (job_id, id);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
