@@ -7,7 +7,7 @@
 CREATE TABLE IF NOT EXISTS jobs (
     id              bigserial PRIMARY KEY,
     name            text NOT NULL UNIQUE,
-    -- The definition as submitted (DESIGN.md §1 fields); PATCH rewrites its tunables.
+    -- The definition as submitted (the job file's fields); PATCH rewrites its tunables.
     spec            jsonb NOT NULL,
     state           text NOT NULL
                     CHECK (state IN ('queued', 'running', 'paused', 'completed', 'failed', 'cancelled')),
