@@ -47,6 +47,8 @@ async fn a_database_the_old_runner_migrated_upgrades_keeping_its_rows() {
          INSERT INTO progress (job_id, partition_index, cursor, rows_scanned)
               SELECT id, 0, ARRAY['41'], 41 FROM jobs;
          INSERT INTO events (job_id, actor, kind) SELECT id, 'test', 'submitted' FROM jobs;
+         INSERT INTO jobs (name, spec, state)
+              VALUES ('tuned', '{{\"batch_size\": 250, \"rows_per_second\": 40, \"pause\": \"1s 500ms\"}}', 'running');
          COMMIT;",
         include_str!("../migrations/0001_init.sql")
     ))
@@ -62,9 +64,11 @@ async fn a_database_the_old_runner_migrated_upgrades_keeping_its_rows() {
         "0001 is recorded (as a no-op) and the rest applied"
     );
     assert_eq!(
-        db.scalar_string("SELECT format('%s %s %s', name, spec, state) FROM backfilld.jobs")
-            .await
-            .unwrap(),
+        db.scalar_string(
+            "SELECT format('%s %s %s', name, spec, state) FROM backfilld.jobs WHERE name = 'kept'"
+        )
+        .await
+        .unwrap(),
         "kept {\"k\": 1} paused"
     );
     assert_eq!(
@@ -75,6 +79,16 @@ async fn a_database_the_old_runner_migrated_upgrades_keeping_its_rows() {
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM backfilld.events").await,
         1
+    );
+    // The live tunables' columns take each job's values from its stored definition.
+    assert_eq!(
+        db.scalar_string(
+            "SELECT string_agg(format('%s %s %s %s', name, batch_size, rows_per_second, pause_us), '; ' ORDER BY name)
+               FROM backfilld.jobs"
+        )
+        .await
+        .unwrap(),
+        "kept 1000  ; tuned 250 40 1500000"
     );
     assert_eq!(schemas_of(&db, "_sqlx_migrations").await, "backfilld");
     assert_eq!(schemas_of(&db, "schema_migrations").await, "");
