@@ -35,45 +35,89 @@ fn module_of(src: &Path, file: &Path) -> String {
     parts.join("::")
 }
 
-/// Every `crate::a::b` path a file names, cut to its first two segments.
-fn uses(text: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for (at, _) in text.match_indices("crate::") {
-        let rest = &text[at + "crate::".len()..];
+/// Every module path a file names, as written: `crate::a::b…`, `super::b…` (from inside
+/// module `a`), and `x::b…` after `use crate::x;` (an alias for a whole layer).
+fn paths(text: &str, module: &str) -> Vec<Vec<String>> {
+    let segments_after = |rest: &str| -> Vec<String> {
         let path: String = rest
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
             .collect();
-        let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
-        // Lower-case segments are modules; a type or function ends the module path.
-        let modules: Vec<&str> = segments
-            .iter()
-            .take_while(|s| s.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
-            .take(2)
-            .copied()
-            .collect();
-        if !modules.is_empty() {
-            found.insert(modules.join("::"));
+        path.split("::")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut found = Vec::new();
+    let mut aliases = Vec::new();
+    for (at, _) in text.match_indices("crate::") {
+        let segments = segments_after(&text[at + "crate::".len()..]);
+        if segments.len() == 1 && text[at..].starts_with(&format!("crate::{};", segments[0])) {
+            aliases.push(segments[0].clone());
+        }
+        found.push(segments);
+    }
+    let parent: Vec<String> = module.split("::").map(str::to_string).collect();
+    if parent.len() == 2 {
+        for (at, _) in text.match_indices("super::") {
+            let mut segments = vec![parent[0].clone()];
+            segments.extend(segments_after(&text[at + "super::".len()..]));
+            found.push(segments);
+        }
+    }
+    for alias in aliases {
+        let prefix = format!("{alias}::");
+        for (at, _) in text.match_indices(&prefix) {
+            let before = text[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let mut segments = vec![alias.clone()];
+            segments.extend(segments_after(&text[at + prefix.len()..]));
+            found.push(segments);
         }
     }
     found
+}
+
+/// A path as the module it reaches: its first two segments when they name a module, else its
+/// first (a function or type of a layer's own `mod.rs`).
+fn module_reached(segments: &[String], modules: &BTreeSet<String>) -> Option<String> {
+    let top = segments.first()?;
+    if let Some(second) = segments.get(1) {
+        let both = format!("{top}::{second}");
+        if modules.contains(&both) {
+            return Some(both);
+        }
+    }
+    Some(top.clone())
 }
 
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    let files: Vec<(String, String)> = files
+        .iter()
+        .map(|file| {
+            (
+                module_of(&src, file),
+                std::fs::read_to_string(file).unwrap(),
+            )
+        })
+        .filter(|(module, _)| module != "lib" && module != "main")
+        .collect();
+    let modules: BTreeSet<String> = files.iter().map(|(m, _)| m.clone()).collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in files {
-        let module = module_of(&src, &file);
-        if module == "lib" || module == "main" {
-            continue;
-        }
-        let text = std::fs::read_to_string(&file).unwrap();
+    for (module, text) in &files {
         let edges = graph.entry(module.clone()).or_default();
-        for used in uses(&text) {
-            // A module naming its own children (or itself) is not a dependency.
-            if used != module && !used.starts_with(&format!("{module}::")) {
+        for path in paths(text, module) {
+            let Some(used) = module_reached(&path, &modules) else {
+                continue;
+            };
+            // A module naming itself, or a folder module naming its children, is no
+            // dependency.
+            if used != *module && !used.starts_with(&format!("{module}::")) {
                 edges.insert(used);
             }
         }
@@ -122,7 +166,6 @@ fn no_module_imports_itself_through_others() {
         }
         path.push(module.to_string());
         for next in graph.get(module).into_iter().flatten() {
-            // A parent module (`engine`) is the folder, not a dependency of its children.
             if graph.contains_key(next) {
                 if let Some(cycle) = visit(next, graph, path, done) {
                     return Some(cycle);
@@ -150,5 +193,11 @@ fn the_scanner_sees_imports() {
         "{graph:#?}"
     );
     assert!(graph["api::jobs"].contains("status::view"), "{graph:#?}");
+    // Through an alias (`use crate::commands;` then `commands::run::…`) and through `super::`.
+    assert!(
+        graph["commands::cli"].contains("commands::run"),
+        "{graph:#?}"
+    );
+    assert!(graph["commands::run"].contains("commands"), "{graph:#?}");
     assert!(layer("commands::cli") > layer("spec"));
 }

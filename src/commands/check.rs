@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::commands::cli::CliError;
+use crate::commands::error::CliError;
 use crate::engine::catalog;
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::Schema;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands;
 use crate::commands::api_client::Client;
+use crate::commands::error::CliError;
 use crate::plumbing::config::{Overrides, Settings};
 
 #[derive(Debug, Parser)]
@@ -113,30 +114,6 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-}
-
-/// A command's failure, carrying its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Invalid job, config or connection: exit 2.
-    #[error("{0}")]
-    Invalid(String),
-    /// Anything else that stopped the command: exit 1.
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-impl CliError {
-    pub fn invalid(error: impl std::fmt::Display) -> CliError {
-        CliError::Invalid(error.to_string())
-    }
-
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CliError::Invalid(_) => 2,
-            CliError::Other(_) => 1,
-        }
-    }
 }
 
 impl Cli {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::commands::cli::CliError;
+use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::{sql, Schema};
 use crate::plumbing::shutdown::Shutdown;

@@ -1,6 +1,6 @@
 //! `backfilld migrate`: applies the daemon's own schema and says what it did.
 
-use crate::commands::cli::CliError;
+use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;
 
 pub async fn execute(settings: &Settings) -> Result<i32, CliError> {

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub mod cli;
 pub mod demo;
 pub(crate) mod display;
+pub mod error;
 pub(crate) mod jobs_dir;
 pub(crate) mod migrate;
 pub(crate) mod remote;
@@ -13,7 +14,7 @@ pub(crate) mod serve;
 
 use sqlx::PgPool;
 
-use crate::commands::cli::CliError;
+use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::{self, Schema};
 

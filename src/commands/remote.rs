@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::commands::api_client::{Client, ClientError};
-use crate::commands::cli::CliError;
+use crate::commands::error::CliError;
 use crate::spec::JobSpec;
 use crate::status::view::JobView;
 

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
-use crate::commands::cli::CliError;
 use crate::commands::display::{Baseline, Display};
+use crate::commands::error::CliError;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::engine::submit::{self, SubmitError};
