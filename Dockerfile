@@ -1,5 +1,9 @@
 # Multi-stage build: compile in the Rust image, run in a slim Debian as a non-root user.
 FROM rust:1-slim-bookworm AS build
+# pg_query builds PostgreSQL's own scanner from C and generates its bindings with libclang.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libclang-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src

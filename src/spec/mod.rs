@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod expression;
 mod tunables;
 mod window;
 pub use tunables::Tunables;
@@ -25,7 +26,8 @@ pub enum SpecError {
     #[error("{origin}: {field}: {message}")]
     Invalid {
         origin: String,
-        field: &'static str,
+        /// The field, as the author wrote it (`set.email` for one expression of `set`).
+        field: String,
         message: String,
     },
 }
@@ -278,9 +280,9 @@ impl JobSpec {
 
     /// Everything that can be checked without a database.
     pub fn validate(&self, origin: &str) -> Result<(), SpecError> {
-        let invalid = |field: &'static str, message: String| SpecError::Invalid {
+        let invalid = |field: &str, message: String| SpecError::Invalid {
             origin: origin.to_string(),
-            field,
+            field: field.to_string(),
             message,
         };
         if let Some(field) = self.field_with_nul() {
@@ -330,6 +332,9 @@ impl JobSpec {
                     format!("the expression for {column:?} is empty"),
                 ));
             }
+            if let Err(message) = expression::check(expression) {
+                return Err(invalid(&format!("set.{column}"), message));
+            }
             if self.key.0.contains(column) {
                 return Err(invalid(
                     "set",
@@ -339,11 +344,14 @@ impl JobSpec {
                 ));
             }
         }
-        if matches!(&self.filter, Some(w) if w.trim().is_empty()) {
-            return Err(invalid(
-                "where",
-                "is empty: leave it out to update every row".into(),
-            ));
+        if let Some(filter) = &self.filter {
+            if filter.trim().is_empty() {
+                return Err(invalid(
+                    "where",
+                    "is empty: leave it out to update every row".into(),
+                ));
+            }
+            expression::check(filter).map_err(|message| invalid("where", message))?;
         }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
             return Err(invalid(

@@ -220,10 +220,15 @@ impl BatchSql {
             let lasts: Vec<String> = (0..self.key.len()).map(last_of).collect();
             format!("({}) <= ({})", self.key_list(), lasts.join(", "))
         };
-        let mut update_conditions: Vec<String> = lower_condition.into_iter().collect();
-        update_conditions.push(upto_last);
+        let range: Vec<String> = lower_condition.into_iter().chain([upto_last]).collect();
+        let mut update_conditions = range.clone();
         if let Some(filter) = &self.filter {
+            // The key range stands on both sides of the author's text. The text is checked to
+            // balance its own parentheses before it gets here (`spec`); were one to slip
+            // through, `(range AND (a) OR (b) AND range)` still bounds both branches by the
+            // range, because AND binds tighter than OR.
             update_conditions.push(wrap(filter));
+            update_conditions.extend(range);
         }
         let last_key: Vec<String> = (0..self.key.len())
             .map(|i| format!("{}::text", batch_key(i)))
