@@ -390,16 +390,11 @@ async fn retuned_values_reach_the_worker_through_the_next_batch_fence() {
     let mut spec = job.spec().unwrap();
     spec.batch_size = 7;
     spec.pause = Some(std::time::Duration::from_millis(250));
-    jobs::replace_spec(
-        &db.pool,
-        &schema,
-        job.id,
-        &spec,
-        "test",
-        "batch_size, pause",
-    )
-    .await
-    .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::replace_spec(&mut tx, &schema, job.id, &spec, "test", "batch_size, pause")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     // The batch already sized reads the new values under its fence and pauses after itself...
     assert_eq!(
         worker.step(&cancel).await,
@@ -414,8 +409,10 @@ async fn retuned_values_reach_the_worker_through_the_next_batch_fence() {
     assert_eq!(runtime.snapshot().batch_size, 7);
     // Removing the pause reaches the worker the same way.
     spec.pause = None;
-    jobs::replace_spec(&db.pool, &schema, job.id, &spec, "test", "pause")
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::replace_spec(&mut tx, &schema, job.id, &spec, "test", "pause")
         .await
         .unwrap();
+    tx.commit().await.unwrap();
     assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
 }

@@ -210,7 +210,13 @@ pub async fn patch_job(
     let bytes = body(bytes)?;
     let tuning: Tuning = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let job = find_job(&state, &name).await?;
+    let found = find_job(&state, &name).await?;
+    // Read, change and write the definition with its row locked, so two PATCHes of different
+    // fields both land and none changes a job that ended meanwhile.
+    let mut tx = state.pool.begin().await?;
+    let job = jobs::lock(&mut tx, &state.schema, found.id)
+        .await?
+        .ok_or_else(|| ApiError::unknown_job(&name))?;
     if job.state.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "job {name:?} is {}; only a live job can be re-tuned",
@@ -247,7 +253,10 @@ pub async fn patch_job(
     let stored = job.spec().unwrap_or_else(|_| spec.clone());
     let changed = stored.differences(&spec).join(", ");
     if !changed.is_empty() {
-        jobs::replace_spec(&state.pool, &state.schema, job.id, &spec, &actor, &changed).await?;
+        jobs::replace_spec(&mut tx, &state.schema, job.id, &spec, &actor, &changed).await?;
+    }
+    tx.commit().await?;
+    if !changed.is_empty() {
         tracing::info!(job = %name, actor = %actor, changed = %changed, "job re-tuned");
     }
     let job = find_job(&state, &name).await?;

@@ -212,14 +212,25 @@ async fn retune_from_file(
     job: &jobs::JobRow,
     spec: &JobSpec,
 ) -> Result<(), CliError> {
+    let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
+    let Some(job) = jobs::lock(&mut tx, schema, job.id)
+        .await
+        .map_err(anyhow::Error::from)?
+    else {
+        return Err(CliError::Other(anyhow::anyhow!(
+            "job {} disappeared",
+            spec.name
+        )));
+    };
     let stored = job.spec().map_err(CliError::invalid)?;
     if stored == *spec {
         return Ok(());
     }
     let changed = stored.differences(spec).join(", ");
-    jobs::replace_spec(pool, schema, job.id, spec, ACTOR, &changed)
+    jobs::replace_spec(&mut tx, schema, job.id, spec, ACTOR, &changed)
         .await
         .map_err(anyhow::Error::from)?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(job = %spec.name, changed = %changed, "applied the file's tunables");
     Ok(())
 }

@@ -199,17 +199,34 @@ pub async fn transition(
     Ok(Transition::Done { from: current })
 }
 
+/// Job `id`, its row locked until the caller's transaction ends: a read-modify-write of the
+/// definition (a re-tune) holds it, so concurrent changes and state changes serialize instead
+/// of one silently undoing the other.
+pub async fn lock(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: i64,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(sql(format!(
+        "SELECT {COLUMNS} FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        schema.q
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Rewrites the stored definition (tunables only: callers check `JobSpec::same_work`) and the
-/// live tunables with it, with an event naming what changed.
+/// live tunables with it, with an event naming what changed, in the caller's transaction
+/// (which holds the row from [`lock`]).
 pub async fn replace_spec(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     schema: &Schema,
     id: i64,
     spec: &JobSpec,
     actor: &str,
     changed: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
     sqlx::query(sql(format!(
@@ -223,10 +240,10 @@ pub async fn replace_spec(
     .bind(live.batch_size)
     .bind(live.rows_per_second)
     .bind(live.pause_us)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
     events::record(
-        &mut *tx,
+        &mut *conn,
         schema,
         id,
         actor,
@@ -234,8 +251,7 @@ pub async fn replace_spec(
         None,
         Some(&format!("changed: {changed}")),
     )
-    .await?;
-    tx.commit().await
+    .await
 }
 
 /// Ids of queued jobs, oldest first.
