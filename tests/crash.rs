@@ -6,7 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{api, bin, job_toml, text, TestDb};
+use common::{api, assert_each_hit_once, bin, hits_table, job_toml, text, TestDb};
 use rand::Rng;
 
 fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
@@ -20,19 +20,11 @@ fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
         .expect("spawn backfilld run")
 }
 
-async fn hits_summary(db: &TestDb) -> String {
-    db.scalar_string(
-        "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM t",
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let db = TestDb::new().await;
     let rows = 20_000;
-    api::hits_table(&db, rows).await;
+    hits_table(&db.pool, "t", "bigint", "i", rows).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -75,16 +67,13 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     );
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_eq!(
-        hits_summary(&db).await,
-        format!("{rows} rows, min 1, max 1")
-    );
+    assert_each_hit_once(&db.pool, "t", rows).await;
 }
 
 #[tokio::test]
 async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 10000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10000).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -126,7 +115,7 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
     );
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_eq!(hits_summary(&db).await, "10000 rows, min 1, max 1");
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
 #[tokio::test]
@@ -179,7 +168,7 @@ async fn demo_runs_both_example_jobs() {
 #[tokio::test]
 async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 20_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 20_000).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(

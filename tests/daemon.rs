@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{self, hits_table, scanned, Api, ADMIN, TOKENS};
-use common::{eventually, job_toml, Daemon, TestDb};
+use common::api::{self, scanned, Api, ADMIN, TOKENS};
+use common::{assert_each_hit_once, eventually, hits_table, job_toml, Daemon, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -17,14 +17,10 @@ fn hits_job(name: &str, extra: &str) -> Value {
     api::hits_job(name, serde_json::from_str(extra).unwrap())
 }
 
-async fn assert_each_hit_once(db: &TestDb, rows: i64) {
-    api::assert_each_hit_once(db, "t", rows).await;
-}
-
 #[tokio::test]
 async fn submit_runs_to_completion_over_json_and_toml() {
     let db = TestDb::new().await;
-    hits_table(&db, 3_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 3_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     let (status, job) = api
@@ -37,7 +33,7 @@ async fn submit_runs_to_completion_over_json_and_toml() {
     assert_eq!(job["partitions"].as_array().unwrap().len(), 2);
     api.wait_state("by-json", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 3_000).await;
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
 
     // The same document as TOML, under another name, to a second column.
     db.exec("ALTER TABLE t ADD COLUMN copied int").await;
@@ -98,7 +94,7 @@ async fn submit_runs_to_completion_over_json_and_toml() {
 #[tokio::test]
 async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     let db = TestDb::new().await;
-    hits_table(&db, 6_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 6_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
@@ -145,7 +141,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     oncall
         .wait_state("pausable", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 6_000).await;
+    assert_each_hit_once(&db.pool, "t", 6_000).await;
     let (_, events) = oncall.get("/api/v1/jobs/pausable/events").await;
     let pause = events["events"]
         .as_array()
@@ -159,7 +155,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
 #[tokio::test]
 async fn cancel_stops_the_job_for_good() {
     let db = TestDb::new().await;
-    hits_table(&db, 5_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 5_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -206,7 +202,7 @@ async fn measured_rate(db: &TestDb, over: Duration) -> f64 {
 #[tokio::test]
 async fn patch_changes_the_measured_rate_within_a_batch() {
     let db = TestDb::new().await;
-    hits_table(&db, 30_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 30_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
@@ -271,7 +267,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
 #[tokio::test]
 async fn tokens_and_roles_are_enforced() {
     let db = TestDb::new().await;
-    hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let anonymous = Api::new(&daemon, None);
     let wrong = Api::new(&daemon, Some("not-a-token-at-all"));
@@ -326,7 +322,7 @@ async fn tokens_and_roles_are_enforced() {
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let db = TestDb::new().await;
-    hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     admin
@@ -418,7 +414,7 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
 #[tokio::test]
 async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     let db = TestDb::new().await;
-    hits_table(&db, 20_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 20_000).await;
     let jobs_dir = api::jobs_dir(&db);
     let config = format!("workers = 2\n{TOKENS}");
     let first = Daemon::start(&db.url, &db.dir, &config, &jobs_dir);
@@ -458,13 +454,13 @@ async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     assert_eq!(status, StatusCode::OK);
     one.wait_state("shared", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 20_000).await;
+    assert_each_hit_once(&db.pool, "t", 20_000).await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_batches_and_exits_0() {
     let db = TestDb::new().await;
-    hits_table(&db, 10_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10_000).await;
     let mut daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -499,13 +495,13 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
     Api::new(&next, Some(ADMIN))
         .wait_state("drained", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 10_000).await;
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
 #[tokio::test]
 async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     let db = TestDb::new().await;
-    hits_table(&db, 12_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 12_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -533,7 +529,7 @@ async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     }
     api.wait_state("resilient", "completed", Duration::from_secs(90))
         .await;
-    assert_each_hit_once(&db, 12_000).await;
+    assert_each_hit_once(&db.pool, "t", 12_000).await;
 }
 
 #[tokio::test]
@@ -578,7 +574,7 @@ async fn no_tokens_means_loopback_only() {
 #[tokio::test]
 async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
     let db = TestDb::new().await;
-    hits_table(&db, 500).await;
+    hits_table(&db.pool, "t", "bigint", "i", 500).await;
     db.exec("ALTER TABLE t ADD COLUMN other int").await;
     let dir = api::jobs_dir(&db);
     std::fs::write(
@@ -612,7 +608,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
     let (_, job) = api.get("/api/v1/jobs/from-dir").await;
     assert_eq!(job["state"], json!("completed"));
     assert_eq!(job["spec"]["set"], json!({"hits": "hits + 1"}));
-    assert_each_hit_once(&db, 500).await;
+    assert_each_hit_once(&db.pool, "t", 500).await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE other IS NOT NULL")
             .await,
@@ -623,7 +619,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
 #[tokio::test]
 async fn cli_client_commands_speak_to_the_daemon() {
     let db = TestDb::new().await;
-    hits_table(&db, 4_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 4_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let file = db.write_job(
         "cli.toml",

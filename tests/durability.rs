@@ -107,13 +107,7 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     let (dir, port) = crashable_server();
     let url = cluster::url(port);
     let mut conn = connect(&url).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {ROWS}) i;"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    common::hits_table(&mut conn, "t", "bigint", "i", ROWS).await;
     let job = dir.path.join("hits.toml");
     std::fs::write(
         &job,
@@ -199,12 +193,7 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_eq!(
-        scalar(&mut conn, "SELECT count(*) FROM t WHERE hits = 1").await,
-        ROWS,
-        "every row exactly once after the rerun"
-    );
-    assert_eq!(scalar(&mut conn, "SELECT max(hits)::int8 FROM t").await, 1);
+    common::assert_each_hit_once(&mut conn, "t", ROWS).await;
     println!("synchronous_commit = {synchronous_commit}: checkpointed rows seen before the crash {seen}, after recovery {recovered}");
     Crash { seen, recovered }
 }

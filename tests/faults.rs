@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::api::{
-    assert_each_hit_once, assert_no_panic, assert_table_matches_checkpoints, hits_job, hits_table,
-    jobs_dir, scanned, Api, ADMIN, TOKENS,
+    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, scanned, Api, ADMIN,
+    TOKENS,
 };
-use common::{eventually, http_status, Daemon, TestDb};
+use common::{assert_each_hit_once, eventually, hits_table, http_status, Daemon, TestDb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -46,7 +46,7 @@ async fn backfilld_sessions(db: &TestDb, state: &str, waiting_on_lock: bool) -> 
 #[tokio::test]
 async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes() {
     let db = TestDb::new().await;
-    hits_table(&db, 3_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 3_000).await;
     let dir = jobs_dir(&db);
     let config = format!("lease_ttl = \"2s\"\nworkers = 2\n{TOKENS}");
     let mut stalled = Daemon::start(&db.url, &db.dir, &config, &dir);
@@ -90,7 +90,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     Api::new(&taker, Some(ADMIN))
         .wait_state("fenced", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, "t", 3_000).await;
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
 
     // The stalled process wakes up, still believing it holds the partition mid-batch.
     stalled.signal("CONT");
@@ -108,7 +108,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     }
     assert_eq!(http_status(&stalled.base, "/healthz"), Some(200));
     // Its stale batch did not commit: still exactly once, and the checkpoints agree.
-    assert_each_hit_once(&db, "t", 3_000).await;
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
     assert_eq!(scanned(&db).await, 3_000);
     assert_no_panic(&stalled.log());
     assert_no_panic(&taker.log());
@@ -119,7 +119,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
 #[tokio::test]
 async fn a_killed_process_has_its_partitions_taken_over() {
     let db = TestDb::new().await;
-    hits_table(&db, 10_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10_000).await;
     let dir = jobs_dir(&db);
     // A long lease: the takeover must come from the dead process's presence session closing,
     // not from waiting the lease out.
@@ -164,7 +164,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
     // Well within the 60 s lease: the takeover did not wait for it.
     api.wait_state("orphaned", "completed", Duration::from_secs(40))
         .await;
-    assert_each_hit_once(&db, "t", 10_000).await;
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
     assert_no_panic(&heir.log());
 }
 
@@ -184,7 +184,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
     let mut rng = StdRng::seed_from_u64(seed);
     let rows = 30_000;
     let db = TestDb::new().await;
-    hits_table(&db, rows).await;
+    hits_table(&db.pool, "t", "bigint", "i", rows).await;
     let dir = jobs_dir(&db);
     let config = format!("lease_ttl = \"2s\"\nworkers = 2\nshutdown_timeout = \"5s\"\n{TOKENS}");
     let mut replicas: Vec<Replica> = (0..3)
@@ -283,7 +283,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
     let job = api
         .wait_state("chaos", "completed", Duration::from_secs(90))
         .await;
-    assert_each_hit_once(&db, "t", rows).await;
+    assert_each_hit_once(&db.pool, "t", rows).await;
     assert_eq!(job["rows_scanned"], json!(rows), "seed {seed}: {job}");
     for replica in &replicas {
         assert_no_panic(&replica.daemon.as_ref().unwrap().log());

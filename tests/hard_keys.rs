@@ -10,10 +10,10 @@ mod common;
 use std::time::Duration;
 
 use common::api::{
-    assert_each_hit_once, assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir,
-    scanned, Api, ADMIN, TOKENS,
+    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, scanned, Api, ADMIN,
+    TOKENS,
 };
-use common::{eventually, job_toml, text, Daemon, TestDb};
+use common::{assert_each_hit_once, eventually, hits_table, job_toml, text, Daemon, TestDb};
 use serde_json::json;
 
 /// (table, key column type or composite definition, key for the job, rows SQL, partitions)
@@ -158,8 +158,7 @@ async fn hard_keys_with_partitions_increment_each_row_once() {
 #[tokio::test]
 async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
     let db = TestDb::new().await;
-    db.exec("CREATE TABLE empty (k bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0)")
-        .await;
+    hits_table(&db.pool, "empty", "bigint", "i", 0).await;
     for partitions in [1, 4] {
         let name = format!("empty{partitions}");
         let job = db.write_job(
@@ -167,7 +166,7 @@ async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
             &job_toml(
                 &name,
                 "empty",
-                "\"k\"",
+                "\"id\"",
                 "hits = \"hits + 1\"",
                 &format!("partitions = {partitions}"),
             ),
@@ -183,20 +182,20 @@ async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
     }
     // A row inserted after the empty job completed is not the job's business any more; one
     // inserted into a fresh job's unbounded last range is.
-    db.exec("INSERT INTO empty (k) VALUES (5)").await;
+    db.exec("INSERT INTO empty (id) VALUES (5)").await;
     let job = db.write_job(
         "late.toml",
         &job_toml(
             "late",
             "empty",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "partitions = 4",
         ),
     );
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_each_hit_once(&db, "empty", 1).await;
+    assert_each_hit_once(&db.pool, "empty", 1).await;
 }
 
 /// `t (id, base, derived, hits)`: the job reads `base`, writes `derived` and counts in `hits`.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{api, eventually, Daemon, TestDb};
+use common::{api, eventually, hits_table, Daemon, TestDb};
 use serde_json::{json, Value};
 
 /// The metric names of DESIGN.md §5.
@@ -150,7 +150,7 @@ async fn prom_query(http: &reqwest::Client, base: &str, query: &str) -> Option<V
 #[tokio::test]
 async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 200000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 200000).await;
     let jobs = api::jobs_dir(&db);
     let daemon = Daemon::start(&db.url, &db.dir, "", &jobs);
     let http = reqwest::Client::new();
@@ -232,7 +232,7 @@ async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
 async fn the_exposition_passes_promtool_and_carries_every_design_metric() {
     let promtool = require("promtool", "prometheus");
     let db = TestDb::new().await;
-    api::hits_table(&db, 2000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2000).await;
     let jobs = api::jobs_dir(&db);
     std::fs::write(
         jobs.join("j.toml"),

@@ -64,25 +64,12 @@ async fn pool(url: &str) -> PgPool {
         .unwrap()
 }
 
-async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
     let cluster = Cluster::start();
     let primary = pool(&cluster.url(cluster.primary_port)).await;
     let standby = pool(&cluster.url(cluster.standby_port)).await;
-    sqlx::raw_sql(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, 20000) i;",
-    )
-    .execute(&primary)
-    .await
-    .unwrap();
+    common::hits_table(&primary, "t", "bigint", "i", 20_000).await;
     common::eventually(
         Duration::from_secs(30),
         "the standby to catch up",
@@ -177,12 +164,5 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
         "{}",
         std::fs::read_to_string(&log_path).unwrap()
     );
-    assert_eq!(
-        scalar(&primary, "SELECT count(*) FROM t WHERE hits = 1").await,
-        20_000
-    );
-    assert_eq!(
-        scalar(&primary, "SELECT count(*) FROM t WHERE hits <> 1").await,
-        0
-    );
+    common::assert_each_hit_once(&primary, "t", 20_000).await;
 }

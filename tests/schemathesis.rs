@@ -8,8 +8,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::api::{assert_no_panic, hits_job, hits_table, jobs_dir, Api, ADMIN, TOKENS};
-use common::{text, Daemon, TestDb};
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{hits_table, text, Daemon, TestDb};
 use serde_json::json;
 
 /// The version `.ci/run` installs.
@@ -67,7 +67,7 @@ fn run_pass(daemon: &Daemon, config: Option<&std::path::Path>, seed: u32) {
 #[tokio::test]
 async fn the_api_conforms_to_its_openapi_document_under_schemathesis() {
     let db = TestDb::new().await;
-    hits_table(&db, 5_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 5_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     // A slow live job for the pass that aims at it.

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use backfilld::engine::worker::{Step, Worker};
-use common::{api, eventually, job_toml, start_job, TestDb};
+use common::{api, eventually, hits_table, job_toml, start_job, TestDb};
 use tokio_util::sync::CancellationToken;
 
 fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
@@ -15,7 +15,7 @@ fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
 #[tokio::test]
 async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 200_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 200_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
@@ -91,7 +91,7 @@ async fn throttle_reason(job: &backfilld::engine::runtime::JobRuntime) -> Option
 #[tokio::test]
 async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
     let (runtime, env, mut positions, _presence) = start_job(
@@ -153,7 +153,7 @@ async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
 #[tokio::test]
 async fn busy_databases_and_closed_windows_hold_the_job() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     // Three application sessions busy at once.
     let mut sleepers = Vec::new();
     for _ in 0..3 {
@@ -207,8 +207,7 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
         )
     };
     let window = format!("{}-{} Asia/Tokyo", at(now_minute + 60), at(now_minute - 60));
-    db.exec("CREATE TABLE u (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0); INSERT INTO u SELECT i FROM generate_series(1, 100) i;")
-        .await;
+    hits_table(&db.pool, "u", "bigint", "i", 100).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
@@ -238,7 +237,7 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
 #[tokio::test]
 async fn the_api_and_metrics_show_the_throttle_reason() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
     let jobs = api::jobs_dir(&db);
@@ -292,7 +291,7 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
 #[tokio::test]
 async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let before = db.fingerprint().await;
     let cases = [
         (

@@ -133,15 +133,6 @@ impl Api {
     }
 }
 
-/// `t (id bigint PRIMARY KEY, hits int)` with ids 1..=rows.
-pub async fn hits_table(db: &TestDb, rows: i64) {
-    db.exec(&format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
-}
-
 /// A non-idempotent job over `t`: running a batch twice shows as `hits = 2`.
 pub fn hits_job(name: &str, extra: Value) -> Value {
     let mut job = json!({
@@ -167,20 +158,6 @@ pub async fn wait_for_progress(db: &TestDb, rows: i64) {
 
 pub async fn scanned(db: &TestDb) -> i64 {
     super::checkpointed(&db.pool).await
-}
-
-/// `rows` rows in `table`, every one with `hits = 1`.
-pub async fn assert_each_hit_once(db: &TestDb, table: &str, rows: i64) {
-    let summary = db
-        .scalar_string(&format!(
-            "SELECT count(*) || ' rows, min ' || coalesce(min(hits), 0) || ', max ' || coalesce(max(hits), 0) FROM {table}"
-        ))
-        .await;
-    assert_eq!(
-        summary.as_deref(),
-        Some(&*format!("{rows} rows, min 1, max 1")),
-        "{table}: not every row incremented exactly once"
-    );
 }
 
 /// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none

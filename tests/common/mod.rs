@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
 
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL")
@@ -350,11 +350,46 @@ pub async fn start_job(
 
 /// Keys the jobs in the database behind `executor` have checkpointed, as other sessions see
 /// them; 0 before backfilld's schema exists (a test may poll before the binary migrated).
-pub async fn checkpointed<'e>(executor: impl sqlx::PgExecutor<'e>) -> i64 {
+pub async fn checkpointed<'e>(executor: impl PgExecutor<'e>) -> i64 {
     sqlx::query_scalar::<_, i64>(
         "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
     )
     .fetch_one(executor)
     .await
     .unwrap_or(0)
+}
+
+/// `table (id <key_type> PRIMARY KEY, hits int NOT NULL DEFAULT 0)` with one row per `i` in
+/// 1..=rows, its key `key_expr` (an expression over `i`). A non-idempotent job over it
+/// (`hits = hits + 1`) shows a lost batch as `hits = 0` and a doubled one as `hits = 2`.
+pub async fn hits_table<'e>(
+    executor: impl PgExecutor<'e>,
+    table: &str,
+    key_type: &str,
+    key_expr: &str,
+    rows: i64,
+) {
+    let sql = format!(
+        "CREATE TABLE {table} (id {key_type} PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO {table} (id) SELECT {key_expr} FROM generate_series(1, {rows}) i;"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+        .execute(executor)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `rows` rows in `table`, every one with `hits = 1`.
+pub async fn assert_each_hit_once<'e>(executor: impl PgExecutor<'e>, table: &str, rows: i64) {
+    let summary: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) || ' rows, min ' || coalesce(min(hits), 0) || ', max ' || coalesce(max(hits), 0) FROM {table}"
+    )))
+    .fetch_one(executor)
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.as_deref(),
+        Some(&*format!("{rows} rows, min 1, max 1")),
+        "{table}: not every row incremented exactly once"
+    );
 }
