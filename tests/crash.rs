@@ -6,7 +6,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{api, assert_each_hit_once, bin, hits_table, job_toml, text, TestDb};
+use common::{
+    api, assert_each_hit_once, bin, checkpointed, hits_table, job_toml, text, wait_for_progress,
+    TestDb,
+};
 use rand::Rng;
 
 fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
@@ -41,7 +44,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let mut kills = 0;
     for round in 0..4 {
         let mut child = spawn_run(&db, &job);
-        api::wait_for_progress(&db, (round + 1) * 1_000).await;
+        wait_for_progress(&db, (round + 1) * 1_000, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -54,9 +57,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
         );
         // Between kills the table must always be consistent with the checkpoint: rows up to
         // the cursors were incremented once, the rest not at all.
-        let scanned = db
-            .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-            .await;
+        let scanned = checkpointed(&db.pool).await;
         let touched = db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await;
         let wrong = db.scalar_i64("SELECT count(*) FROM t WHERE hits > 1").await;
         assert_eq!((touched, wrong), (scanned, 0), "after kill {round}");
@@ -85,7 +86,7 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
         ),
     );
     let child = spawn_run(&db, &job);
-    api::wait_for_progress(&db, 500).await;
+    wait_for_progress(&db, 500, Duration::from_secs(60)).await;
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -99,9 +100,7 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
         "{}",
         text(&output)
     );
-    let scanned = db
-        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-        .await;
+    let scanned = checkpointed(&db.pool).await;
     assert!(scanned > 0 && scanned < 10_000, "scanned {scanned}");
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
@@ -209,9 +208,7 @@ async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("paused by an operator"));
-    let scanned = db
-        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-        .await;
+    let scanned = checkpointed(&db.pool).await;
     assert!(scanned < 20_000, "the pause came too late to matter");
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,

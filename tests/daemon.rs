@@ -5,8 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{self, scanned, Api, ADMIN, TOKENS};
-use common::{assert_each_hit_once, eventually, hits_table, job_toml, Daemon, TestDb};
+use common::api::{self, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, checkpointed, eventually, hits_table, job_toml, wait_for_progress,
+    Daemon, TestDb,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -108,11 +111,11 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    api::wait_for_progress(&db, 500).await;
+    wait_for_progress(&db, 500, Duration::from_secs(60)).await;
     let (status, job) = oncall.post("/api/v1/jobs/pausable/pause", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("paused"));
-    let at_pause = scanned(&db).await;
+    let at_pause = checkpointed(&db.pool).await;
     // Every worker lets go of its partition once it has noticed.
     eventually(Duration::from_secs(10), "leases released", || async {
         (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
@@ -121,14 +124,14 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
             .then_some(())
     })
     .await;
-    let stopped = scanned(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     assert!(
         stopped - at_pause <= 2 * 100,
         "more than one batch per partition after the pause: {at_pause} -> {stopped}"
     );
     // Still nothing a second later: the job really is stopped.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scanned(&db).await, stopped);
+    assert_eq!(checkpointed(&db.pool).await, stopped);
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
         stopped
@@ -163,7 +166,7 @@ async fn cancel_stops_the_job_for_good() {
         Some(hits_job("doomed", r#"{"rows_per_second": 1000}"#)),
     )
     .await;
-    api::wait_for_progress(&db, 200).await;
+    wait_for_progress(&db, 200, Duration::from_secs(60)).await;
     let (status, job) = api.post("/api/v1/jobs/doomed/cancel", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("cancelled"));
@@ -174,7 +177,7 @@ async fn cancel_stops_the_job_for_good() {
             .then_some(())
     })
     .await;
-    let stopped = scanned(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     assert!(stopped < 5_000);
     for action in ["resume", "pause", "cancel"] {
         let (status, _) = api
@@ -194,9 +197,9 @@ async fn cancel_stops_the_job_for_good() {
 
 /// Rows scanned per second, measured from the database over `over`.
 async fn measured_rate(db: &TestDb, over: Duration) -> f64 {
-    let (before, t0) = (scanned(db).await, Instant::now());
+    let (before, t0) = (checkpointed(&db.pool).await, Instant::now());
     tokio::time::sleep(over).await;
-    (scanned(db).await - before) as f64 / t0.elapsed().as_secs_f64()
+    (checkpointed(&db.pool).await - before) as f64 / t0.elapsed().as_secs_f64()
 }
 
 #[tokio::test]
@@ -215,7 +218,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
             )),
         )
         .await;
-    api::wait_for_progress(&db, 100).await;
+    wait_for_progress(&db, 100, Duration::from_secs(60)).await;
     let slow = measured_rate(&db, Duration::from_secs(2)).await;
     let (status, job) = oncall
         .patch(
@@ -447,9 +450,13 @@ async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
             .then_some(())
     })
     .await;
-    let stopped = scanned(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scanned(&db).await, stopped, "work went on after the pause");
+    assert_eq!(
+        checkpointed(&db.pool).await,
+        stopped,
+        "work went on after the pause"
+    );
     let (status, _) = one.post("/api/v1/jobs/shared/resume", None).await;
     assert_eq!(status, StatusCode::OK);
     one.wait_state("shared", "completed", Duration::from_secs(60))
@@ -471,7 +478,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         )),
     )
     .await;
-    api::wait_for_progress(&db, 300).await;
+    wait_for_progress(&db, 300, Duration::from_secs(60)).await;
     daemon.signal("TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(30)),
@@ -479,7 +486,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         "{}",
         daemon.log()
     );
-    let stopped = scanned(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
         stopped
@@ -513,10 +520,7 @@ async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     )
     .await;
     for round in 0..3 {
-        eventually(Duration::from_secs(30), "progress", || async {
-            (scanned(&db).await >= 1_500 * (round + 1)).then_some(())
-        })
-        .await;
+        wait_for_progress(&db, 1_500 * (round + 1), Duration::from_secs(30)).await;
         // Every backfilld session in this database, mid-batch or idle, is cut.
         let cut = db
             .scalar_i64(&format!(

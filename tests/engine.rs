@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use backfilld::engine::worker::{Step, Worker, WorkerExit};
 use backfilld::store::{jobs, JobState};
-use common::{assert_each_hit_once, hits_table, job_toml, start_job, text, TestDb};
+use common::{assert_each_hit_once, checkpointed, hits_table, job_toml, start_job, text, TestDb};
 use tokio_util::sync::CancellationToken;
 
 /// A products table, and a copy to which one plain UPDATE is applied for comparison.
@@ -68,8 +68,7 @@ async fn completed_job_equals_one_plain_update() {
     assert_eq!(differing, 0);
     // 10% of rows were already done: scanned, not updated.
     let (scanned, updated) = (
-        db.scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-            .await,
+        checkpointed(&db.pool).await,
         db.scalar_i64("SELECT sum(rows_updated)::int8 FROM backfilld.progress")
             .await,
     );

@@ -8,10 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::api::{
-    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, scanned, Api, ADMIN,
-    TOKENS,
+    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, Api, ADMIN, TOKENS,
 };
-use common::{assert_each_hit_once, eventually, hits_table, http_status, Daemon, TestDb};
+use common::{
+    assert_each_hit_once, checkpointed, eventually, hits_table, http_status, wait_for_progress,
+    Daemon, TestDb,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -66,7 +68,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
         || async { (backfilld_sessions(&db, "active", true).await == 1).then_some(()) },
     )
     .await;
-    assert_eq!(scanned(&db).await, 1_000);
+    assert_eq!(checkpointed(&db.pool).await, 1_000);
     let stale_owner = owners(&db).await;
     assert!(owned_by(&stale_owner[0], &stalled), "{stale_owner:?}");
 
@@ -81,7 +83,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     eventually(
         Duration::from_secs(10),
         "the in-flight batch to commit whole",
-        || async { (scanned(&db).await == 1_100).then_some(()) },
+        || async { (checkpointed(&db.pool).await == 1_100).then_some(()) },
     )
     .await;
     assert_table_matches_checkpoints(&db, "t").await;
@@ -109,7 +111,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     assert_eq!(http_status(&stalled.base, "/healthz"), Some(200));
     // Its stale batch did not commit: still exactly once, and the checkpoints agree.
     assert_each_hit_once(&db.pool, "t", 3_000).await;
-    assert_eq!(scanned(&db).await, 3_000);
+    assert_eq!(checkpointed(&db.pool).await, 3_000);
     assert_no_panic(&stalled.log());
     assert_no_panic(&taker.log());
     stalled.signal("TERM");
@@ -138,7 +140,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
             let owners = owners(&db).await;
             (owners.len() == 2
                 && owners.iter().all(|o| owned_by(o, &victim))
-                && scanned(&db).await >= 1_000)
+                && checkpointed(&db.pool).await >= 1_000)
                 .then_some(())
         },
     )
@@ -146,7 +148,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
     let heir = Daemon::start(&db.url, &db.dir, &config, &dir);
     victim.child.kill().unwrap(); // SIGKILL: no drain, no release
     victim.child.wait().unwrap();
-    let at_kill = scanned(&db).await;
+    let at_kill = checkpointed(&db.pool).await;
     assert!(at_kill < 10_000, "the job ended before the kill");
     let api = Api::new(&heir, Some(ADMIN));
     eventually(
@@ -199,10 +201,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
             json!({"partitions": 4, "rows_per_second": 1200, "batch_size": 60}),
         ))
         .await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await > 0).then_some(())
-    })
-    .await;
+    wait_for_progress(&db, 1, Duration::from_secs(30)).await;
 
     let mut actions = Vec::new();
     let mut landed_while_running = 0;

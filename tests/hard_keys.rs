@@ -10,10 +10,12 @@ mod common;
 use std::time::Duration;
 
 use common::api::{
-    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, scanned, Api, ADMIN,
-    TOKENS,
+    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, Api, ADMIN, TOKENS,
 };
-use common::{assert_each_hit_once, eventually, hits_table, job_toml, text, Daemon, TestDb};
+use common::{
+    assert_each_hit_once, checkpointed, hits_table, job_toml, text, wait_for_progress, Daemon,
+    TestDb,
+};
 use serde_json::json;
 
 /// (table, key column type or composite definition, key for the job, rows SQL, partitions)
@@ -222,17 +224,14 @@ async fn change_schema_under_the_job(ddl: &str, table_after: &str) -> serde_json
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.submit(derived_job("doomed")).await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 600).then_some(())
-    })
-    .await;
+    wait_for_progress(&db, 600, Duration::from_secs(30)).await;
     db.exec(ddl).await;
     let job = api
         .wait_state("doomed", "failed", Duration::from_secs(30))
         .await;
     // Nothing half-written: the rows hit are exactly those the checkpoints cover, each once.
     assert_table_matches_checkpoints(&db, table_after).await;
-    let scanned = scanned(&db).await;
+    let scanned = checkpointed(&db.pool).await;
     assert!(scanned < 6_000, "the job finished before the change");
     assert_eq!(job["rows_scanned"], json!(scanned));
     println!("last_error: {}", job["last_error"]);

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::api::assert_table_matches_checkpoints;
-use common::{bin, eventually, job_toml, text, TestDb};
+use common::{bin, job_toml, text, wait_for_progress, TestDb};
 
 const ROWS: i64 = 20_000;
 
@@ -61,10 +61,8 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    eventually(Duration::from_secs(30), "the job under way", || async {
-        (common::checkpointed(&db.pool).await > 0).then_some(())
-    })
-    .await;
+    // The job under way.
+    wait_for_progress(&db, 1, Duration::from_secs(30)).await;
 
     let script = db.dir.join("app.sql");
     std::fs::write(&script, APP_SCRIPT).unwrap();

@@ -146,20 +146,6 @@ pub fn hits_job(name: &str, extra: Value) -> Value {
     job
 }
 
-/// Waits (bounded) until the job's checkpoints cover at least `rows` keys.
-pub async fn wait_for_progress(db: &TestDb, rows: i64) {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{rows} rows checkpointed"),
-        || async { (scanned(db).await >= rows).then_some(()) },
-    )
-    .await
-}
-
-pub async fn scanned(db: &TestDb) -> i64 {
-    super::checkpointed(&db.pool).await
-}
-
 /// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
 /// has more: nothing half-written, nothing doubled. One statement, so one snapshot, even while
 /// batches commit.

@@ -359,6 +359,14 @@ pub async fn checkpointed<'e>(executor: impl PgExecutor<'e>) -> i64 {
     .unwrap_or(0)
 }
 
+/// Waits (bounded by `within`) until the checkpoints cover at least `rows` keys.
+pub async fn wait_for_progress(db: &TestDb, rows: i64, within: std::time::Duration) {
+    eventually(within, &format!("{rows} rows checkpointed"), || async {
+        (checkpointed(&db.pool).await >= rows).then_some(())
+    })
+    .await
+}
+
 /// `table (id <key_type> PRIMARY KEY, hits int NOT NULL DEFAULT 0)` with one row per `i` in
 /// 1..=rows, its key `key_expr` (an expression over `i`). A non-idempotent job over it
 /// (`hits = hits + 1`) shows a lost batch as `hits = 0` and a doubled one as `hits = 2`.
