@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::api::{self, Api, ADMIN, TOKENS};
 use common::{
-    assert_each_hit_once, checkpointed, eventually, hits_table, job_toml, wait_for_progress,
-    Daemon, TestDb,
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, hits_table,
+    job_toml, wait_for_progress, Daemon, TestDb,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -133,7 +133,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(checkpointed(&db.pool).await, stopped);
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        assert_table_matches_checkpoints(&db.pool, "t", "after the pause").await,
         stopped
     );
 
@@ -190,7 +190,7 @@ async fn cancel_stops_the_job_for_good() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        assert_table_matches_checkpoints(&db.pool, "t", "after the cancel").await,
         stopped
     );
 }
@@ -486,11 +486,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         "{}",
         daemon.log()
     );
-    let stopped = checkpointed(&db.pool).await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        stopped
-    );
+    assert_table_matches_checkpoints(&db.pool, "t", "after SIGTERM").await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
             .await,

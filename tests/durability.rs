@@ -163,19 +163,15 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     // The postmaster restarts the server through crash recovery.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    let recovered = common::checkpointed(&mut conn).await;
     assert!(
         cluster_log_mentions_recovery(&dir, port),
         "the server did not go through crash recovery:\n{}",
         dir.log(port)
     );
     // Rows and checkpoint survived together: exactly the checkpointed keys were incremented.
-    assert_eq!(scalar(&mut conn, "SELECT max(hits)::int8 FROM t").await, 1);
-    assert_eq!(
-        scalar(&mut conn, "SELECT count(*) FROM t WHERE hits = 1").await,
-        recovered,
-        "rows and checkpoint disagree after the crash"
-    );
+    let recovered =
+        common::assert_table_matches_checkpoints(&mut conn, "t", "after the crash").await;
+    assert!(recovered > 0, "no checkpointed row survived the crash");
     assert_eq!(
         scalar(
             &mut conn,

@@ -7,12 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{
-    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, Api, ADMIN, TOKENS,
-};
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
 use common::{
-    assert_each_hit_once, checkpointed, eventually, hits_table, http_status, wait_for_progress,
-    Daemon, TestDb,
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, hits_table,
+    http_status, wait_for_progress, Daemon, TestDb,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,7 +84,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
         || async { (checkpointed(&db.pool).await == 1_100).then_some(()) },
     )
     .await;
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "once the in-flight batch committed").await;
     // The lease lapses (the stalled process cannot renew it), and the other process takes the
     // partition over from the checkpoint.
     Api::new(&taker, Some(ADMIN))
@@ -261,7 +259,12 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
         }
         actions.push(format!("{action} #{pick}"));
         // Between faults, the table always agrees with the checkpoints.
-        assert_table_matches_checkpoints(&db, "t").await;
+        assert_table_matches_checkpoints(
+            &db.pool,
+            "t",
+            &format!("after {action} #{pick} (seed {seed})"),
+        )
+        .await;
     }
     println!("chaos actions (seed {seed}): {}", actions.join(", "));
     assert!(

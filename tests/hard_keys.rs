@@ -9,12 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{
-    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, Api, ADMIN, TOKENS,
-};
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
 use common::{
-    assert_each_hit_once, checkpointed, hits_table, job_toml, text, wait_for_progress, Daemon,
-    TestDb,
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, hits_table, job_toml,
+    text, wait_for_progress, Daemon, TestDb,
 };
 use serde_json::json;
 
@@ -230,7 +228,7 @@ async fn change_schema_under_the_job(ddl: &str, table_after: &str) -> serde_json
         .wait_state("doomed", "failed", Duration::from_secs(30))
         .await;
     // Nothing half-written: the rows hit are exactly those the checkpoints cover, each once.
-    assert_table_matches_checkpoints(&db, table_after).await;
+    assert_table_matches_checkpoints(&db.pool, table_after, "after the schema change").await;
     let scanned = checkpointed(&db.pool).await;
     assert!(scanned < 6_000, "the job finished before the change");
     assert_eq!(job["rows_scanned"], json!(scanned));

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{
-    assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir, Api, ADMIN, TOKENS,
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, assert_table_matches_checkpoints, eventually, hits_table, Daemon, TestDb,
 };
-use common::{assert_each_hit_once, eventually, hits_table, Daemon, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -117,7 +117,7 @@ async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_
         1.0
     );
     // The rows before the held one are done; nothing of the failed batch remains.
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "after the failed batch").await;
     assert_eq!(job["rows_scanned"], json!(1_000));
 
     app.commit().await.unwrap();

@@ -16,8 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::api::assert_table_matches_checkpoints;
-use common::{bin, job_toml, text, wait_for_progress, TestDb};
+use common::{assert_table_matches_checkpoints, bin, job_toml, text, wait_for_progress, TestDb};
 
 const ROWS: i64 = 20_000;
 
@@ -121,7 +120,7 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
             .await,
         0
     );
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "after the run").await;
     // The app updated the rows under the batches: their base moved on, and derived followed.
     assert!(
         db.scalar_i64(&format!(

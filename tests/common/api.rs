@@ -146,25 +146,6 @@ pub fn hits_job(name: &str, extra: Value) -> Value {
     job
 }
 
-/// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
-/// has more: nothing half-written, nothing doubled. One statement, so one snapshot, even while
-/// batches commit.
-pub async fn assert_table_matches_checkpoints(db: &TestDb, table: &str) {
-    let (once, more, scanned): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM {table} WHERE hits = 1),
-                (SELECT count(*) FROM {table} WHERE hits > 1),
-                (SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress)"
-    )))
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        (once, more),
-        (scanned, 0),
-        "{table} against the checkpoints"
-    );
-}
-
 pub fn jobs_dir(db: &TestDb) -> std::path::PathBuf {
     let dir = db.dir.join("jobs");
     std::fs::create_dir_all(&dir).unwrap();

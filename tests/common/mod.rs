@@ -401,3 +401,27 @@ pub async fn assert_each_hit_once<'e>(executor: impl PgExecutor<'e>, table: &str
         "{table}: not every row incremented exactly once"
     );
 }
+
+/// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
+/// has more: nothing half-written, nothing doubled (`when` says at which point of the test).
+/// One statement, so one snapshot, even while batches commit. Returns the rows checkpointed.
+pub async fn assert_table_matches_checkpoints<'e>(
+    executor: impl PgExecutor<'e>,
+    table: &str,
+    when: &str,
+) -> i64 {
+    let (once, more, scanned): (i64, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM {table} WHERE hits = 1),
+                (SELECT count(*) FROM {table} WHERE hits > 1),
+                (SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress)"
+    )))
+    .fetch_one(executor)
+    .await
+    .unwrap();
+    assert_eq!(
+        (once, more),
+        (scanned, 0),
+        "{table} against the checkpoints {when}"
+    );
+    scanned
+}
