@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
 use common::{
     assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, hits_table,
-    http_status, wait_for_progress, Daemon, TestDb,
+    hold_row, http_status, wait_for_a_lock_waiter, wait_for_progress, Daemon, TestDb,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,18 +31,6 @@ fn owned_by(owner: &str, daemon: &Daemon) -> bool {
     owner.split(':').nth(1) == Some(&*daemon.child.id().to_string())
 }
 
-/// backfilld sessions of this database in `state` (as pg_stat_activity says), optionally only
-/// those waiting on a lock.
-async fn backfilld_sessions(db: &TestDb, state: &str, waiting_on_lock: bool) -> i64 {
-    db.scalar_i64(&format!(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = '{}' AND application_name = 'backfilld' AND state = '{state}'
-            AND ({} OR wait_event_type = 'Lock')",
-        db.name, !waiting_on_lock
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes() {
     let db = TestDb::new().await;
@@ -54,18 +42,9 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
 
     // The application holds a row the walk will reach, so the first daemon's batch for keys
     // 1001..1100 waits on it, with the partition's fence (its progress row) locked.
-    let mut app = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = 1050 FOR UPDATE")
-        .execute(&mut *app)
-        .await
-        .unwrap();
+    let app = hold_row(&db, 1_050).await;
     api.submit(hits_job("fenced", json!({}))).await;
-    eventually(
-        Duration::from_secs(30),
-        "a batch waiting on the row lock",
-        || async { (backfilld_sessions(&db, "active", true).await == 1).then_some(()) },
-    )
-    .await;
+    wait_for_a_lock_waiter(&db, "a batch waiting on the row lock").await;
     assert_eq!(checkpointed(&db.pool).await, 1_000);
     let stale_owner = owners(&db).await;
     assert!(owned_by(&stale_owner[0], &stalled), "{stale_owner:?}");

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
 use common::{
-    assert_each_hit_once, assert_table_matches_checkpoints, eventually, hits_table, Daemon, TestDb,
+    assert_each_hit_once, assert_table_matches_checkpoints, eventually, hits_table, hold_row,
+    wait_for_a_lock_waiter, Daemon, TestDb,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -25,17 +26,6 @@ async fn wait_retried(api: &Api, job: &str, at_least: f64) {
         (api.metric("backfill_batches_total", &retried(job)).await >= at_least).then_some(())
     })
     .await;
-}
-
-/// The application holds row `id` of `t` (FOR UPDATE) until the transaction is committed.
-async fn hold_row(db: &TestDb, id: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {
@@ -182,33 +172,15 @@ async fn a_deadlock_with_the_application_is_retried() {
     .await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
-    let mut app = db.pool.begin().await.unwrap();
+    let mut app = hold_row(&db, 1_050).await;
     sqlx::query("SET LOCAL deadlock_timeout = '60s'")
-        .execute(&mut *app)
-        .await
-        .unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = 1050 FOR UPDATE")
         .execute(&mut *app)
         .await
         .unwrap();
     api.submit(hits_job("cyclic", json!({"max_attempts": 5})))
         .await;
     // The batch holds its partition's progress row (the fence) and waits for row 1050...
-    eventually(
-        Duration::from_secs(30),
-        "the batch waiting on the row",
-        || async {
-            let waiting = db
-                .scalar_i64(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'
-                   AND application_name = 'backfilld' AND wait_event_type = 'Lock'",
-                    db.name
-                ))
-                .await;
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    wait_for_a_lock_waiter(&db, "the batch waiting on the row").await;
     // ...and the application now wants that progress row: a cycle.
     sqlx::query("SELECT 1 FROM backfilld.progress FOR UPDATE")
         .execute(&mut *app)
@@ -252,21 +224,7 @@ async fn a_serialization_failure_under_repeatable_read_is_retried() {
         .unwrap();
     api.submit(hits_job("serial", json!({"max_attempts": 5})))
         .await;
-    eventually(
-        Duration::from_secs(30),
-        "the batch waiting on the row",
-        || async {
-            let waiting = db
-                .scalar_i64(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'
-                   AND application_name = 'backfilld' AND wait_event_type = 'Lock'",
-                    db.name
-                ))
-                .await;
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    wait_for_a_lock_waiter(&db, "the batch waiting on the row").await;
     app.commit().await.unwrap();
     api.wait_state("serial", "completed", Duration::from_secs(30))
         .await;

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use backfilld::engine::worker::{Step, Worker};
-use common::{api, eventually, hits_table, job_toml, start_job, TestDb};
+use common::{api, eventually, hits_table, hold_row, job_toml, start_job, TestDb};
 use tokio_util::sync::CancellationToken;
 
 fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
@@ -45,12 +45,7 @@ async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout(
     // Another session holds a lock on the next batch's rows: the batch times out, and the
     // retry is half the size.
     let cursor: i64 = worker.claim.cursor.as_ref().unwrap()[0].parse().unwrap();
-    let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
-        .bind(cursor + 1)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_row(&db, cursor + 1).await;
     let before = runtime.snapshot().batch_size;
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
     assert_eq!(runtime.snapshot().batch_size, before / 2);

@@ -425,3 +425,29 @@ pub async fn assert_table_matches_checkpoints<'e>(
     );
     scanned
 }
+
+/// The application holds row `id` of `t` (FOR UPDATE) until the transaction ends.
+pub async fn hold_row(db: &TestDb, id: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Waits (bounded) until exactly one backfilld session of this database waits on a lock, as
+/// pg_stat_activity says: a batch blocked by what the test holds.
+pub async fn wait_for_a_lock_waiter(db: &TestDb, what: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = '{}' AND application_name = 'backfilld' AND state = 'active'
+            AND wait_event_type = 'Lock'",
+        db.name
+    );
+    eventually(std::time::Duration::from_secs(30), what, || async {
+        (db.scalar_i64(&sql).await == 1).then_some(())
+    })
+    .await
+}
