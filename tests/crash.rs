@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    api, assert_each_hit_once, assert_table_matches_checkpoints, bin, hits_table, job_toml, text,
-    wait_for_progress, TestDb,
+    api, assert_each_hit_once, assert_table_matches_checkpoints, bin, held_leases, hits_table,
+    job_toml, text, wait_for_progress, TestDb,
 };
 use rand::Rng;
 
@@ -100,11 +100,7 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
     let scanned = assert_table_matches_checkpoints(&db.pool, "t", "after SIGTERM").await;
     assert!(scanned > 0 && scanned < 10_000, "scanned {scanned}");
     // The lease was released on the way out.
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await,
-        0
-    );
+    assert_eq!(held_leases(&db).await, 0);
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_each_hit_once(&db.pool, "t", 10_000).await;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::api::{self, Api, ADMIN, TOKENS};
 use common::{
-    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, hits_table,
-    job_toml, wait_for_progress, Daemon, TestDb,
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, held_leases,
+    hits_table, job_toml, wait_for_leases_released, wait_for_progress, Daemon, TestDb,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -117,13 +117,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     assert_eq!(job["state"], json!("paused"));
     let at_pause = checkpointed(&db.pool).await;
     // Every worker lets go of its partition once it has noticed.
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    wait_for_leases_released(&db).await;
     let stopped = checkpointed(&db.pool).await;
     assert!(
         stopped - at_pause <= 2 * 100,
@@ -170,13 +164,7 @@ async fn cancel_stops_the_job_for_good() {
     let (status, job) = api.post("/api/v1/jobs/doomed/cancel", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("cancelled"));
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    wait_for_leases_released(&db).await;
     let stopped = checkpointed(&db.pool).await;
     assert!(stopped < 5_000);
     for action in ["resume", "pause", "cancel"] {
@@ -443,13 +431,7 @@ async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     // A pause sent to the second stops the work of both.
     let (status, _) = two.post("/api/v1/jobs/shared/pause", None).await;
     assert_eq!(status, StatusCode::OK);
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
+    wait_for_leases_released(&db).await;
     let stopped = checkpointed(&db.pool).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -487,12 +469,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         daemon.log()
     );
     assert_table_matches_checkpoints(&db.pool, "t", "after SIGTERM").await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await,
-        0,
-        "leases released on the way out"
-    );
+    assert_eq!(held_leases(&db).await, 0, "leases released on the way out");
     // Another daemon picks the job up from the checkpoints.
     let next = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     Api::new(&next, Some(ADMIN))

@@ -451,3 +451,19 @@ pub async fn wait_for_a_lock_waiter(db: &TestDb, what: &str) {
     })
     .await
 }
+
+/// Partitions whose lease some process holds.
+pub async fn held_leases(db: &TestDb) -> i64 {
+    db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
+        .await
+}
+
+/// Waits (bounded) until every process has let go of its partitions.
+pub async fn wait_for_leases_released(db: &TestDb) {
+    eventually(
+        std::time::Duration::from_secs(10),
+        "leases released",
+        || async { (held_leases(db).await == 0).then_some(()) },
+    )
+    .await
+}
