@@ -259,15 +259,7 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
         .as_str()
         .unwrap()
         .contains("returned true"));
-    let metrics = client
-        .http
-        .get(format!("{}/metrics", daemon.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = client.metrics().await;
     assert!(
         metrics.contains("backfill_throttled{job=\"held\",reason=\"throttle_query\"} 1"),
         "{metrics}"

@@ -113,18 +113,22 @@ impl Api {
         body["events"].as_array().unwrap().clone()
     }
 
-    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
-    /// given as the metric name and its labels in exposition order; 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self
-            .http
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
+    /// given as the metric name and its labels in exposition order; 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.metrics().await;
         let wanted = format!("{name}{{{labels}}} ");
         text.lines()
             .find_map(|line| line.strip_prefix(&wanted))
