@@ -167,12 +167,7 @@ async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
             "batch_size = 100\nrows_per_second = 2000",
         ),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let child = Command::new(bin())
         .args(["run", job.to_str().unwrap(), "--listen", &listen])
         .env("DATABASE_URL", &db.url)

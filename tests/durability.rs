@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use common::cluster::{self, free_port, ScratchDir};
+use common::cluster::{self, ScratchDir};
+use common::free_port;
 
 const ROWS: i64 = 20_000;
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{api, eventually, hits_table, Daemon, TestDb};
+use common::{api, eventually, free_port, hits_table, on_path, Daemon, TestDb};
 use serde_json::{json, Value};
 
 /// The metric names of DESIGN.md §5.
@@ -33,12 +33,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn require(tool: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
+    on_path(tool).unwrap_or_else(|| {
         panic!("{tool} is not installed: install Debian's {package} package (.ci/run does)")
     })
 }
@@ -82,14 +77,6 @@ fn metric_names(query: &str) -> Vec<String> {
         i = end;
     }
     names
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prometheus {

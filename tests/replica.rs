@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use common::cluster::{self, as_postgres, free_port, ScratchDir};
+use common::cluster::{self, as_postgres, ScratchDir};
+use common::free_port;
 
 /// A primary and a streaming standby in a temporary directory, stopped and removed on drop.
 struct Cluster {

@@ -9,18 +9,16 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
-use common::{hits_table, text, Daemon, TestDb};
+use common::{hits_table, on_path, text, Daemon, TestDb};
 use serde_json::json;
 
 /// The version `.ci/run` installs.
 const PINNED: &str = "4.32.5";
 
 fn schemathesis() -> PathBuf {
-    let paths = std::env::var_os("PATH").unwrap_or_default();
     ["schemathesis", "st"]
-        .iter()
-        .flat_map(|tool| std::env::split_paths(&paths).map(move |p| p.join(tool)))
-        .find(|p| p.exists())
+        .into_iter()
+        .find_map(on_path)
         .unwrap_or_else(|| {
             panic!(
                 "schemathesis is not installed: pip install schemathesis=={PINNED} (.ci/run does)"

@@ -147,6 +147,23 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backfilld"))
 }
 
+/// A loopback port nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where `tool` is on `PATH`, if it is.
+pub fn on_path(tool: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(tool))
+        .find(|p| p.exists())
+}
+
 pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
     let mut command = Command::new(bin());
     command
