@@ -164,11 +164,7 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     // The postmaster restarts the server through crash recovery.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    assert!(
-        cluster_log_mentions_recovery(&dir, port),
-        "the server did not go through crash recovery:\n{}",
-        dir.log(port)
-    );
+    assert_crash_recovery(&dir, port);
     // Rows and checkpoint survived together: exactly the checkpointed keys were incremented.
     let recovered =
         common::assert_table_matches_checkpoints(&mut conn, "t", "after the crash").await;
@@ -195,9 +191,13 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     Crash { seen, recovered }
 }
 
-fn cluster_log_mentions_recovery(dir: &ScratchDir, port: u16) -> bool {
+/// The server on `port` went through crash recovery, as its log says.
+fn assert_crash_recovery(dir: &ScratchDir, port: u16) {
     let log = dir.log(port);
-    log.contains("terminated by signal 9") && log.contains("redo done")
+    assert!(
+        log.contains("terminated by signal 9") && log.contains("redo done"),
+        "the server did not go through crash recovery:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -259,11 +259,7 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    assert!(
-        cluster_log_mentions_recovery(&dir, port),
-        "the server did not go through crash recovery:\n{}",
-        dir.log(port)
-    );
+    assert_crash_recovery(&dir, port);
     let state: String = sqlx::query_scalar("SELECT state FROM backfilld.jobs WHERE id = $1")
         .bind(job)
         .fetch_one(&mut conn)
