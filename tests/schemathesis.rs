@@ -37,8 +37,8 @@ fn run_pass(daemon: &Daemon, config: Option<&std::path::Path>, seed: u32) {
         .arg(format!("{}/api/v1/openapi.json", daemon.base))
         .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
         // Every check but `positive_data_acceptance`: the document describes a job's shape,
-        // not every rule of DESIGN.md §1 (name pattern, ranges), so schema-valid bodies that
-        // the validation refuses with a 400 are expected, not a bug.
+        // not every rule of the README's "A job file" (name pattern, ranges), so schema-valid
+        // bodies that the validation refuses with a 400 are expected, not a bug.
         .args([
             "--checks",
             "all",
