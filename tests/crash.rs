@@ -3,25 +3,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    api, assert_each_hit_once, assert_table_matches_checkpoints, bin, held_leases, hits_table,
-    job_toml, text, wait_for_progress, TestDb,
+    api, assert_each_hit_once, assert_table_matches_checkpoints, held_leases, hits_table, job_toml,
+    spawn, text, wait_for_progress, TestDb,
 };
 use rand::Rng;
-
-fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
-    Command::new(bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn backfilld run")
-}
 
 #[tokio::test]
 async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
@@ -43,7 +31,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let mut rng = rand::rng();
     let mut kills = 0;
     for round in 0..4 {
-        let mut child = spawn_run(&db, &job);
+        let mut child = spawn(&db.url, &["run", job.to_str().unwrap()]);
         wait_for_progress(&db, (round + 1) * 1_000, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         if child.try_wait().unwrap().is_none() {
@@ -82,14 +70,9 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
             "batch_size = 100\nrows_per_second = 2000",
         ),
     );
-    let child = spawn_run(&db, &job);
+    let child = spawn(&db.url, &["run", job.to_str().unwrap()]);
     wait_for_progress(&db, 500, Duration::from_secs(60)).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::signal(child.id(), "TERM");
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(143), "{}", text(&output));
     assert!(
@@ -168,13 +151,10 @@ async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
         ),
     );
     let listen = format!("127.0.0.1:{}", common::free_port());
-    let child = Command::new(bin())
-        .args(["run", job.to_str().unwrap(), "--listen", &listen])
-        .env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        &db.url,
+        &["run", job.to_str().unwrap(), "--listen", &listen],
+    );
     let client = api::Api::at(&format!("http://{listen}"), None);
     common::eventually(Duration::from_secs(30), "the run's API", || async {
         let response = client

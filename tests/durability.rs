@@ -12,13 +12,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
 use common::cluster::{self, ScratchDir};
-use common::free_port;
+use common::{free_port, signal};
 
 const ROWS: i64 = 20_000;
 
@@ -47,10 +47,7 @@ async fn scalar(conn: &mut PgConnection, sql: &'static str) -> i64 {
 }
 
 fn run(url: &str, job: &Path, log: &Path) -> std::process::Child {
-    Command::new(common::bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "info")
+    common::command(url, &["run", job.to_str().unwrap()])
         // No lease renewal (a synchronous commit, which would flush the buffered WAL) may
         // land between stopping the WAL writer and the crash.
         .env("BACKFILLD__LEASE_TTL", "10m")
@@ -85,14 +82,6 @@ async fn walwriter(conn: &mut PgConnection) -> i32 {
         .fetch_one(conn)
         .await
         .unwrap()
-}
-
-fn signal(pid: i32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// What the crash did: checkpointed rows other sessions saw before it, and after recovery.

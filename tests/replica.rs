@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
@@ -103,14 +103,14 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
     )
     .unwrap();
     let log_path = dir.join("run.log");
-    let mut run = Command::new(common::bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", cluster.url(cluster.primary_port))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut run = common::command(
+        &cluster.url(cluster.primary_port),
+        &["run", job.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log_path).unwrap())
+    .spawn()
+    .unwrap();
 
     // The job's own writes pile up unreplayed WAL; once the standby is more than 1 s behind,
     // the job must stand still.

@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_table_matches_checkpoints, bin, job_toml, text, wait_for_progress, TestDb};
+use common::{assert_table_matches_checkpoints, job_toml, spawn, text, wait_for_progress, TestDb};
 
 const ROWS: i64 = 20_000;
 
@@ -53,13 +53,7 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
             "batch_size = 200\nrows_per_second = 4000\npartitions = 2",
         ),
     );
-    let run = std::process::Command::new(bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", &db.url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn(&db.url, &["run", job.to_str().unwrap()]);
     // The job under way.
     wait_for_progress(&db, 1, Duration::from_secs(30)).await;
 

@@ -6,7 +6,7 @@ pub mod api;
 pub mod cluster;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
@@ -164,14 +164,37 @@ pub fn on_path(tool: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
+/// The real binary with `args` against the database at `url`, logging at info.
+pub fn command(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(bin());
     command
         .args(args)
         .env("DATABASE_URL", url)
         .env_remove("BACKFILLD_CONFIG")
         .env("RUST_LOG", "info");
-    command.output().expect("spawn backfilld")
+    command
+}
+
+pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
+    command(url, args).output().expect("spawn backfilld")
+}
+
+/// Starts the real binary with `args` against the database at `url`, its output piped.
+pub fn spawn(url: &str, args: &[&str]) -> Child {
+    command(url, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backfilld")
+}
+
+/// Sends `name` (e.g. `TERM`) to process `pid`.
+pub fn signal(pid: impl std::fmt::Display, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 pub fn text(output: &Output) -> String {
@@ -220,13 +243,10 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.join(format!("daemon-{}.log", &suffix[..8]));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        let mut child = command(url, &["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config_path)
             .arg("--jobs-dir")
             .arg(jobs_dir)
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -252,12 +272,8 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
     }
 
     /// Waits (bounded) for the process to exit and returns its code.
