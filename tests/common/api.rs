@@ -1,4 +1,5 @@
-//! An HTTP client for a test daemon, and the hits-table helpers the fault tests share.
+//! An HTTP client for a test daemon, and what the daemon tests share besides: tokens, the hits
+//! job as a JSON body, a jobs directory, and the no-panic check of a daemon's log.
 
 use std::time::Duration;
 

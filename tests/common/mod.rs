@@ -1,5 +1,8 @@
 //! Shared test support: a fresh database per test on the real PostgreSQL, job files in a
-//! temporary directory, and the real binary.
+//! temporary directory, and the real binary; jobs driven step by step through the library; the
+//! hits table that a non-idempotent job (`hits = hits + 1`) runs over, with its checks (each
+//! row once, the table against the checkpoints) and what tests wait for (progress, a batch
+//! waiting on a lock, leases released). api.rs: the HTTP side; cluster.rs: throwaway servers.
 #![allow(dead_code)]
 
 pub mod api;
