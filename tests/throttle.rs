@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use backfilld::engine::worker::{Step, Worker};
-use common::{api, eventually, hits_table, hold_row, job_toml, start_job, TestDb};
+use common::{
+    api, assert_each_hit_once, eventually, hits_table, hold_row, job_toml, start_job, TestDb,
+};
 use tokio_util::sync::CancellationToken;
 
 fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
@@ -269,10 +271,7 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
     client
         .wait_state("held", "completed", Duration::from_secs(30))
         .await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        2_000
-    );
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
 }
 
 #[tokio::test]
