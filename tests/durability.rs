@@ -218,8 +218,8 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
         .unwrap();
     // A running job whose only partition reached its end: completing it is all that is left.
     let job: i64 = sqlx::query_scalar(
-        "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state)
-                      VALUES ('finishing', '{}', 'running') RETURNING id)
+        "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state, batch_size)
+                      VALUES ('finishing', '{}', 'running', 1000) RETURNING id)
          INSERT INTO backfilld.progress (job_id, partition_index, state)
          SELECT id, 0, 'done' FROM job RETURNING job_id",
     )
