@@ -3,36 +3,19 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{api, bin, job_toml, text, TestDb};
+use common::{
+    api, assert_each_hit_once, assert_table_matches_checkpoints, held_leases, hits_table, job_toml,
+    spawn, text, wait_for_progress, TestDb,
+};
 use rand::Rng;
-
-fn spawn_run(db: &TestDb, job: &std::path::Path) -> Child {
-    Command::new(bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn backfilld run")
-}
-
-async fn hits_summary(db: &TestDb) -> String {
-    db.scalar_string(
-        "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM t",
-    )
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let db = TestDb::new().await;
     let rows = 20_000;
-    api::hits_table(&db, rows).await;
+    hits_table(&db.pool, "t", "bigint", "i", rows).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -48,8 +31,8 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     let mut rng = rand::rng();
     let mut kills = 0;
     for round in 0..4 {
-        let mut child = spawn_run(&db, &job);
-        api::wait_for_progress(&db, (round + 1) * 1_000).await;
+        let mut child = spawn(&db.url, &["run", job.to_str().unwrap()]);
+        wait_for_progress(&db, (round + 1) * 1_000, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -62,12 +45,7 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
         );
         // Between kills the table must always be consistent with the checkpoint: rows up to
         // the cursors were incremented once, the rest not at all.
-        let scanned = db
-            .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-            .await;
-        let touched = db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await;
-        let wrong = db.scalar_i64("SELECT count(*) FROM t WHERE hits > 1").await;
-        assert_eq!((touched, wrong), (scanned, 0), "after kill {round}");
+        assert_table_matches_checkpoints(&db.pool, "t", &format!("after kill {round}")).await;
     }
     assert!(
         kills >= 3,
@@ -75,16 +53,13 @@ async fn sigkill_at_random_moments_then_rerun_increments_every_row_once() {
     );
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_eq!(
-        hits_summary(&db).await,
-        format!("{rows} rows, min 1, max 1")
-    );
+    assert_each_hit_once(&db.pool, "t", rows).await;
 }
 
 #[tokio::test]
 async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 10000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10000).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -95,14 +70,9 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
             "batch_size = 100\nrows_per_second = 2000",
         ),
     );
-    let child = spawn_run(&db, &job);
-    api::wait_for_progress(&db, 500).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let child = spawn(&db.url, &["run", job.to_str().unwrap()]);
+    wait_for_progress(&db, 500, Duration::from_secs(60)).await;
+    common::signal(child.id(), "TERM");
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(143), "{}", text(&output));
     assert!(
@@ -110,23 +80,13 @@ async fn sigterm_writes_the_checkpoint_and_exits_143_then_resumes() {
         "{}",
         text(&output)
     );
-    let scanned = db
-        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-        .await;
+    let scanned = assert_table_matches_checkpoints(&db.pool, "t", "after SIGTERM").await;
     assert!(scanned > 0 && scanned < 10_000, "scanned {scanned}");
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        scanned
-    );
     // The lease was released on the way out.
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await,
-        0
-    );
+    assert_eq!(held_leases(&db).await, 0);
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_eq!(hits_summary(&db).await, "10000 rows, min 1, max 1");
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
 #[tokio::test]
@@ -179,7 +139,7 @@ async fn demo_runs_both_example_jobs() {
 #[tokio::test]
 async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 20_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 20_000).await;
     let job = db.write_job(
         "hits.toml",
         &job_toml(
@@ -190,19 +150,11 @@ async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
             "batch_size = 100\nrows_per_second = 2000",
         ),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(bin())
-        .args(["run", job.to_str().unwrap(), "--listen", &listen])
-        .env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let child = spawn(
+        &db.url,
+        &["run", job.to_str().unwrap(), "--listen", &listen],
+    );
     let client = api::Api::at(&format!("http://{listen}"), None);
     common::eventually(Duration::from_secs(30), "the run's API", || async {
         let response = client
@@ -220,14 +172,8 @@ async fn run_listen_serves_the_api_and_a_pause_from_it_exits_3() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("paused by an operator"));
-    let scanned = db
-        .scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-        .await;
+    let scanned = assert_table_matches_checkpoints(&db.pool, "t", "after the pause").await;
     assert!(scanned < 20_000, "the pause came too late to matter");
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        scanned
-    );
     // Running the file again says it is paused, and exits 3 without touching a row.
     let again = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(3), "{}", text(&again));

@@ -5,8 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{self, hits_table, scanned, Api, ADMIN, TOKENS};
-use common::{eventually, job_toml, Daemon, TestDb};
+use common::api::{self, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, held_leases,
+    hits_table, job_toml, wait_for_leases_released, wait_for_progress, Daemon, TestDb,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -17,14 +20,10 @@ fn hits_job(name: &str, extra: &str) -> Value {
     api::hits_job(name, serde_json::from_str(extra).unwrap())
 }
 
-async fn assert_each_hit_once(db: &TestDb, rows: i64) {
-    api::assert_each_hit_once(db, "t", rows).await;
-}
-
 #[tokio::test]
 async fn submit_runs_to_completion_over_json_and_toml() {
     let db = TestDb::new().await;
-    hits_table(&db, 3_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 3_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     let (status, job) = api
@@ -37,7 +36,7 @@ async fn submit_runs_to_completion_over_json_and_toml() {
     assert_eq!(job["partitions"].as_array().unwrap().len(), 2);
     api.wait_state("by-json", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 3_000).await;
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
 
     // The same document as TOML, under another name, to a second column.
     db.exec("ALTER TABLE t ADD COLUMN copied int").await;
@@ -98,7 +97,7 @@ async fn submit_runs_to_completion_over_json_and_toml() {
 #[tokio::test]
 async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     let db = TestDb::new().await;
-    hits_table(&db, 6_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 6_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
@@ -112,29 +111,23 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    api::wait_for_progress(&db, 500).await;
+    wait_for_progress(&db, 500, Duration::from_secs(60)).await;
     let (status, job) = oncall.post("/api/v1/jobs/pausable/pause", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("paused"));
-    let at_pause = scanned(&db).await;
+    let at_pause = checkpointed(&db.pool).await;
     // Every worker lets go of its partition once it has noticed.
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
-    let stopped = scanned(&db).await;
+    wait_for_leases_released(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     assert!(
         stopped - at_pause <= 2 * 100,
         "more than one batch per partition after the pause: {at_pause} -> {stopped}"
     );
     // Still nothing a second later: the job really is stopped.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scanned(&db).await, stopped);
+    assert_eq!(checkpointed(&db.pool).await, stopped);
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        assert_table_matches_checkpoints(&db.pool, "t", "after the pause").await,
         stopped
     );
 
@@ -145,7 +138,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
     oncall
         .wait_state("pausable", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 6_000).await;
+    assert_each_hit_once(&db.pool, "t", 6_000).await;
     let (_, events) = oncall.get("/api/v1/jobs/pausable/events").await;
     let pause = events["events"]
         .as_array()
@@ -159,7 +152,7 @@ async fn pause_stops_within_one_batch_per_partition_and_resume_skips_nothing() {
 #[tokio::test]
 async fn cancel_stops_the_job_for_good() {
     let db = TestDb::new().await;
-    hits_table(&db, 5_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 5_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -167,18 +160,12 @@ async fn cancel_stops_the_job_for_good() {
         Some(hits_job("doomed", r#"{"rows_per_second": 1000}"#)),
     )
     .await;
-    api::wait_for_progress(&db, 200).await;
+    wait_for_progress(&db, 200, Duration::from_secs(60)).await;
     let (status, job) = api.post("/api/v1/jobs/doomed/cancel", None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["state"], json!("cancelled"));
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
-    let stopped = scanned(&db).await;
+    wait_for_leases_released(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     assert!(stopped < 5_000);
     for action in ["resume", "pause", "cancel"] {
         let (status, _) = api
@@ -191,22 +178,22 @@ async fn cancel_stops_the_job_for_good() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        assert_table_matches_checkpoints(&db.pool, "t", "after the cancel").await,
         stopped
     );
 }
 
 /// Rows scanned per second, measured from the database over `over`.
 async fn measured_rate(db: &TestDb, over: Duration) -> f64 {
-    let (before, t0) = (scanned(db).await, Instant::now());
+    let (before, t0) = (checkpointed(&db.pool).await, Instant::now());
     tokio::time::sleep(over).await;
-    (scanned(db).await - before) as f64 / t0.elapsed().as_secs_f64()
+    (checkpointed(&db.pool).await - before) as f64 / t0.elapsed().as_secs_f64()
 }
 
 #[tokio::test]
 async fn patch_changes_the_measured_rate_within_a_batch() {
     let db = TestDb::new().await;
-    hits_table(&db, 30_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 30_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     let oncall = Api::new(&daemon, Some(ONCALL));
@@ -219,7 +206,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
             )),
         )
         .await;
-    api::wait_for_progress(&db, 100).await;
+    wait_for_progress(&db, 100, Duration::from_secs(60)).await;
     let slow = measured_rate(&db, Duration::from_secs(2)).await;
     let (status, job) = oncall
         .patch(
@@ -271,7 +258,7 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
 #[tokio::test]
 async fn tokens_and_roles_are_enforced() {
     let db = TestDb::new().await;
-    hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let anonymous = Api::new(&daemon, None);
     let wrong = Api::new(&daemon, Some("not-a-token-at-all"));
@@ -326,7 +313,7 @@ async fn tokens_and_roles_are_enforced() {
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let db = TestDb::new().await;
-    hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let admin = Api::new(&daemon, Some(ADMIN));
     admin
@@ -418,7 +405,7 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
 #[tokio::test]
 async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     let db = TestDb::new().await;
-    hits_table(&db, 20_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 20_000).await;
     let jobs_dir = api::jobs_dir(&db);
     let config = format!("workers = 2\n{TOKENS}");
     let first = Daemon::start(&db.url, &db.dir, &config, &jobs_dir);
@@ -444,27 +431,25 @@ async fn two_daemons_share_a_job_exactly_once_and_a_pause_stops_both() {
     // A pause sent to the second stops the work of both.
     let (status, _) = two.post("/api/v1/jobs/shared/pause", None).await;
     assert_eq!(status, StatusCode::OK);
-    eventually(Duration::from_secs(10), "leases released", || async {
-        (db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
-    let stopped = scanned(&db).await;
+    wait_for_leases_released(&db).await;
+    let stopped = checkpointed(&db.pool).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scanned(&db).await, stopped, "work went on after the pause");
+    assert_eq!(
+        checkpointed(&db.pool).await,
+        stopped,
+        "work went on after the pause"
+    );
     let (status, _) = one.post("/api/v1/jobs/shared/resume", None).await;
     assert_eq!(status, StatusCode::OK);
     one.wait_state("shared", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 20_000).await;
+    assert_each_hit_once(&db.pool, "t", 20_000).await;
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_batches_and_exits_0() {
     let db = TestDb::new().await;
-    hits_table(&db, 10_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10_000).await;
     let mut daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -475,7 +460,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         )),
     )
     .await;
-    api::wait_for_progress(&db, 300).await;
+    wait_for_progress(&db, 300, Duration::from_secs(60)).await;
     daemon.signal("TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(30)),
@@ -483,29 +468,20 @@ async fn sigterm_drains_in_flight_batches_and_exits_0() {
         "{}",
         daemon.log()
     );
-    let stopped = scanned(&db).await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        stopped
-    );
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
-            .await,
-        0,
-        "leases released on the way out"
-    );
+    assert_table_matches_checkpoints(&db.pool, "t", "after SIGTERM").await;
+    assert_eq!(held_leases(&db).await, 0, "leases released on the way out");
     // Another daemon picks the job up from the checkpoints.
     let next = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     Api::new(&next, Some(ADMIN))
         .wait_state("drained", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, 10_000).await;
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
 #[tokio::test]
 async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     let db = TestDb::new().await;
-    hits_table(&db, 12_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 12_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.post(
@@ -517,10 +493,7 @@ async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     )
     .await;
     for round in 0..3 {
-        eventually(Duration::from_secs(30), "progress", || async {
-            (scanned(&db).await >= 1_500 * (round + 1)).then_some(())
-        })
-        .await;
+        wait_for_progress(&db, 1_500 * (round + 1), Duration::from_secs(30)).await;
         // Every backfilld session in this database, mid-batch or idle, is cut.
         let cut = db
             .scalar_i64(&format!(
@@ -533,7 +506,7 @@ async fn connections_cut_under_a_running_job_then_it_completes_correctly() {
     }
     api.wait_state("resilient", "completed", Duration::from_secs(90))
         .await;
-    assert_each_hit_once(&db, 12_000).await;
+    assert_each_hit_once(&db.pool, "t", 12_000).await;
 }
 
 #[tokio::test]
@@ -578,7 +551,7 @@ async fn no_tokens_means_loopback_only() {
 #[tokio::test]
 async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
     let db = TestDb::new().await;
-    hits_table(&db, 500).await;
+    hits_table(&db.pool, "t", "bigint", "i", 500).await;
     db.exec("ALTER TABLE t ADD COLUMN other int").await;
     let dir = api::jobs_dir(&db);
     std::fs::write(
@@ -612,7 +585,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
     let (_, job) = api.get("/api/v1/jobs/from-dir").await;
     assert_eq!(job["state"], json!("completed"));
     assert_eq!(job["spec"]["set"], json!({"hits": "hits + 1"}));
-    assert_each_hit_once(&db, 500).await;
+    assert_each_hit_once(&db.pool, "t", 500).await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE other IS NOT NULL")
             .await,
@@ -623,7 +596,7 @@ async fn jobs_dir_submits_new_leaves_known_and_skips_changed() {
 #[tokio::test]
 async fn cli_client_commands_speak_to_the_daemon() {
     let db = TestDb::new().await;
-    hits_table(&db, 4_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 4_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
     let file = db.write_job(
         "cli.toml",

@@ -12,12 +12,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use common::cluster::{self, free_port, ScratchDir};
+use common::cluster::{self, ScratchDir};
+use common::{free_port, signal};
 
 const ROWS: i64 = 20_000;
 
@@ -46,10 +47,7 @@ async fn scalar(conn: &mut PgConnection, sql: &'static str) -> i64 {
 }
 
 fn run(url: &str, job: &Path, log: &Path) -> std::process::Child {
-    Command::new(common::bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "info")
+    common::command(url, &["run", job.to_str().unwrap()])
         // No lease renewal (a synchronous commit, which would flush the buffered WAL) may
         // land between stopping the WAL writer and the crash.
         .env("BACKFILLD__LEASE_TTL", "10m")
@@ -86,14 +84,6 @@ async fn walwriter(conn: &mut PgConnection) -> i32 {
         .unwrap()
 }
 
-fn signal(pid: i32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 /// What the crash did: checkpointed rows other sessions saw before it, and after recovery.
 struct Crash {
     seen: i64,
@@ -107,13 +97,7 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     let (dir, port) = crashable_server();
     let url = cluster::url(port);
     let mut conn = connect(&url).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {ROWS}) i;"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    common::hits_table(&mut conn, "t", "bigint", "i", ROWS).await;
     let job = dir.path.join("hits.toml");
     std::fs::write(
         &job,
@@ -169,19 +153,11 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
     // The postmaster restarts the server through crash recovery.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    let recovered = common::checkpointed(&mut conn).await;
-    assert!(
-        cluster_log_mentions_recovery(&dir, port),
-        "the server did not go through crash recovery:\n{}",
-        dir.log(port)
-    );
+    assert_crash_recovery(&dir, port);
     // Rows and checkpoint survived together: exactly the checkpointed keys were incremented.
-    assert_eq!(scalar(&mut conn, "SELECT max(hits)::int8 FROM t").await, 1);
-    assert_eq!(
-        scalar(&mut conn, "SELECT count(*) FROM t WHERE hits = 1").await,
-        recovered,
-        "rows and checkpoint disagree after the crash"
-    );
+    let recovered =
+        common::assert_table_matches_checkpoints(&mut conn, "t", "after the crash").await;
+    assert!(recovered > 0, "no checkpointed row survived the crash");
     assert_eq!(
         scalar(
             &mut conn,
@@ -199,19 +175,18 @@ async fn crash_mid_run(synchronous_commit: &str) -> Crash {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert_eq!(
-        scalar(&mut conn, "SELECT count(*) FROM t WHERE hits = 1").await,
-        ROWS,
-        "every row exactly once after the rerun"
-    );
-    assert_eq!(scalar(&mut conn, "SELECT max(hits)::int8 FROM t").await, 1);
+    common::assert_each_hit_once(&mut conn, "t", ROWS).await;
     println!("synchronous_commit = {synchronous_commit}: checkpointed rows seen before the crash {seen}, after recovery {recovered}");
     Crash { seen, recovered }
 }
 
-fn cluster_log_mentions_recovery(dir: &ScratchDir, port: u16) -> bool {
+/// The server on `port` went through crash recovery, as its log says.
+fn assert_crash_recovery(dir: &ScratchDir, port: u16) {
     let log = dir.log(port);
-    log.contains("terminated by signal 9") && log.contains("redo done")
+    assert!(
+        log.contains("terminated by signal 9") && log.contains("redo done"),
+        "the server did not go through crash recovery:\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -243,8 +218,8 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
         .unwrap();
     // A running job whose only partition reached its end: completing it is all that is left.
     let job: i64 = sqlx::query_scalar(
-        "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state)
-                      VALUES ('finishing', '{}', 'running') RETURNING id)
+        "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state, batch_size)
+                      VALUES ('finishing', '{}', 'running', 1000) RETURNING id)
          INSERT INTO backfilld.progress (job_id, partition_index, state)
          SELECT id, 0, 'done' FROM job RETURNING job_id",
     )
@@ -273,11 +248,7 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = connect(&url).await;
-    assert!(
-        cluster_log_mentions_recovery(&dir, port),
-        "the server did not go through crash recovery:\n{}",
-        dir.log(port)
-    );
+    assert_crash_recovery(&dir, port);
     let state: String = sqlx::query_scalar("SELECT state FROM backfilld.jobs WHERE id = $1")
         .bind(job)
         .fetch_one(&mut conn)

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use backfilld::engine::worker::{Step, Worker, WorkerExit};
 use backfilld::store::{jobs, JobState};
-use common::{job_toml, start_job, text, TestDb};
+use common::{assert_each_hit_once, checkpointed, hits_table, job_toml, start_job, text, TestDb};
 use tokio_util::sync::CancellationToken;
 
 /// A products table, and a copy to which one plain UPDATE is applied for comparison.
@@ -68,8 +68,7 @@ async fn completed_job_equals_one_plain_update() {
     assert_eq!(differing, 0);
     // 10% of rows were already done: scanned, not updated.
     let (scanned, updated) = (
-        db.scalar_i64("SELECT sum(rows_scanned)::int8 FROM backfilld.progress")
-            .await,
+        checkpointed(&db.pool).await,
         db.scalar_i64("SELECT sum(rows_updated)::int8 FROM backfilld.progress")
             .await,
     );
@@ -87,27 +86,6 @@ async fn completed_job_equals_one_plain_update() {
         .scalar_i64("SELECT count(*) FROM backfilld.events WHERE kind IN ('submitted', 'running', 'completed')")
         .await;
     assert_eq!(events, 3, "submitted, started, completed, each once");
-}
-
-/// Every row incremented exactly once, whatever the partitioning.
-async fn hits_table(db: &TestDb, table: &str, key_sql: &str, key_expr: &str, rows: i64) {
-    db.exec(&format!(
-        "CREATE TABLE {table} (k {key_sql} PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO {table} (k) SELECT {key_expr} FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
-}
-
-async fn assert_each_hit_once(db: &TestDb, table: &str, rows: i64) {
-    let summary = db
-        .scalar_string(&format!(
-            "SELECT count(*) || ' rows, min ' || min(hits) || ', max ' || max(hits) FROM {table}"
-        ))
-        .await;
-    assert_eq!(
-        summary.as_deref(),
-        Some(&*format!("{rows} rows, min 1, max 1"))
-    );
 }
 
 #[tokio::test]
@@ -152,10 +130,10 @@ async fn four_partitions_give_the_same_result_as_one() {
 #[tokio::test]
 async fn uuid_text_and_composite_keys_each_row_once() {
     let db = TestDb::new().await;
-    hits_table(&db, "by_uuid", "uuid", "gen_random_uuid()", 3_000).await;
+    hits_table(&db.pool, "by_uuid", "uuid", "gen_random_uuid()", 3_000).await;
     // Text keys with awkward values: empty, 'null', mixed case and non-ASCII.
-    hits_table(&db, "by_text", "text", "md5(i::text)", 2_000).await;
-    db.exec("INSERT INTO by_text (k) VALUES (''), ('null'), ('NULL'), ('Zürich'), ('a b')")
+    hits_table(&db.pool, "by_text", "text", "md5(i::text)", 2_000).await;
+    db.exec("INSERT INTO by_text (id) VALUES (''), ('null'), ('NULL'), ('Zürich'), ('a b')")
         .await;
     db.exec(
         "CREATE TABLE by_pair (tenant_id int NOT NULL, id bigint NOT NULL, hits int NOT NULL DEFAULT 0,
@@ -164,8 +142,8 @@ async fn uuid_text_and_composite_keys_each_row_once() {
     )
     .await;
     let cases = [
-        ("uuids", "by_uuid", "\"k\"", 4, 3_000),
-        ("texts", "by_text", "\"k\"", 3, 2_005),
+        ("uuids", "by_uuid", "\"id\"", 4, 3_000),
+        ("texts", "by_text", "\"id\"", 3, 2_005),
         ("pairs", "by_pair", "[\"tenant_id\", \"id\"]", 3, 2_500),
     ];
     for (name, table, key, partitions, rows) in cases {
@@ -181,20 +159,20 @@ async fn uuid_text_and_composite_keys_each_row_once() {
         );
         let output = db.cli(&["run", job.to_str().unwrap()]);
         assert_eq!(output.status.code(), Some(0), "{name}: {}", text(&output));
-        assert_each_hit_once(&db, table, rows).await;
+        assert_each_hit_once(&db.pool, table, rows).await;
     }
 }
 
 #[tokio::test]
 async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
     let db = TestDb::new().await;
-    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
             "grow",
             "t",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "batch_size = 300",
         ),
@@ -205,7 +183,7 @@ async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
     assert_eq!(worker.claim.cursor, Some(vec!["300".to_string()]));
     // The application keeps inserting, above the cursor and beyond the old maximum.
-    db.exec("INSERT INTO t (k) SELECT i FROM generate_series(1001, 1500) i")
+    db.exec("INSERT INTO t (id) SELECT i FROM generate_series(1001, 1500) i")
         .await;
     let mut steps = 1;
     loop {
@@ -218,19 +196,19 @@ async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
         }
         assert!(steps < 20, "the walk should end");
     }
-    assert_each_hit_once(&db, "t", 1_500).await;
+    assert_each_hit_once(&db.pool, "t", 1_500).await;
 }
 
 #[tokio::test]
 async fn a_paused_job_or_a_lost_lease_writes_nothing() {
     let db = TestDb::new().await;
-    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
             "careful",
             "t",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "batch_size = 100",
         ),
@@ -277,13 +255,13 @@ async fn a_paused_job_or_a_lost_lease_writes_nothing() {
 #[tokio::test]
 async fn the_rate_limit_holds_over_several_seconds() {
     let db = TestDb::new().await;
-    hits_table(&db, "t", "bigint", "i", 10_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10_000).await;
     let job = db.write_job(
         "slow.toml",
         &job_toml(
             "slow",
             "t",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "batch_size = 100\nrows_per_second = 2000\npartitions = 2",
         ),
@@ -310,13 +288,13 @@ async fn the_rate_limit_holds_over_several_seconds() {
         rate >= 1_000.0,
         "rate {rate:.0} rows/s is far below the limit"
     );
-    assert_each_hit_once(&db, "t", 10_000).await;
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
 #[tokio::test]
 async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     let db = TestDb::new().await;
-    hits_table(&db, "t", "bigint", "i", 100_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 100_000).await;
     db.exec("ANALYZE t").await;
     let schema = backfilld::plumbing::db::Schema::new("backfilld");
     backfilld::store::migrate::run(&db.pool, &schema)
@@ -326,7 +304,7 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
         &job_toml(
             "plan",
             "t",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "where = \"hits = 0\"",
         ),

@@ -7,11 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::{
-    assert_each_hit_once, assert_no_panic, assert_table_matches_checkpoints, hits_job, hits_table,
-    jobs_dir, scanned, Api, ADMIN, TOKENS,
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, eventually, hits_table,
+    hold_row, http_status, wait_for_a_lock_waiter, wait_for_progress, Daemon, TestDb,
 };
-use common::{eventually, http_status, Daemon, TestDb};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -31,22 +31,10 @@ fn owned_by(owner: &str, daemon: &Daemon) -> bool {
     owner.split(':').nth(1) == Some(&*daemon.child.id().to_string())
 }
 
-/// backfilld sessions of this database in `state` (as pg_stat_activity says), optionally only
-/// those waiting on a lock.
-async fn backfilld_sessions(db: &TestDb, state: &str, waiting_on_lock: bool) -> i64 {
-    db.scalar_i64(&format!(
-        "SELECT count(*) FROM pg_stat_activity
-          WHERE datname = '{}' AND application_name = 'backfilld' AND state = '{state}'
-            AND ({} OR wait_event_type = 'Lock')",
-        db.name, !waiting_on_lock
-    ))
-    .await
-}
-
 #[tokio::test]
 async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes() {
     let db = TestDb::new().await;
-    hits_table(&db, 3_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 3_000).await;
     let dir = jobs_dir(&db);
     let config = format!("lease_ttl = \"2s\"\nworkers = 2\n{TOKENS}");
     let mut stalled = Daemon::start(&db.url, &db.dir, &config, &dir);
@@ -54,19 +42,10 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
 
     // The application holds a row the walk will reach, so the first daemon's batch for keys
     // 1001..1100 waits on it, with the partition's fence (its progress row) locked.
-    let mut app = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = 1050 FOR UPDATE")
-        .execute(&mut *app)
-        .await
-        .unwrap();
+    let app = hold_row(&db, 1_050).await;
     api.submit(hits_job("fenced", json!({}))).await;
-    eventually(
-        Duration::from_secs(30),
-        "a batch waiting on the row lock",
-        || async { (backfilld_sessions(&db, "active", true).await == 1).then_some(()) },
-    )
-    .await;
-    assert_eq!(scanned(&db).await, 1_000);
+    wait_for_a_lock_waiter(&db, "a batch waiting on the row lock").await;
+    assert_eq!(checkpointed(&db.pool).await, 1_000);
     let stale_owner = owners(&db).await;
     assert!(owned_by(&stale_owner[0], &stalled), "{stale_owner:?}");
 
@@ -81,16 +60,16 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     eventually(
         Duration::from_secs(10),
         "the in-flight batch to commit whole",
-        || async { (scanned(&db).await == 1_100).then_some(()) },
+        || async { (checkpointed(&db.pool).await == 1_100).then_some(()) },
     )
     .await;
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "once the in-flight batch committed").await;
     // The lease lapses (the stalled process cannot renew it), and the other process takes the
     // partition over from the checkpoint.
     Api::new(&taker, Some(ADMIN))
         .wait_state("fenced", "completed", Duration::from_secs(60))
         .await;
-    assert_each_hit_once(&db, "t", 3_000).await;
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
 
     // The stalled process wakes up, still believing it holds the partition mid-batch.
     stalled.signal("CONT");
@@ -108,8 +87,8 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
     }
     assert_eq!(http_status(&stalled.base, "/healthz"), Some(200));
     // Its stale batch did not commit: still exactly once, and the checkpoints agree.
-    assert_each_hit_once(&db, "t", 3_000).await;
-    assert_eq!(scanned(&db).await, 3_000);
+    assert_each_hit_once(&db.pool, "t", 3_000).await;
+    assert_eq!(checkpointed(&db.pool).await, 3_000);
     assert_no_panic(&stalled.log());
     assert_no_panic(&taker.log());
     stalled.signal("TERM");
@@ -119,7 +98,7 @@ async fn a_process_stopped_mid_batch_past_its_lease_cannot_commit_when_it_wakes(
 #[tokio::test]
 async fn a_killed_process_has_its_partitions_taken_over() {
     let db = TestDb::new().await;
-    hits_table(&db, 10_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10_000).await;
     let dir = jobs_dir(&db);
     // A long lease: the takeover must come from the dead process's presence session closing,
     // not from waiting the lease out.
@@ -138,7 +117,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
             let owners = owners(&db).await;
             (owners.len() == 2
                 && owners.iter().all(|o| owned_by(o, &victim))
-                && scanned(&db).await >= 1_000)
+                && checkpointed(&db.pool).await >= 1_000)
                 .then_some(())
         },
     )
@@ -146,7 +125,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
     let heir = Daemon::start(&db.url, &db.dir, &config, &dir);
     victim.child.kill().unwrap(); // SIGKILL: no drain, no release
     victim.child.wait().unwrap();
-    let at_kill = scanned(&db).await;
+    let at_kill = checkpointed(&db.pool).await;
     assert!(at_kill < 10_000, "the job ended before the kill");
     let api = Api::new(&heir, Some(ADMIN));
     eventually(
@@ -164,7 +143,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
     // Well within the 60 s lease: the takeover did not wait for it.
     api.wait_state("orphaned", "completed", Duration::from_secs(40))
         .await;
-    assert_each_hit_once(&db, "t", 10_000).await;
+    assert_each_hit_once(&db.pool, "t", 10_000).await;
     assert_no_panic(&heir.log());
 }
 
@@ -184,7 +163,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
     let mut rng = StdRng::seed_from_u64(seed);
     let rows = 30_000;
     let db = TestDb::new().await;
-    hits_table(&db, rows).await;
+    hits_table(&db.pool, "t", "bigint", "i", rows).await;
     let dir = jobs_dir(&db);
     let config = format!("lease_ttl = \"2s\"\nworkers = 2\nshutdown_timeout = \"5s\"\n{TOKENS}");
     let mut replicas: Vec<Replica> = (0..3)
@@ -199,10 +178,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
             json!({"partitions": 4, "rows_per_second": 1200, "batch_size": 60}),
         ))
         .await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await > 0).then_some(())
-    })
-    .await;
+    wait_for_progress(&db, 1, Duration::from_secs(30)).await;
 
     let mut actions = Vec::new();
     let mut landed_while_running = 0;
@@ -262,7 +238,12 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
         }
         actions.push(format!("{action} #{pick}"));
         // Between faults, the table always agrees with the checkpoints.
-        assert_table_matches_checkpoints(&db, "t").await;
+        assert_table_matches_checkpoints(
+            &db.pool,
+            "t",
+            &format!("after {action} #{pick} (seed {seed})"),
+        )
+        .await;
     }
     println!("chaos actions (seed {seed}): {}", actions.join(", "));
     assert!(
@@ -283,7 +264,7 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
     let job = api
         .wait_state("chaos", "completed", Duration::from_secs(90))
         .await;
-    assert_each_hit_once(&db, "t", rows).await;
+    assert_each_hit_once(&db.pool, "t", rows).await;
     assert_eq!(job["rows_scanned"], json!(rows), "seed {seed}: {job}");
     for replica in &replicas {
         assert_no_panic(&replica.daemon.as_ref().unwrap().log());

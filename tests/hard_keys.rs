@@ -9,11 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{
-    assert_each_hit_once, assert_no_panic, assert_table_matches_checkpoints, hits_job, jobs_dir,
-    scanned, Api, ADMIN, TOKENS,
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, assert_table_matches_checkpoints, checkpointed, hits_table, job_toml,
+    text, wait_for_progress, Daemon, TestDb,
 };
-use common::{eventually, job_toml, text, Daemon, TestDb};
 use serde_json::json;
 
 /// (table, key column type or composite definition, key for the job, rows SQL, partitions)
@@ -158,8 +158,7 @@ async fn hard_keys_with_partitions_increment_each_row_once() {
 #[tokio::test]
 async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
     let db = TestDb::new().await;
-    db.exec("CREATE TABLE empty (k bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0)")
-        .await;
+    hits_table(&db.pool, "empty", "bigint", "i", 0).await;
     for partitions in [1, 4] {
         let name = format!("empty{partitions}");
         let job = db.write_job(
@@ -167,7 +166,7 @@ async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
             &job_toml(
                 &name,
                 "empty",
-                "\"k\"",
+                "\"id\"",
                 "hits = \"hits + 1\"",
                 &format!("partitions = {partitions}"),
             ),
@@ -183,20 +182,20 @@ async fn an_empty_table_completes_at_once_with_any_number_of_partitions() {
     }
     // A row inserted after the empty job completed is not the job's business any more; one
     // inserted into a fresh job's unbounded last range is.
-    db.exec("INSERT INTO empty (k) VALUES (5)").await;
+    db.exec("INSERT INTO empty (id) VALUES (5)").await;
     let job = db.write_job(
         "late.toml",
         &job_toml(
             "late",
             "empty",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "partitions = 4",
         ),
     );
     let output = db.cli(&["run", job.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
-    assert_each_hit_once(&db, "empty", 1).await;
+    assert_each_hit_once(&db.pool, "empty", 1).await;
 }
 
 /// `t (id, base, derived, hits)`: the job reads `base`, writes `derived` and counts in `hits`.
@@ -223,17 +222,14 @@ async fn change_schema_under_the_job(ddl: &str, table_after: &str) -> serde_json
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     api.submit(derived_job("doomed")).await;
-    eventually(Duration::from_secs(30), "progress", || async {
-        (scanned(&db).await >= 600).then_some(())
-    })
-    .await;
+    wait_for_progress(&db, 600, Duration::from_secs(30)).await;
     db.exec(ddl).await;
     let job = api
         .wait_state("doomed", "failed", Duration::from_secs(30))
         .await;
     // Nothing half-written: the rows hit are exactly those the checkpoints cover, each once.
-    assert_table_matches_checkpoints(&db, table_after).await;
-    let scanned = scanned(&db).await;
+    assert_table_matches_checkpoints(&db.pool, table_after, "after the schema change").await;
+    let scanned = checkpointed(&db.pool).await;
     assert!(scanned < 6_000, "the job finished before the change");
     assert_eq!(job["rows_scanned"], json!(scanned));
     println!("last_error: {}", job["last_error"]);

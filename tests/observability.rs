@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{api, eventually, Daemon, TestDb};
+use common::{api, eventually, free_port, hits_table, on_path, Daemon, TestDb};
 use serde_json::{json, Value};
 
-/// The metric names of DESIGN.md §5.
-const DESIGN_METRICS: &[&str] = &[
+/// The metric names of the README's metrics table.
+const DOCUMENTED_METRICS: &[&str] = &[
     "backfill_rows_scanned_total",
     "backfill_rows_updated_total",
     "backfill_batches_total",
@@ -33,12 +33,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn require(tool: &str, package: &str) -> PathBuf {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(tool))
-            .find(|p| p.exists())
-    });
-    found.unwrap_or_else(|| {
+    on_path(tool).unwrap_or_else(|| {
         panic!("{tool} is not installed: install Debian's {package} package (.ci/run does)")
     })
 }
@@ -82,14 +77,6 @@ fn metric_names(query: &str) -> Vec<String> {
         i = end;
     }
     names
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prometheus {
@@ -150,7 +137,7 @@ async fn prom_query(http: &reqwest::Client, base: &str, query: &str) -> Option<V
 #[tokio::test]
 async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 200000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 200000).await;
     let jobs = api::jobs_dir(&db);
     let daemon = Daemon::start(&db.url, &db.dir, "", &jobs);
     let http = reqwest::Client::new();
@@ -209,8 +196,8 @@ async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
     for query in dashboard_queries("watched") {
         for name in metric_names(&query) {
             assert!(
-                DESIGN_METRICS.contains(&name.as_str()),
-                "{query} uses {name}, which DESIGN.md does not define"
+                DOCUMENTED_METRICS.contains(&name.as_str()),
+                "{query} uses {name}, which the README's metrics table does not list"
             );
         }
         let result = eventually(
@@ -229,10 +216,10 @@ async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
 }
 
 #[tokio::test]
-async fn the_exposition_passes_promtool_and_carries_every_design_metric() {
+async fn the_exposition_passes_promtool_and_carries_every_documented_metric() {
     let promtool = require("promtool", "prometheus");
     let db = TestDb::new().await;
-    api::hits_table(&db, 2000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2000).await;
     let jobs = api::jobs_dir(&db);
     std::fs::write(
         jobs.join("j.toml"),
@@ -269,7 +256,7 @@ async fn the_exposition_passes_promtool_and_carries_every_design_metric() {
         .unwrap()
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
-    for name in DESIGN_METRICS {
+    for name in DOCUMENTED_METRICS {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} missing from /metrics"

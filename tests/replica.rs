@@ -5,13 +5,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use common::cluster::{self, as_postgres, free_port, ScratchDir};
+use common::cluster::{self, as_postgres, ScratchDir};
+use common::free_port;
 
 /// A primary and a streaming standby in a temporary directory, stopped and removed on drop.
 struct Cluster {
@@ -64,25 +65,12 @@ async fn pool(url: &str) -> PgPool {
         .unwrap()
 }
 
-async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
     let cluster = Cluster::start();
     let primary = pool(&cluster.url(cluster.primary_port)).await;
     let standby = pool(&cluster.url(cluster.standby_port)).await;
-    sqlx::raw_sql(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, 20000) i;",
-    )
-    .execute(&primary)
-    .await
-    .unwrap();
+    common::hits_table(&primary, "t", "bigint", "i", 20_000).await;
     common::eventually(
         Duration::from_secs(30),
         "the standby to catch up",
@@ -115,14 +103,14 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
     )
     .unwrap();
     let log_path = dir.join("run.log");
-    let mut run = Command::new(common::bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", cluster.url(cluster.primary_port))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut run = common::command(
+        &cluster.url(cluster.primary_port),
+        &["run", job.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log_path).unwrap())
+    .spawn()
+    .unwrap();
 
     // The job's own writes pile up unreplayed WAL; once the standby is more than 1 s behind,
     // the job must stand still.
@@ -177,12 +165,5 @@ async fn a_lagging_standby_holds_the_job_until_it_catches_up() {
         "{}",
         std::fs::read_to_string(&log_path).unwrap()
     );
-    assert_eq!(
-        scalar(&primary, "SELECT count(*) FROM t WHERE hits = 1").await,
-        20_000
-    );
-    assert_eq!(
-        scalar(&primary, "SELECT count(*) FROM t WHERE hits <> 1").await,
-        0
-    );
+    common::assert_each_hit_once(&primary, "t", 20_000).await;
 }

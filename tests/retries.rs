@@ -9,11 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{
-    assert_each_hit_once, assert_no_panic, assert_table_matches_checkpoints, hits_job, hits_table,
-    jobs_dir, Api, ADMIN, TOKENS,
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{
+    assert_each_hit_once, assert_table_matches_checkpoints, eventually, hits_table, hold_row,
+    wait_for_a_lock_waiter, Daemon, TestDb,
 };
-use common::{eventually, Daemon, TestDb};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -28,17 +28,6 @@ async fn wait_retried(api: &Api, job: &str, at_least: f64) {
     .await;
 }
 
-/// The application holds row `id` of `t` (FOR UPDATE) until the transaction is committed.
-async fn hold_row(db: &TestDb, id: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx
-}
-
 fn kinds(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -49,7 +38,7 @@ fn kinds(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn a_lock_timeout_is_retried_and_the_batch_succeeds_once_the_lock_is_gone() {
     let db = TestDb::new().await;
-    hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     let app = hold_row(&db, 1_050).await;
@@ -65,7 +54,7 @@ async fn a_lock_timeout_is_retried_and_the_batch_succeeds_once_the_lock_is_gone(
     let job = api
         .wait_state("patient", "completed", Duration::from_secs(30))
         .await;
-    assert_each_hit_once(&db, "t", 2_000).await;
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
     assert_eq!(job["last_error"], Value::Null);
     assert_eq!(
         kinds(&api.events("patient").await),
@@ -79,7 +68,7 @@ async fn a_lock_timeout_is_retried_and_the_batch_succeeds_once_the_lock_is_gone(
 async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_resume_retries_it()
 {
     let db = TestDb::new().await;
-    hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     let app = hold_row(&db, 1_050).await;
@@ -118,7 +107,7 @@ async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_
         1.0
     );
     // The rows before the held one are done; nothing of the failed batch remains.
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "after the failed batch").await;
     assert_eq!(job["rows_scanned"], json!(1_000));
 
     app.commit().await.unwrap();
@@ -128,7 +117,7 @@ async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_
         .wait_state("stuck", "completed", Duration::from_secs(30))
         .await;
     assert_eq!(job["last_error"], Value::Null, "{job}");
-    assert_each_hit_once(&db, "t", 2_000).await;
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
     assert_eq!(
         kinds(&api.events("stuck").await),
         ["submitted", "running", "failed", "running", "completed"]
@@ -139,7 +128,7 @@ async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_
 #[tokio::test]
 async fn a_statement_timeout_is_retried_until_the_statement_is_fast_again() {
     let db = TestDb::new().await;
-    hits_table(&db, 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     // A statement-level trigger as slow as the control row says: one slow batch at a time.
     db.exec(
         "CREATE TABLE ctl (sleep_s float8 NOT NULL);
@@ -161,7 +150,7 @@ async fn a_statement_timeout_is_retried_until_the_statement_is_fast_again() {
     db.exec("UPDATE ctl SET sleep_s = 0").await;
     api.wait_state("slow", "completed", Duration::from_secs(30))
         .await;
-    assert_each_hit_once(&db, "t", 1_000).await;
+    assert_each_hit_once(&db.pool, "t", 1_000).await;
     let log = daemon.log();
     assert!(
         log.contains("statement timeout") && log.contains("57014"),
@@ -173,7 +162,7 @@ async fn a_statement_timeout_is_retried_until_the_statement_is_fast_again() {
 #[tokio::test]
 async fn a_deadlock_with_the_application_is_retried() {
     let db = TestDb::new().await;
-    hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     // The daemon's sessions look for deadlocks after 3 s; this test's after a minute. So the
     // batch, not the application, is the victim of the cycle built below.
     db.exec(&format!(
@@ -183,33 +172,15 @@ async fn a_deadlock_with_the_application_is_retried() {
     .await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
-    let mut app = db.pool.begin().await.unwrap();
+    let mut app = hold_row(&db, 1_050).await;
     sqlx::query("SET LOCAL deadlock_timeout = '60s'")
-        .execute(&mut *app)
-        .await
-        .unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = 1050 FOR UPDATE")
         .execute(&mut *app)
         .await
         .unwrap();
     api.submit(hits_job("cyclic", json!({"max_attempts": 5})))
         .await;
     // The batch holds its partition's progress row (the fence) and waits for row 1050...
-    eventually(
-        Duration::from_secs(30),
-        "the batch waiting on the row",
-        || async {
-            let waiting = db
-                .scalar_i64(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'
-                   AND application_name = 'backfilld' AND wait_event_type = 'Lock'",
-                    db.name
-                ))
-                .await;
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    wait_for_a_lock_waiter(&db, "the batch waiting on the row").await;
     // ...and the application now wants that progress row: a cycle.
     sqlx::query("SELECT 1 FROM backfilld.progress FOR UPDATE")
         .execute(&mut *app)
@@ -218,7 +189,7 @@ async fn a_deadlock_with_the_application_is_retried() {
     app.rollback().await.unwrap();
     api.wait_state("cyclic", "completed", Duration::from_secs(30))
         .await;
-    assert_each_hit_once(&db, "t", 2_000).await;
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
     assert!(
         api.metric("backfill_batches_total", &retried("cyclic"))
             .await
@@ -235,7 +206,7 @@ async fn a_deadlock_with_the_application_is_retried() {
 #[tokio::test]
 async fn a_serialization_failure_under_repeatable_read_is_retried() {
     let db = TestDb::new().await;
-    hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     db.exec("ALTER TABLE t ADD COLUMN note text").await;
     // Some shops run every transaction at REPEATABLE READ; a batch whose row was changed by a
     // transaction that committed after the batch's snapshot then fails with 40001.
@@ -253,25 +224,11 @@ async fn a_serialization_failure_under_repeatable_read_is_retried() {
         .unwrap();
     api.submit(hits_job("serial", json!({"max_attempts": 5})))
         .await;
-    eventually(
-        Duration::from_secs(30),
-        "the batch waiting on the row",
-        || async {
-            let waiting = db
-                .scalar_i64(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'
-                   AND application_name = 'backfilld' AND wait_event_type = 'Lock'",
-                    db.name
-                ))
-                .await;
-            (waiting == 1).then_some(())
-        },
-    )
-    .await;
+    wait_for_a_lock_waiter(&db, "the batch waiting on the row").await;
     app.commit().await.unwrap();
     api.wait_state("serial", "completed", Duration::from_secs(30))
         .await;
-    assert_each_hit_once(&db, "t", 2_000).await;
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
     assert_eq!(
         db.scalar_string("SELECT note FROM t WHERE id = 1050").await,
         Some("app".into())

@@ -8,19 +8,17 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::api::{assert_no_panic, hits_job, hits_table, jobs_dir, Api, ADMIN, TOKENS};
-use common::{text, Daemon, TestDb};
+use common::api::{assert_no_panic, hits_job, jobs_dir, Api, ADMIN, TOKENS};
+use common::{hits_table, on_path, text, Daemon, TestDb};
 use serde_json::json;
 
 /// The version `.ci/run` installs.
 const PINNED: &str = "4.32.5";
 
 fn schemathesis() -> PathBuf {
-    let paths = std::env::var_os("PATH").unwrap_or_default();
     ["schemathesis", "st"]
-        .iter()
-        .flat_map(|tool| std::env::split_paths(&paths).map(move |p| p.join(tool)))
-        .find(|p| p.exists())
+        .into_iter()
+        .find_map(on_path)
         .unwrap_or_else(|| {
             panic!(
                 "schemathesis is not installed: pip install schemathesis=={PINNED} (.ci/run does)"
@@ -39,8 +37,8 @@ fn run_pass(daemon: &Daemon, config: Option<&std::path::Path>, seed: u32) {
         .arg(format!("{}/api/v1/openapi.json", daemon.base))
         .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
         // Every check but `positive_data_acceptance`: the document describes a job's shape,
-        // not every rule of DESIGN.md §1 (name pattern, ranges), so schema-valid bodies that
-        // the validation refuses with a 400 are expected, not a bug.
+        // not every rule of the README's "A job file" (name pattern, ranges), so schema-valid
+        // bodies that the validation refuses with a 400 are expected, not a bug.
         .args([
             "--checks",
             "all",
@@ -67,7 +65,7 @@ fn run_pass(daemon: &Daemon, config: Option<&std::path::Path>, seed: u32) {
 #[tokio::test]
 async fn the_api_conforms_to_its_openapi_document_under_schemathesis() {
     let db = TestDb::new().await;
-    hits_table(&db, 5_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 5_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &jobs_dir(&db));
     let api = Api::new(&daemon, Some(ADMIN));
     // A slow live job for the pass that aims at it.

@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use backfilld::engine::worker::{Step, Worker};
-use common::{api, eventually, job_toml, start_job, TestDb};
+use common::{
+    api, assert_each_hit_once, eventually, hits_table, hold_row, job_toml, start_job, TestDb,
+};
 use tokio_util::sync::CancellationToken;
 
 fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
@@ -15,7 +17,7 @@ fn reason(worker_job: &backfilld::engine::runtime::JobRuntime) -> String {
 #[tokio::test]
 async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 200_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 200_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
@@ -45,12 +47,7 @@ async fn adaptive_batches_grow_toward_the_target_and_halve_after_a_lock_timeout(
     // Another session holds a lock on the next batch's rows: the batch times out, and the
     // retry is half the size.
     let cursor: i64 = worker.claim.cursor.as_ref().unwrap()[0].parse().unwrap();
-    let mut blocker = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
-        .bind(cursor + 1)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_row(&db, cursor + 1).await;
     let before = runtime.snapshot().batch_size;
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
     assert_eq!(runtime.snapshot().batch_size, before / 2);
@@ -91,7 +88,7 @@ async fn throttle_reason(job: &backfilld::engine::runtime::JobRuntime) -> Option
 #[tokio::test]
 async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
     let (runtime, env, mut positions, _presence) = start_job(
@@ -153,7 +150,7 @@ async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
 #[tokio::test]
 async fn busy_databases_and_closed_windows_hold_the_job() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     // Three application sessions busy at once.
     let mut sleepers = Vec::new();
     for _ in 0..3 {
@@ -207,8 +204,7 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
         )
     };
     let window = format!("{}-{} Asia/Tokyo", at(now_minute + 60), at(now_minute - 60));
-    db.exec("CREATE TABLE u (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0); INSERT INTO u SELECT i FROM generate_series(1, 100) i;")
-        .await;
+    hits_table(&db.pool, "u", "bigint", "i", 100).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
@@ -238,7 +234,7 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
 #[tokio::test]
 async fn the_api_and_metrics_show_the_throttle_reason() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 2_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
     db.exec("CREATE TABLE health (busy bool NOT NULL); INSERT INTO health VALUES (true);")
         .await;
     let jobs = api::jobs_dir(&db);
@@ -265,15 +261,7 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
         .as_str()
         .unwrap()
         .contains("returned true"));
-    let metrics = client
-        .http
-        .get(format!("{}/metrics", daemon.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = client.metrics().await;
     assert!(
         metrics.contains("backfill_throttled{job=\"held\",reason=\"throttle_query\"} 1"),
         "{metrics}"
@@ -283,16 +271,13 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
     client
         .wait_state("held", "completed", Duration::from_secs(30))
         .await;
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
-        2_000
-    );
+    assert_each_hit_once(&db.pool, "t", 2_000).await;
 }
 
 #[tokio::test]
 async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
     let db = TestDb::new().await;
-    api::hits_table(&db, 10).await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let before = db.fingerprint().await;
     let cases = [
         (

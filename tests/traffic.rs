@@ -16,8 +16,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::api::assert_table_matches_checkpoints;
-use common::{bin, eventually, job_toml, text, TestDb};
+use common::{assert_table_matches_checkpoints, job_toml, spawn, text, wait_for_progress, TestDb};
 
 const ROWS: i64 = 20_000;
 
@@ -54,17 +53,9 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
             "batch_size = 200\nrows_per_second = 4000\npartitions = 2",
         ),
     );
-    let run = std::process::Command::new(bin())
-        .args(["run", job.to_str().unwrap()])
-        .env("DATABASE_URL", &db.url)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(30), "the job under way", || async {
-        (common::checkpointed(&db.pool).await > 0).then_some(())
-    })
-    .await;
+    let run = spawn(&db.url, &["run", job.to_str().unwrap()]);
+    // The job under way.
+    wait_for_progress(&db, 1, Duration::from_secs(30)).await;
 
     let script = db.dir.join("app.sql");
     std::fs::write(&script, APP_SCRIPT).unwrap();
@@ -123,7 +114,7 @@ async fn pgbench_updates_and_inserts_while_the_job_runs_and_the_result_is_exact(
             .await,
         0
     );
-    assert_table_matches_checkpoints(&db, "t").await;
+    assert_table_matches_checkpoints(&db.pool, "t", "after the run").await;
     // The app updated the rows under the batches: their base moved on, and derived followed.
     assert!(
         db.scalar_i64(&format!(

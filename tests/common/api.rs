@@ -1,4 +1,5 @@
-//! An HTTP client for a test daemon, and the hits-table helpers the fault tests share.
+//! An HTTP client for a test daemon, and what the daemon tests share besides: tokens, the hits
+//! job as a JSON body, a jobs directory, and the no-panic check of a daemon's log.
 
 use std::time::Duration;
 
@@ -113,33 +114,28 @@ impl Api {
         body["events"].as_array().unwrap().clone()
     }
 
-    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
-    /// given as the metric name and its labels in exposition order; 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = self
-            .http
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
+    /// given as the metric name and its labels in exposition order; 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.metrics().await;
         let wanted = format!("{name}{{{labels}}} ");
         text.lines()
             .find_map(|line| line.strip_prefix(&wanted))
             .map(|value| value.trim().parse().unwrap())
             .unwrap_or(0.0)
     }
-}
-
-/// `t (id bigint PRIMARY KEY, hits int)` with ids 1..=rows.
-pub async fn hits_table(db: &TestDb, rows: i64) {
-    db.exec(&format!(
-        "CREATE TABLE t (id bigint PRIMARY KEY, hits int NOT NULL DEFAULT 0);
-         INSERT INTO t (id) SELECT i FROM generate_series(1, {rows}) i;"
-    ))
-    .await;
 }
 
 /// A non-idempotent job over `t`: running a batch twice shows as `hits = 2`.
@@ -153,53 +149,6 @@ pub fn hits_job(name: &str, extra: Value) -> Value {
         }
     }
     job
-}
-
-/// Waits (bounded) until the job's checkpoints cover at least `rows` keys.
-pub async fn wait_for_progress(db: &TestDb, rows: i64) {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{rows} rows checkpointed"),
-        || async { (scanned(db).await >= rows).then_some(()) },
-    )
-    .await
-}
-
-pub async fn scanned(db: &TestDb) -> i64 {
-    super::checkpointed(&db.pool).await
-}
-
-/// `rows` rows in `table`, every one with `hits = 1`.
-pub async fn assert_each_hit_once(db: &TestDb, table: &str, rows: i64) {
-    let summary = db
-        .scalar_string(&format!(
-            "SELECT count(*) || ' rows, min ' || coalesce(min(hits), 0) || ', max ' || coalesce(max(hits), 0) FROM {table}"
-        ))
-        .await;
-    assert_eq!(
-        summary.as_deref(),
-        Some(&*format!("{rows} rows, min 1, max 1")),
-        "{table}: not every row incremented exactly once"
-    );
-}
-
-/// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
-/// has more: nothing half-written, nothing doubled. One statement, so one snapshot, even while
-/// batches commit.
-pub async fn assert_table_matches_checkpoints(db: &TestDb, table: &str) {
-    let (once, more, scanned): (i64, i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM {table} WHERE hits = 1),
-                (SELECT count(*) FROM {table} WHERE hits > 1),
-                (SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress)"
-    )))
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        (once, more),
-        (scanned, 0),
-        "{table} against the checkpoints"
-    );
 }
 
 pub fn jobs_dir(db: &TestDb) -> std::path::PathBuf {

@@ -42,14 +42,6 @@ pub fn as_postgres(tool: &str, args: &[&str]) {
     );
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A directory the postgres user owns, removed (with every server started in it stopped) on
 /// drop.
 pub struct ScratchDir {

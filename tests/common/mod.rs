@@ -1,15 +1,18 @@
 //! Shared test support: a fresh database per test on the real PostgreSQL, job files in a
-//! temporary directory, and the real binary.
+//! temporary directory, and the real binary; jobs driven step by step through the library; the
+//! hits table that a non-idempotent job (`hits = hits + 1`) runs over, with its checks (each
+//! row once, the table against the checkpoints) and what tests wait for (progress, a batch
+//! waiting on a lock, leases released). api.rs: the HTTP side; cluster.rs: throwaway servers.
 #![allow(dead_code)]
 
 pub mod api;
 pub mod cluster;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
 
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL")
@@ -147,14 +150,54 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backfilld"))
 }
 
-pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
+/// A loopback port nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where `tool` is on `PATH`, if it is.
+pub fn on_path(tool: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(tool))
+        .find(|p| p.exists())
+}
+
+/// The real binary with `args` against the database at `url`, logging at info.
+pub fn command(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(bin());
     command
         .args(args)
         .env("DATABASE_URL", url)
         .env_remove("BACKFILLD_CONFIG")
         .env("RUST_LOG", "info");
-    command.output().expect("spawn backfilld")
+    command
+}
+
+pub fn cli_with_url(url: &str, args: &[&str]) -> Output {
+    command(url, args).output().expect("spawn backfilld")
+}
+
+/// Starts the real binary with `args` against the database at `url`, its output piped.
+pub fn spawn(url: &str, args: &[&str]) -> Child {
+    command(url, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backfilld")
+}
+
+/// Sends `name` (e.g. `TERM`) to process `pid`.
+pub fn signal(pid: impl std::fmt::Display, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 pub fn text(output: &Output) -> String {
@@ -203,13 +246,10 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.join(format!("daemon-{}.log", &suffix[..8]));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        let mut child = command(url, &["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config_path)
             .arg("--jobs-dir")
             .arg(jobs_dir)
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -235,12 +275,8 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    pub fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
     }
 
     /// Waits (bounded) for the process to exit and returns its code.
@@ -350,11 +386,120 @@ pub async fn start_job(
 
 /// Keys the jobs in the database behind `executor` have checkpointed, as other sessions see
 /// them; 0 before backfilld's schema exists (a test may poll before the binary migrated).
-pub async fn checkpointed<'e>(executor: impl sqlx::PgExecutor<'e>) -> i64 {
+pub async fn checkpointed<'e>(executor: impl PgExecutor<'e>) -> i64 {
     sqlx::query_scalar::<_, i64>(
         "SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress",
     )
     .fetch_one(executor)
     .await
     .unwrap_or(0)
+}
+
+/// Waits (bounded by `within`) until the checkpoints cover at least `rows` keys.
+pub async fn wait_for_progress(db: &TestDb, rows: i64, within: std::time::Duration) {
+    eventually(within, &format!("{rows} rows checkpointed"), || async {
+        (checkpointed(&db.pool).await >= rows).then_some(())
+    })
+    .await
+}
+
+/// `table (id <key_type> PRIMARY KEY, hits int NOT NULL DEFAULT 0)` with one row per `i` in
+/// 1..=rows, its key `key_expr` (an expression over `i`). A non-idempotent job over it
+/// (`hits = hits + 1`) shows a lost batch as `hits = 0` and a doubled one as `hits = 2`.
+pub async fn hits_table<'e>(
+    executor: impl PgExecutor<'e>,
+    table: &str,
+    key_type: &str,
+    key_expr: &str,
+    rows: i64,
+) {
+    let sql = format!(
+        "CREATE TABLE {table} (id {key_type} PRIMARY KEY, hits int NOT NULL DEFAULT 0);
+         INSERT INTO {table} (id) SELECT {key_expr} FROM generate_series(1, {rows}) i;"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+        .execute(executor)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `rows` rows in `table`, every one with `hits = 1`.
+pub async fn assert_each_hit_once<'e>(executor: impl PgExecutor<'e>, table: &str, rows: i64) {
+    let summary: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) || ' rows, min ' || coalesce(min(hits), 0) || ', max ' || coalesce(max(hits), 0) FROM {table}"
+    )))
+    .fetch_one(executor)
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.as_deref(),
+        Some(&*format!("{rows} rows, min 1, max 1")),
+        "{table}: not every row incremented exactly once"
+    );
+}
+
+/// Rows of `table` with `hits = 1` equal the rows the checkpoints say were scanned, and none
+/// has more: nothing half-written, nothing doubled (`when` says at which point of the test).
+/// One statement, so one snapshot, even while batches commit. Returns the rows checkpointed.
+pub async fn assert_table_matches_checkpoints<'e>(
+    executor: impl PgExecutor<'e>,
+    table: &str,
+    when: &str,
+) -> i64 {
+    let (once, more, scanned): (i64, i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM {table} WHERE hits = 1),
+                (SELECT count(*) FROM {table} WHERE hits > 1),
+                (SELECT coalesce(sum(rows_scanned), 0)::int8 FROM backfilld.progress)"
+    )))
+    .fetch_one(executor)
+    .await
+    .unwrap();
+    assert_eq!(
+        (once, more),
+        (scanned, 0),
+        "{table} against the checkpoints {when}"
+    );
+    scanned
+}
+
+/// The application holds row `id` of `t` (FOR UPDATE) until the transaction ends.
+pub async fn hold_row(db: &TestDb, id: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM t WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+/// Waits (bounded) until exactly one backfilld session of this database waits on a lock, as
+/// pg_stat_activity says: a batch blocked by what the test holds.
+pub async fn wait_for_a_lock_waiter(db: &TestDb, what: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = '{}' AND application_name = 'backfilld' AND state = 'active'
+            AND wait_event_type = 'Lock'",
+        db.name
+    );
+    eventually(std::time::Duration::from_secs(30), what, || async {
+        (db.scalar_i64(&sql).await == 1).then_some(())
+    })
+    .await
+}
+
+/// Partitions whose lease some process holds.
+pub async fn held_leases(db: &TestDb) -> i64 {
+    db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")
+        .await
+}
+
+/// Waits (bounded) until every process has let go of its partitions.
+pub async fn wait_for_leases_released(db: &TestDb) {
+    eventually(
+        std::time::Duration::from_secs(10),
+        "leases released",
+        || async { (held_leases(db).await == 0).then_some(()) },
+    )
+    .await
 }
