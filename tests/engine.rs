@@ -344,13 +344,13 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
 #[tokio::test]
 async fn retuned_values_reach_the_worker_through_the_next_batch_fence() {
     let db = TestDb::new().await;
-    hits_table(&db, "t", "bigint", "i", 1_000).await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     let (runtime, env, mut positions, _presence) = start_job(
         &db,
         &job_toml(
             "retune",
             "t",
-            "\"k\"",
+            "\"id\"",
             "hits = \"hits + 1\"",
             "batch_size = 100",
         ),
