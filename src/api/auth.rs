@@ -287,6 +287,10 @@ mod tests {
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        if !matches!(method, "GET" | "HEAD") {
+            // As a client must (see `api::guard`).
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
         router
             .clone()
             .oneshot(request.body(Body::empty()).unwrap())

@@ -16,6 +16,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("token {0:?} may not do this: it needs the {1} role")]
     Forbidden(String, &'static str),
+    /// A request a web page could have forged (see `api::guard`).
+    #[error("refused: {0}")]
+    Forged(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -40,7 +43,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(..) | ApiError::Forged(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 
 use crate::api::auth::{Actor, Auth, GuardedRouter};
 use crate::api::error::{ApiError, ErrorBody};
+use crate::api::guard::{self, Format};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::engine::submit::{self, SubmitError};
 use crate::plumbing::config::Role;
@@ -104,20 +105,17 @@ pub async fn submit_job(
     let bytes = body(bytes)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let parsed = match media.as_str() {
-        "application/toml" | "text/toml" | "text/x-toml" => JobSpec::from_toml(text, "body"),
-        "application/json" | "" => JobSpec::from_json(text, "body"),
-        _ => return Err(ApiError::UnsupportedMediaType(content_type.to_string())),
+    // The guard has refused any other content type already; an absent one is not JSON.
+    let parsed = match guard::format(&headers) {
+        Some(Format::Toml) => JobSpec::from_toml(text, "body"),
+        Some(Format::Json) => JobSpec::from_json(text, "body"),
+        None => {
+            let given = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            return Err(ApiError::UnsupportedMediaType(given.to_string()));
+        }
     };
     let spec = parsed.map_err(|e| match e {
         SpecError::Read { .. } => ApiError::Internal,
@@ -199,7 +197,7 @@ mod double_option {
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, description = "The job has ended", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 413, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn patch_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
@@ -263,15 +261,43 @@ pub async fn patch_job(
     Ok(Json(view(&state, &job).await?))
 }
 
+/// What a pause, resume or cancel may say: why, for the event log.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// Why, recorded in the event log with who asked.
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// The body of a state change: empty, or an [`Action`].
+fn action(bytes: Bytes) -> Result<Action, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Action::default());
+    }
+    let action: Action = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if let Some(reason) = &action.reason {
+        if reason.chars().count() > 500 || reason.contains('\0') {
+            return Err(ApiError::BadRequest(
+                "reason: at most 500 characters, and no NUL".into(),
+            ));
+        }
+    }
+    Ok(action)
+}
+
 async fn change_state(
     state: &AppState,
     actor: &str,
     name: &str,
+    action: Action,
     to: JobState,
 ) -> Result<Json<JobView>, ApiError> {
     let job = find_job(state, name).await?;
     let mut tx = state.pool.begin().await?;
-    let outcome = jobs::transition(&mut tx, &state.schema, job.id, to, actor, None).await?;
+    let reason = action.reason.as_deref();
+    let outcome = jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?;
     tx.commit().await?;
     match outcome {
         jobs::Transition::Done { from } => {
@@ -290,41 +316,66 @@ async fn change_state(
 
 #[utoipa::path(post, path = "/api/v1/jobs/{name}/pause", tag = "jobs",
     params(("name" = String, Path, description = "Job name")),
+    request_body(content = Action, content_type = "application/json",
+                 description = "Optional (an empty body or `{}` will do); the content type is required"),
     responses((status = 200, description = "Paused: every partition stops within one batch", body = JobView),
+              (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn pause_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     path: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    change_state(&state, &actor, &path_name(path)?, JobState::Paused).await
+    let action = action(body(bytes)?)?;
+    change_state(&state, &actor, &path_name(path)?, action, JobState::Paused).await
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{name}/resume", tag = "jobs",
     params(("name" = String, Path, description = "Job name")),
+    request_body(content = Action, content_type = "application/json",
+                 description = "Optional (an empty body or `{}` will do); the content type is required"),
     responses((status = 200, description = "Running again from the checkpoints", body = JobView),
+              (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn resume_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     path: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    change_state(&state, &actor, &path_name(path)?, JobState::Running).await
+    let action = action(body(bytes)?)?;
+    change_state(&state, &actor, &path_name(path)?, action, JobState::Running).await
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{name}/cancel", tag = "jobs",
     params(("name" = String, Path, description = "Job name")),
+    request_body(content = Action, content_type = "application/json",
+                 description = "Optional (an empty body or `{}` will do); the content type is required"),
     responses((status = 200, description = "Cancelled", body = JobView),
+              (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     path: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    change_state(&state, &actor, &path_name(path)?, JobState::Cancelled).await
+    let action = action(body(bytes)?)?;
+    change_state(
+        &state,
+        &actor,
+        &path_name(path)?,
+        action,
+        JobState::Cancelled,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{name}/events", tag = "jobs",

@@ -5,14 +5,17 @@
 
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod jobs;
 pub mod openapi;
+
+use std::net::SocketAddr;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,10 +38,17 @@ pub struct AppState {
     pub auth: Auth,
     pub rates: Rates,
     pub local: LocalJobs,
+    /// The address the API is bound to (a tokenless daemon answers only to it and loopback
+    /// names); `None` when it is not bound (tests calling the router directly).
+    pub listen: Option<SocketAddr>,
 }
 
 pub fn router(state: AppState) -> Router {
     let (api, declared) = jobs::router(&state.auth).split_for_parts();
+    let guard = guard::Guard {
+        tokenless: state.auth.is_open(),
+        listen: state.listen,
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -48,9 +58,15 @@ pub fn router(state: AppState) -> Router {
             openapi::serve(openapi::document(declared)),
         )
         .merge(api)
+        // On every route, before its token check; a request for no route does nothing anyway.
+        .route_layer(middleware::from_fn_with_state(
+            guard,
+            guard::refuse_forgeries,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(guard::nosniff))
         .with_state(state)
 }
 
@@ -136,6 +152,7 @@ mod tests {
             auth,
             rates: Rates::default(),
             local: LocalJobs::default(),
+            listen: None,
         })
     }
 

@@ -24,6 +24,7 @@ use crate::status::view;
         view::EventList,
         error::ErrorBody,
         jobs::Tuning,
+        jobs::Action,
         crate::spec::JobSpec
     )),
     modifiers(&BearerAuth)
@@ -77,6 +78,7 @@ mod tests {
             "EventList",
             "ErrorBody",
             "Tuning",
+            "Action",
             "JobSpec",
         ] {
             assert!(

@@ -94,10 +94,12 @@ impl Client {
 
     /// `action` is `pause`, `resume` or `cancel`.
     pub async fn act(&self, name: &str, action: &str) -> Result<JobView, ClientError> {
+        // An explicit JSON content type, as the daemon asks of every state change (it
+        // refuses what a web page could forge).
         self.call(
             Method::POST,
             &format!("/api/v1/jobs/{}/{action}", encode(name)),
-            None,
+            Some(("application/json", "{}".to_string())),
         )
         .await
     }

@@ -175,6 +175,7 @@ pub async fn start_http(
         auth,
         rates,
         local,
+        listen: Some(bound),
     });
     Ok(Http {
         address: bound,

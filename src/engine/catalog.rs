@@ -226,6 +226,7 @@ async fn check_statements(
                 columns: columns.len(),
             });
         }
+        stands_alone(&field, expression)?;
     }
     if let Some(filter) = &spec.filter {
         let columns = prepare(conn, batch_sql.probe_expression(filter), "where").await?;
@@ -240,6 +241,7 @@ async fn check_statements(
                 found: columns[0].to_lowercase(),
             });
         }
+        stands_alone("where", filter)?;
     }
     if let Some(query) = &spec.throttle_query {
         let columns = prepare(conn, query.clone(), "throttle_query").await?;
@@ -278,6 +280,17 @@ async fn check_statements(
         }
     }
     Ok(())
+}
+
+/// Refuses an expression that does not balance its own parentheses. Preparing it alone cannot
+/// tell: `v >= 0) OR (true` prepares as a fine boolean inside the probe's parentheses, and would
+/// OR the batch's key range away inside the batch statement's. It runs after the probe, so plain
+/// syntax errors keep the database's own message.
+fn stands_alone(field: &str, expression: &str) -> Result<(), CheckError> {
+    crate::spec::expression::check(expression).map_err(|message| CheckError::Sql {
+        field: field.to_string(),
+        message,
+    })
 }
 
 /// Prepares `text` and returns its result columns' type names; a database error becomes a

@@ -56,12 +56,16 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let changes_state = method != reqwest::Method::GET;
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        match body {
+            Some(body) => request = request.json(&body),
+            // A state change without a body still says it speaks JSON, as the daemon asks.
+            None if changes_state => request = request.header("content-type", "application/json"),
+            None => {}
         }
         let response = request.send().await.expect("request");
         let status = response.status();
