@@ -1,0 +1,162 @@
+//! What an attacker or a race tried from outside and must not get: a web page driving a
+//! tokenless daemon, and concurrent PATCHes undoing each other or changing an ended job.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::api::{hits_job, jobs_dir, Api};
+use common::{hits_table, Daemon, TestDb};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// One raw HTTP/1.1 request, so the test decides every header (reqwest would set `Host`).
+fn raw(base: &str, request: &str) -> u16 {
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_drive_a_tokenless_daemon() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    db.exec("CREATE TABLE precious (x int); INSERT INTO precious VALUES (1);")
+        .await;
+    let daemon = Daemon::start(&db.url, &db.dir, "", &jobs_dir(&db));
+    let api = Api::new(&daemon, None);
+    // The operator's own job, paused, so the forged state changes have something to change.
+    api.submit(hits_job("mine", json!({"pause": "1h"}))).await;
+    api.wait_state("mine", "running", Duration::from_secs(30))
+        .await;
+    let (status, _) = api.post("/api/v1/jobs/mine/pause", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let host = daemon.base.trim_start_matches("http://").to_string();
+    let forged_job = json!({
+        "name": "forged", "table": "t", "key": "id",
+        "set": {"hits": "(SELECT count(*) FROM precious)"}
+    })
+    .to_string();
+    let post = |path: &str, headers: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cases: Vec<(&str, String, u16)> = vec![
+        // What fetch() without CORS and HTML forms can send from any page.
+        ("job without a content type", post("/api/v1/jobs", "", &forged_job), 415),
+        ("job as text/plain", post("/api/v1/jobs", "Content-Type: text/plain\r\n", &forged_job), 415),
+        ("form-posted resume", post("/api/v1/jobs/mine/resume", "Content-Type: application/x-www-form-urlencoded\r\n", "a=b"), 415),
+        ("form-posted cancel", post("/api/v1/jobs/mine/cancel", "Content-Type: multipart/form-data; boundary=x\r\n", "--x--"), 415),
+        // A page that got a JSON content type through (a preflight the daemon never grants).
+        ("cross-site origin", post("/api/v1/jobs", "Content-Type: application/json\r\nOrigin: https://evil.example\r\n", &forged_job), 403),
+        ("cross-site fetch", post("/api/v1/jobs/mine/cancel", "Content-Type: application/json\r\nSec-Fetch-Site: cross-site\r\n", "{}"), 403),
+        // DNS rebinding: the page's own name now points at 127.0.0.1.
+        (
+            "rebound host",
+            format!(
+                "POST /api/v1/jobs HTTP/1.1\r\nHost: rebind.evil.example:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{forged_job}",
+                host.rsplit(':').next().unwrap(),
+                forged_job.len()
+            ),
+            403,
+        ),
+        (
+            "rebound host reading",
+            "GET /api/v1/jobs HTTP/1.1\r\nHost: rebind.evil.example\r\nConnection: close\r\n\r\n".to_string(),
+            403,
+        ),
+    ];
+    for (case, request, expected) in cases {
+        assert_eq!(raw(&daemon.base, &request), expected, "{case}");
+    }
+    // Nothing changed: no forged job, the operator's job still paused, the table intact.
+    let (_, list) = api.get("/api/v1/jobs").await;
+    let names: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mine"]);
+    assert_eq!(api.state("mine").await, "paused");
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM precious").await, 1);
+    // The operator's own curl, with a JSON content type, still works.
+    let (status, _) = api.post("/api/v1/jobs/mine/resume", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn spec_of(api: &Api, name: &str) -> Value {
+    api.job(name).await["spec"].clone()
+}
+
+#[tokio::test]
+async fn racing_patches_keep_both_changes_and_never_change_an_ended_job() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    let daemon = Daemon::start(&db.url, &db.dir, "", &jobs_dir(&db));
+    let api = Api::new(&daemon, None);
+    api.submit(hits_job("tuned", json!({"pause": "1h"}))).await;
+    for i in 0..40u64 {
+        let (a, b) = tokio::join!(
+            api.patch("/api/v1/jobs/tuned", json!({"batch_size": 100 + i})),
+            api.patch("/api/v1/jobs/tuned", json!({"rows_per_second": 1000 + i})),
+        );
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+        let spec = spec_of(&api, "tuned").await;
+        assert_eq!(
+            (
+                spec["batch_size"].as_u64(),
+                spec["rows_per_second"].as_u64()
+            ),
+            (Some(100 + i), Some(1000 + i)),
+            "pair {i}: one PATCH undid the other: {spec}"
+        );
+    }
+    for i in 0..20 {
+        let name = format!("ending-{i}");
+        api.submit(hits_job(&name, json!({"pause": "1h", "batch_size": 50})))
+            .await;
+        let (job, cancel) = (
+            format!("/api/v1/jobs/{name}"),
+            format!("/api/v1/jobs/{name}/cancel"),
+        );
+        let (patched, cancelled) = tokio::join!(
+            api.patch(&job, json!({"batch_size": 7})),
+            api.post(&cancel, None),
+        );
+        assert_eq!(cancelled.0, StatusCode::OK, "{cancelled:?}");
+        let kinds: Vec<String> = api
+            .events(&name)
+            .await
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        let cancel_at = kinds.iter().position(|k| k == "cancelled").unwrap();
+        let batch_size = spec_of(&api, &name).await["batch_size"].as_u64();
+        match patched.0 {
+            StatusCode::OK => {
+                let retuned_at = kinds.iter().position(|k| k == "retuned").unwrap();
+                assert!(retuned_at < cancel_at, "{name}: {kinds:?}");
+                assert_eq!(batch_size, Some(7));
+            }
+            StatusCode::CONFLICT => {
+                assert!(!kinds.contains(&"retuned".to_string()), "{name}: {kinds:?}");
+                assert_eq!(batch_size, Some(50), "{name}: an ended job was re-tuned");
+            }
+            other => panic!("{name}: PATCH answered {other}: {patched:?}"),
+        }
+    }
+}
