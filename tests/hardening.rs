@@ -160,3 +160,54 @@ async fn racing_patches_keep_both_changes_and_never_change_an_ended_job() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_throttle_query_that_writes_is_refused_at_check_and_submit() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    let before = db.fingerprint().await;
+    let daemon = Daemon::start(&db.url, &db.dir, "", &jobs_dir(&db));
+    let api = Api::new(&daemon, None);
+    for (i, query) in [
+        "DELETE FROM t RETURNING false",
+        "WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) > 0 FROM d",
+        "UPDATE backfilld.jobs SET state = 'failed' RETURNING false",
+        "SELECT false INTO stolen FROM t",
+        "SELECT false FROM t FOR UPDATE",
+        "SELECT dblink_exec('dbname=postgres', 'DROP TABLE t') IS NULL",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job = db.write_job(
+            "writer.toml",
+            &format!(
+                "name = \"writer-{i}\"\ntable = \"t\"\nkey = \"id\"\nthrottle_query = {query:?}\n[set]\nhits = \"hits + 1\"\n"
+            ),
+        );
+        let output = db.cli(&["check", job.to_str().unwrap()]);
+        let said = common::text(&output);
+        assert_eq!(output.status.code(), Some(2), "{query}: {said}");
+        assert!(said.contains("throttle_query"), "{query}: {said}");
+        let (status, body) = api
+            .post(
+                "/api/v1/jobs",
+                Some(hits_job(
+                    &format!("writer-{i}"),
+                    json!({"throttle_query": query}),
+                )),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("throttle_query"),
+            "{query}: {body}"
+        );
+    }
+    let (_, list) = api.get("/api/v1/jobs").await;
+    assert_eq!(list["jobs"], json!([]));
+    drop(daemon);
+    // The daemon's own schema is new; the application's tables are as they were.
+    db.exec("DROP SCHEMA backfilld CASCADE").await;
+    assert_eq!(db.fingerprint().await, before);
+}

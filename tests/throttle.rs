@@ -326,3 +326,41 @@ async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
     }
     assert_eq!(db.fingerprint().await, before);
 }
+
+#[tokio::test]
+async fn a_throttle_query_that_calls_a_writing_function_fails_read_only_and_throttles() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
+    db.exec(
+        "CREATE TABLE precious (x int); INSERT INTO precious VALUES (1);
+         CREATE FUNCTION sneaky() RETURNS bool LANGUAGE plpgsql AS
+           $$ BEGIN DELETE FROM precious; RETURN false; END $$;",
+    )
+    .await;
+    // It reads like a SELECT, so it passes the submit-time check; only running it shows.
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "sneaky",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nthrottle_query = \"SELECT sneaky()\"",
+        ),
+    )
+    .await;
+    let worker = Worker::new(env, runtime.clone(), positions.remove(0));
+    let step = step_in_background(worker);
+    let (reason, detail) = eventually(Duration::from_secs(10), "the throttle", || async {
+        throttle_reason(&runtime).await
+    })
+    .await;
+    assert_eq!(reason, "throttle_query");
+    assert!(detail.contains("read-only"), "{detail}");
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM precious").await, 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        0
+    );
+    step.abort();
+}

@@ -244,6 +244,10 @@ async fn check_statements(
         stands_alone("where", filter)?;
     }
     if let Some(query) = &spec.throttle_query {
+        crate::spec::expression::check_read_only(query).map_err(|message| CheckError::Sql {
+            field: "throttle_query".into(),
+            message,
+        })?;
         let columns = prepare(conn, query.clone(), "throttle_query").await?;
         if columns.len() != 1 || columns[0] != "BOOL" {
             return Err(CheckError::ThrottleQueryShape {

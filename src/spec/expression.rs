@@ -1,5 +1,7 @@
-//! The author's SQL expressions (`set` and `where`), scanned with PostgreSQL's own lexer
-//! (libpg_query) before anything else sees them. An expression is placed inside parentheses in
+//! The author's SQL (`set`, `where`, `throttle_query`), read with PostgreSQL's own lexer and
+//! parser (libpg_query) before it runs.
+//!
+//! `set` and `where` are scanned. An expression is placed inside parentheses in
 //! the batch statement, so it must balance its own parentheses outside string literals, quoted
 //! identifiers, comments and dollar quotes: text such as `v >= 0) OR (true` would otherwise
 //! close the statement's parenthesis and escape the batch's key range. The real scanner, not a
@@ -7,6 +9,7 @@
 //! `E''` escapes), so it judges the text exactly as the server will.
 
 use pg_query::protobuf::Token;
+use pg_query::NodeRef;
 
 /// Whether `text` stands on its own as one parenthesized expression. The error says what is
 /// wrong, in the author's terms.
@@ -36,6 +39,58 @@ pub fn check(text: &str) -> Result<(), String> {
     if depth > 0 {
         return Err(format!(
             "leaves {depth} parenthesis(es) open: it must be a single expression, balancing its own parentheses (a `--` comment runs to the end of its line)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `query` only reads: one plain `SELECT`, with no data-modifying `WITH`, no
+/// `SELECT … INTO`, no row locks (`FOR UPDATE`), and no call into `dblink` (which would act on
+/// another connection, outside the read-only transaction the query runs in). Functions that
+/// write are stopped by that transaction at run time, which throttles.
+pub fn check_read_only(query: &str) -> Result<(), String> {
+    let parsed = pg_query::parse(query, 0)
+        .map_err(|e| format!("is not valid SQL: {}", e.to_string().trim()))?;
+    let select = match parsed.protobuf.stmts.as_slice() {
+        [one] => match one.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(pg_query::NodeEnum::SelectStmt(select)) => select,
+            _ => {
+                None.ok_or("must be one SELECT statement: it only observes, never changes data")?
+            }
+        },
+        _ => {
+            return Err("must be one SELECT statement: it only observes, never changes data".into())
+        }
+    };
+    if select.into_clause.is_some() {
+        return Err(
+            "creates a table (SELECT … INTO): it must only observe, never change data".into(),
+        );
+    }
+    for (node, ..) in parsed.protobuf.nodes() {
+        let refusal = match node {
+            NodeRef::InsertStmt(_)
+            | NodeRef::UpdateStmt(_)
+            | NodeRef::DeleteStmt(_)
+            | NodeRef::MergeStmt(_) => Some("writes data (a data-modifying WITH)"),
+            NodeRef::IntoClause(_) => Some("creates a table (SELECT … INTO)"),
+            NodeRef::LockingClause(_) => Some("locks rows (FOR UPDATE/SHARE)"),
+            NodeRef::SelectStmt(select) if !select.locking_clause.is_empty() => {
+                Some("locks rows (FOR UPDATE/SHARE)")
+            }
+            _ => None,
+        };
+        if let Some(what) = refusal {
+            return Err(format!("{what}: it must only observe, never change data"));
+        }
+    }
+    if let Some(function) = parsed.functions().into_iter().find(|f| {
+        f.rsplit('.')
+            .next()
+            .is_some_and(|name| name.starts_with("dblink"))
+    }) {
+        return Err(format!(
+            "calls {function}, which acts on another connection: it must only observe this database"
         ));
     }
     Ok(())
@@ -86,6 +141,41 @@ mod tests {
         ] {
             let error = check(bad).unwrap_err();
             assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_throttle_query_may_only_read() {
+        use super::check_read_only;
+        for ok in [
+            "SELECT count(*) > 10 FROM pg_locks WHERE NOT granted",
+            "WITH w AS (SELECT 1 AS n) SELECT n > 0 FROM w",
+            "SELECT my_schema.is_busy()",
+        ] {
+            assert_eq!(check_read_only(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("DELETE FROM t RETURNING false", "one SELECT"),
+            (
+                "UPDATE backfilld.jobs SET state = 'failed' RETURNING false",
+                "one SELECT",
+            ),
+            (
+                "WITH d AS (DELETE FROM t RETURNING 1) SELECT false FROM d",
+                "writes data",
+            ),
+            ("SELECT false INTO copy FROM t", "creates a table"),
+            ("SELECT false FROM t FOR UPDATE", "locks rows"),
+            ("SELECT false; SELECT true", "one SELECT"),
+            ("COPY t TO PROGRAM 'id'", "one SELECT"),
+            (
+                "SELECT dblink_exec('dbname=x', 'DROP TABLE t') IS NULL",
+                "dblink_exec",
+            ),
+            ("SELECT public.dblink('x', 'SELECT 1') IS NULL", "dblink"),
+        ] {
+            let error = check_read_only(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
         }
     }
 }

@@ -1,5 +1,9 @@
 //! `throttle_query`: the operator's own query, returning one boolean; true means wait, and so
-//! does no answer at all (NULL or no row).
+//! does no answer at all (NULL or no row). It runs in a READ ONLY transaction with a short
+//! statement timeout, rolled back: it can observe, never change data (a function that writes
+//! fails, and the failure throttles), and never hold the job up for long.
+
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -9,6 +13,9 @@ use crate::spec::JobSpec;
 use crate::status::Reason;
 
 struct ThrottleQuery(String);
+
+/// How long the query may take: a health check that hangs says nothing good either.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) fn of(spec: &JobSpec) -> Option<Box<dyn Signal>> {
     Some(Box::new(ThrottleQuery(spec.throttle_query.clone()?)))
@@ -21,9 +28,18 @@ impl Signal for ThrottleQuery {
 
     fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
         Box::pin(async move {
-            let answer = sqlx::query_scalar::<_, Option<bool>>(sql(self.0.clone()))
-                .fetch_optional(pool)
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET TRANSACTION READ ONLY")
+                .execute(&mut *tx)
                 .await?;
+            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+                .bind(format!("{}ms", TIMEOUT.as_millis()))
+                .execute(&mut *tx)
+                .await?;
+            let answer = sqlx::query_scalar::<_, Option<bool>>(sql(self.0.clone()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
             Ok(match answer {
                 Some(Some(false)) => None,
                 Some(Some(true)) => Some("throttle_query returned true".into()),
