@@ -211,3 +211,55 @@ async fn a_throttle_query_that_writes_is_refused_at_check_and_submit() {
     db.exec("DROP SCHEMA backfilld CASCADE").await;
     assert_eq!(db.fingerprint().await, before);
 }
+
+#[tokio::test]
+async fn odd_files_in_the_jobs_directory_neither_block_nor_leak_and_the_rest_load() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    let dir = jobs_dir(&db);
+    let fifo = dir.join("a_fifo.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink("/dev/zero", dir.join("b_zero.toml")).unwrap();
+    std::fs::write(
+        dir.join("c_stranger.toml"),
+        "root:SECRET-hunter2:0:0:root:/root:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("d_big.toml"),
+        format!("# {}\n", "x".repeat(2 * 1024 * 1024)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("e_good.toml"),
+        "name = \"good\"\ntable = \"t\"\nkey = \"id\"\n[set]\nhits = \"hits + 1\"\n",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&db.url, &db.dir, "", &dir);
+    let api = Api::new(&daemon, None);
+    api.wait_state("good", "completed", Duration::from_secs(30))
+        .await;
+    let log = daemon.log();
+    for file in [
+        "a_fifo.toml",
+        "b_zero.toml",
+        "c_stranger.toml",
+        "d_big.toml",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(file) && l.contains("skipped")),
+            "{file} not reported as skipped:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("hunter2"),
+        "a file's content reached the log:\n{log}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+}

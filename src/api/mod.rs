@@ -28,7 +28,7 @@ use auth::Auth;
 use error::{ApiError, ErrorBody};
 
 /// Submissions larger than this are refused with 413: a job definition is a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = crate::spec::MAX_DOCUMENT_BYTES;
 
 /// What every handler can reach.
 #[derive(Clone)]

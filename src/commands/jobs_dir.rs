@@ -1,14 +1,16 @@
 //! Loading `jobs/*.toml` at start-up: a new name is submitted, a known one doing the same work
 //! is left alone, and a changed definition under a known name is reported and skipped — never
-//! silently replacing a job that may be running.
+//! silently replacing a job that may be running. Only regular files of at most 1 MiB are read,
+//! off the async runtime, and a file that is no job definition is never echoed into the log.
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use sqlx::PgPool;
 
 use crate::engine::submit::{self, SubmitError};
 use crate::plumbing::db::Schema;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, MAX_DOCUMENT_BYTES};
 
 /// What loading one file did, for the log and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,18 +21,22 @@ pub enum Loaded {
 }
 
 pub async fn load(pool: &PgPool, schema: &Schema, dir: &Path, actor: &str) -> Vec<Loaded> {
-    let mut files: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect(),
-        Err(e) => {
+    let listing = {
+        let dir = dir.to_path_buf();
+        // The file system is read off the async runtime: a slow or odd file never blocks it.
+        tokio::task::spawn_blocking(move || list(&dir)).await
+    };
+    let files = match listing {
+        Ok(Ok(files)) => files,
+        Ok(Err(e)) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot read the jobs directory; no jobs loaded from it");
             return Vec::new();
         }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the jobs directory failed");
+            return Vec::new();
+        }
     };
-    files.sort();
     let mut results = Vec::new();
     for file in files {
         let result = load_one(pool, schema, &file, actor).await;
@@ -50,14 +56,53 @@ pub async fn load(pool: &PgPool, schema: &Schema, dir: &Path, actor: &str) -> Ve
     results
 }
 
+/// The `*.toml` entries of `dir`, sorted.
+fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one job file: a regular file (following links) of at most `MAX_DOCUMENT_BYTES`, so a
+/// FIFO cannot block start-up and a link to a device cannot exhaust memory. Errors never quote
+/// the file's content.
+fn read(file: &Path) -> Result<JobSpec, String> {
+    let metadata = std::fs::metadata(file).map_err(|e| format!("cannot read it: {e}"))?;
+    if !metadata.is_file() {
+        return Err("not a regular file (a FIFO, a device or a directory); not read".into());
+    }
+    let too_large = || format!("larger than {MAX_DOCUMENT_BYTES} bytes; not read");
+    if metadata.len() > MAX_DOCUMENT_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| {
+            f.take(MAX_DOCUMENT_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    JobSpec::from_toml(&text, &file.display().to_string()).map_err(|e| e.summary())
+}
+
 async fn load_one(pool: &PgPool, schema: &Schema, file: &Path, actor: &str) -> Loaded {
     let skipped = |reason: String| Loaded::Skipped {
         file: file.display().to_string(),
         reason,
     };
-    let spec = match JobSpec::from_file(file) {
-        Ok(spec) => spec,
-        Err(e) => return skipped(e.to_string()),
+    let owned = file.to_path_buf();
+    let spec = match tokio::task::spawn_blocking(move || read(&owned)).await {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(reason)) => return skipped(reason),
+        Err(e) => return skipped(format!("reading it failed: {e}")),
     };
     let resolved = match submit::resolve(pool, &spec).await {
         Ok(resolved) => resolved,

@@ -32,6 +32,10 @@ pub enum SpecError {
     },
 }
 
+/// The largest job document read from the jobs directory or the API: a job definition is a
+/// few hundred bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
 pub const MAX_BATCH_SIZE: u32 = 1_000_000;
 pub const MAX_PARTITIONS: u32 = 256;
@@ -249,14 +253,40 @@ impl<'de> Deserialize<'de> for KeyColumns {
     }
 }
 
+impl SpecError {
+    /// The error without any quoted text of the document (a TOML parse error quotes the line
+    /// it stopped at): for logs, where a file that is not a job definition at all — a key, a
+    /// password file — must not be echoed.
+    pub fn summary(&self) -> String {
+        match self {
+            SpecError::Parse { origin, message } => {
+                let mut lines = message.lines();
+                let first = lines.next().unwrap_or_default();
+                match lines.last().filter(|l| !l.trim_start().starts_with('|')) {
+                    Some(last) if last != first => format!("{origin}: {first}: {last}"),
+                    _ => format!("{origin}: {first}"),
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl JobSpec {
     /// Reads and validates a job file; errors name the file.
     pub fn from_file(path: &Path) -> Result<JobSpec, SpecError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let read = |source| SpecError::Read {
             path: origin.clone(),
             source,
-        })?;
+        };
+        // A FIFO would block the read forever and a device (a link to /dev/zero) never end.
+        if !std::fs::metadata(path).map_err(read)?.is_file() {
+            return Err(read(std::io::Error::other(
+                "not a regular file (a FIFO, a device or a directory)",
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
         JobSpec::from_toml(&text, &origin)
     }
 
