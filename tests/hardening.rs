@@ -263,3 +263,85 @@ async fn odd_files_in_the_jobs_directory_neither_block_nor_leak_and_the_rest_loa
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// `GET path` on a fresh connection, with a deadline: the status, or `None` if no answer came.
+fn get_within(base: &str, path: &str, within: Duration) -> Option<u16> {
+    let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = std::net::TcpStream::connect_timeout(&address, within).ok()?;
+    stream.set_read_timeout(Some(within)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn healthz_answers_under_500_idle_connections_with_256_descriptors() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start_with_open_files(&db.url, &db.dir, "", &jobs_dir(&db), 256);
+    let address: std::net::SocketAddr = daemon.base.trim_start_matches("http://").parse().unwrap();
+    // Half-open clients: connected, never a byte sent.
+    let idle: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for probe in 0..3 {
+        assert_eq!(
+            get_within(&daemon.base, "/healthz", Duration::from_secs(3)),
+            Some(200),
+            "liveness probe {probe} unanswered under 500 idle connections\n{}",
+            daemon.log()
+        );
+    }
+    assert_eq!(
+        get_within(&daemon.base, "/readyz", Duration::from_secs(3)),
+        Some(200)
+    );
+    drop(idle);
+    common::api::assert_no_panic(&daemon.log());
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_daemon_within_its_shutdown_timeout_despite_a_stalled_client() {
+    let db = TestDb::new().await;
+    let mut daemon = Daemon::start(
+        &db.url,
+        &db.dir,
+        "shutdown_timeout = \"3s\"\n",
+        &jobs_dir(&db),
+    );
+    let address: std::net::SocketAddr = daemon.base.trim_start_matches("http://").parse().unwrap();
+    // A client pipelines requests for a large document and never reads the answers: the
+    // daemon's writes block once the socket buffers are full.
+    let mut stalled = std::net::TcpStream::connect(address).unwrap();
+    stalled
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let request = format!("GET /api/v1/openapi.json HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let mut sent = 0;
+    while stalled.write_all(request.as_bytes()).is_ok() {
+        sent += 1;
+        assert!(
+            sent < 2_000_000,
+            "the daemon kept reading a client that never reads"
+        );
+    }
+    let started = std::time::Instant::now();
+    daemon.signal("TERM");
+    let code = daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{}", daemon.log());
+    assert!(
+        started.elapsed() <= Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

@@ -1,5 +1,5 @@
 //! The HTTP API: the router is built by [`router`] apart from serving it, so tests can call it
-//! without a socket; [`serve`] binds it and stops with the root token. The `/api/v1/jobs` routes
+//! without a socket; [`server::serve`] serves it on a listener, with timeouts and limits. The `/api/v1/jobs` routes
 //! each need a token of the role they declare ([`auth`]); the probes, the metrics and the
 //! OpenAPI document are open.
 
@@ -8,6 +8,7 @@ pub mod error;
 pub mod guard;
 pub mod jobs;
 pub mod openapi;
+pub mod server;
 
 use std::net::SocketAddr;
 
@@ -17,8 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
@@ -114,17 +113,6 @@ async fn method_not_allowed() -> Response {
         }),
     )
         .into_response()
-}
-
-/// Serves until `stop` fires, then finishes the requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

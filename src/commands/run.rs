@@ -152,7 +152,7 @@ pub async fn run_job(
     display.finish().await;
     http_stop.cancel();
     if let Some(http) = http {
-        http.join().await;
+        http.join(settings.shutdown_timeout).await;
     }
     let exit = exit.map_err(anyhow::Error::from)?;
 

@@ -6,7 +6,8 @@
 //! says 503 with the reason) and the daemon reconnects with backoff.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::server::{self, Limits};
 use crate::api::{self, auth::Auth, AppState};
 use crate::commands::error::CliError;
 use crate::engine::rates::Rates;
@@ -45,6 +47,16 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     println!("backfilld listening on http://{}", http.address);
 
     let root = shutdown.token();
+    // When the shutdown began: the whole of it, batches and HTTP clients, fits in
+    // `shutdown_timeout` from then.
+    let signalled = Arc::new(OnceLock::new());
+    tokio::spawn({
+        let (root, signalled) = (root.clone(), signalled.clone());
+        async move {
+            root.cancelled().await;
+            let _ = signalled.set(Instant::now());
+        }
+    });
     if migrate_with_backoff(&pool, &schema, &root).await {
         crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
         let scheduler = Scheduler::new(
@@ -82,7 +94,12 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         }
     }
     http_stop.cancel();
-    http.join().await;
+    let left = signalled
+        .get()
+        .map_or(settings.shutdown_timeout, |at: &Instant| {
+            settings.shutdown_timeout.saturating_sub(at.elapsed())
+        });
+    http.join(left.max(Duration::from_secs(1))).await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(0)
@@ -129,9 +146,16 @@ pub struct Http {
 }
 
 impl Http {
-    /// Waits for both to finish (after the `stop` token given to [`start_http`] fires).
-    pub async fn join(self) {
-        let _ = self.server.await;
+    /// Waits for both to finish (after the `stop` token given to [`start_http`] fires), the
+    /// server at most `within`: clients that are still connected then are dropped.
+    pub async fn join(mut self, within: Duration) {
+        if tokio::time::timeout(within, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP clients kept the server from stopping; closing them");
+            self.server.abort();
+        }
         let _ = self.sampler.await;
     }
 }
@@ -177,9 +201,16 @@ pub async fn start_http(
         local,
         listen: Some(bound),
     });
+    let limits = Limits::for_this_process();
     Ok(Http {
         address: bound,
-        server: tokio::spawn(api::serve(listener, router, stop)),
+        server: tokio::spawn(server::serve(
+            listener,
+            router,
+            stop,
+            limits,
+            settings.shutdown_timeout,
+        )),
         sampler,
     })
 }

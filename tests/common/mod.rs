@@ -240,13 +240,62 @@ impl Daemon {
 
     /// Starts `serve` without waiting for readiness.
     pub fn start_unready(url: &str, dir: &Path, config: &str, jobs_dir: &Path) -> Daemon {
+        Daemon::launch(url, dir, config, jobs_dir, None)
+    }
+
+    /// Starts `serve` under a limit of `open_files` file descriptors (soft and hard, through
+    /// util-linux's `prlimit`, which then runs the daemon itself), waiting for readiness.
+    pub fn start_with_open_files(
+        url: &str,
+        dir: &Path,
+        config: &str,
+        jobs_dir: &Path,
+        open_files: u32,
+    ) -> Daemon {
+        let daemon = Daemon::launch(url, dir, config, jobs_dir, Some(open_files));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while http_status(&daemon.base, "/readyz") != Some(200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon not ready in 30s\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn launch(
+        url: &str,
+        dir: &Path,
+        config: &str,
+        jobs_dir: &Path,
+        open_files: Option<u32>,
+    ) -> Daemon {
         use std::io::{BufRead, BufReader};
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let config_path = dir.join(format!("config-{}.toml", &suffix[..8]));
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.join(format!("daemon-{}.log", &suffix[..8]));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = command(url, &["serve", "--listen", "127.0.0.1:0", "--config"])
+        let args = ["serve", "--listen", "127.0.0.1:0", "--config"];
+        let mut command = match open_files {
+            None => command(url, &args),
+            Some(limit) => {
+                let mut limited = command(url, &[]);
+                let mut wrapper = Command::new("prlimit");
+                wrapper
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(bin())
+                    .args(args)
+                    .envs(limited.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                    .env_remove("BACKFILLD_CONFIG");
+                limited = wrapper;
+                limited
+            }
+        };
+        let mut child = command
             .arg(&config_path)
             .arg("--jobs-dir")
             .arg(jobs_dir)
