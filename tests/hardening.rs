@@ -345,3 +345,81 @@ async fn sigterm_ends_the_daemon_within_its_shutdown_timeout_despite_a_stalled_c
     );
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_refused_login_answers_503_saying_so() {
+    let db = TestDb::new().await;
+    let role = format!("nologin_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!("CREATE ROLE {role} NOLOGIN")).await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names its user");
+    let daemon = Daemon::start_unready(&url, &db.dir, "", &jobs_dir(&db));
+    let api = Api::new(&daemon, None);
+    let (status, body) = api.get("/api/v1/jobs").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not permitted to log in"),
+        "{body}"
+    );
+    drop(daemon);
+    db.exec(&format!("DROP ROLE {role}")).await;
+}
+
+#[tokio::test]
+async fn small_things_an_outsider_noticed() {
+    let db = TestDb::new().await;
+    // The scheme of a bearer token is case-insensitive; every response says nosniff.
+    let daemon = Daemon::start(&db.url, &db.dir, common::api::TOKENS, &jobs_dir(&db));
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/jobs", daemon.base))
+            .header("authorization", format!("{scheme} admin-token-123"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    }
+    let missing = reqwest::get(format!("{}/nope", daemon.base)).await.unwrap();
+    assert_eq!(missing.headers()["x-content-type-options"], "nosniff");
+    drop(daemon);
+
+    // A config file holding inline tokens and readable by others is worth a warning.
+    use std::os::unix::fs::PermissionsExt;
+    let config = db.dir.join("tokens.toml");
+    std::fs::write(&config, common::api::TOKENS).unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = common::command(&db.url, &["status", "--url", "http://127.0.0.1:1"])
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let said = common::text(&output);
+        assert_eq!(
+            said.contains("readable by others"),
+            warned,
+            "mode {mode:o}: {said}"
+        );
+    }
+
+    // The compose demo publishes nothing beyond loopback and keeps its token off command lines.
+    let compose: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .unwrap(),
+    )
+    .unwrap();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            assert!(
+                port.as_str().unwrap().starts_with("127.0.0.1:"),
+                "{name:?} publishes {port:?} on every interface"
+            );
+        }
+        let check = format!("{:?}", service["healthcheck"]["test"]);
+        assert!(!check.contains("demo-token"), "{name:?}: {check}");
+    }
+}

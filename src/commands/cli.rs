@@ -159,6 +159,7 @@ impl Cli {
     pub async fn execute(self) -> Result<i32, CliError> {
         let settings = Settings::load(&self.overrides()).map_err(CliError::invalid)?;
         crate::plumbing::telemetry::init(settings.log_format);
+        settings.warn_if_tokens_readable();
         let client = |remote: &Remote| Client::new(&remote.url, remote.token.clone());
         match self.command {
             Command::Serve { .. } => commands::serve::execute(&settings).await,

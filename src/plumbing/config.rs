@@ -57,6 +57,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// The file these settings were read from, if any.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers in force.
@@ -129,11 +132,12 @@ impl Settings {
             .map(Path::display)
             .map(|d| d.to_string())
             .unwrap_or_else(|| "defaults and environment".into());
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(format!("{origin}: {e}")))?;
         settings.validate()?;
+        settings.config_file = file;
         Ok(settings)
     }
 
@@ -174,6 +178,27 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Inline tokens are secrets: a config file holding them should not be readable by every
+    /// user of the machine (`token_env` keeps them out of files altogether). Called once
+    /// logging is set up.
+    pub fn warn_if_tokens_readable(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(file) = &self.config_file else {
+            return;
+        };
+        let inline = self.tokens.iter().any(|t| t.token.is_some());
+        let mode = std::fs::metadata(file).map(|m| m.permissions().mode());
+        if let (true, Ok(mode)) = (inline, mode) {
+            if mode & 0o004 != 0 {
+                tracing::warn!(
+                    file = %file.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the config file holds API tokens and is readable by others; chmod 600 it, or use token_env"
+                );
+            }
+        }
     }
 
     /// The database URL, or an error saying how to give one.

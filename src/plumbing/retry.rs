@@ -53,6 +53,9 @@ impl ErrorKind {
             | "53300" // too_many_connections
             => ErrorKind::Reconnect,
             _ if code.starts_with("08") => ErrorKind::Reconnect, // connection exceptions
+            // The server refused the login (a password rotated, a role not yet allowed): not
+            // the work's fault, and fixed outside the daemon.
+            _ if code.starts_with("28") => ErrorKind::Reconnect,
             _ => ErrorKind::Fatal,
         }
     }
@@ -79,6 +82,7 @@ mod tests {
         assert_eq!(ErrorKind::of_sqlstate("40P01"), ErrorKind::Retryable);
         assert_eq!(ErrorKind::of_sqlstate("57P01"), ErrorKind::Reconnect);
         assert_eq!(ErrorKind::of_sqlstate("08006"), ErrorKind::Reconnect);
+        assert_eq!(ErrorKind::of_sqlstate("28P01"), ErrorKind::Reconnect);
         assert_eq!(ErrorKind::of_sqlstate("22012"), ErrorKind::Fatal);
         assert_eq!(
             ErrorKind::of(&sqlx::Error::PoolTimedOut),
