@@ -423,3 +423,30 @@ async fn small_things_an_outsider_noticed() {
         assert!(!check.contains("demo-token"), "{name:?}: {check}");
     }
 }
+
+#[tokio::test]
+async fn an_ordinary_role_with_the_readme_grants_runs_a_job() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
+    let role = format!("plain_{}", &db.name[db.name.len() - 8..]);
+    // The README's grants, with the daemon's schema made for the role by an administrator.
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER;
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT SELECT, UPDATE ON public.t TO {role};
+         CREATE SCHEMA backfilld AUTHORIZATION {role};"
+    ))
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let job = db.write_job(
+        "plain.toml",
+        "name = \"plain\"\ntable = \"t\"\nkey = \"id\"\n[set]\nhits = \"hits + 1\"\n",
+    );
+    let output = common::cli_with_url(&url, &["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", common::text(&output));
+    common::assert_each_hit_once(&db.pool, "t", 2_000).await;
+    db.exec(&format!(
+        "DROP SCHEMA backfilld CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+    ))
+    .await;
+}

@@ -90,9 +90,18 @@ async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<usize, Migrat
         .bind(&schema.name)
         .execute(&mut *conn)
         .await?;
-    sqlx::raw_sql(sql(format!("CREATE SCHEMA IF NOT EXISTS {}", schema.q)))
-        .execute(&mut *conn)
-        .await?;
+    // Only when missing: even CREATE SCHEMA IF NOT EXISTS needs CREATE on the database, which
+    // a role given a schema made for it by an administrator does not have.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&schema.name)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        sqlx::raw_sql(sql(format!("CREATE SCHEMA IF NOT EXISTS {}", schema.q)))
+            .execute(&mut *conn)
+            .await?;
+    }
     // The schema alone: the migrations use unqualified names, and nothing they create or drop
     // may resolve to the application's tables (pg_catalog is always searched anyway). Notices
     // are muted: the migrations are idempotent (IF [NOT] EXISTS), and their "already exists,
