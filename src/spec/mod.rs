@@ -5,11 +5,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+mod commit;
 pub(crate) mod expression;
+mod key;
+mod sync;
 mod tunables;
 mod window;
+pub use commit::SynchronousCommit;
+use key::key_schema;
+pub use key::KeyColumns;
+pub use sync::SyncSpec;
 pub use tunables::Tunables;
 pub use window::Window;
 
@@ -128,89 +135,17 @@ pub struct JobSpec {
     /// [`SynchronousCommit`]).
     #[serde(default, deserialize_with = "SynchronousCommit::deserialize_named")]
     pub synchronous_commit: SynchronousCommit,
+    /// Jobs with `where`: how many passes at most (the backfill, then sweeps over the whole key
+    /// range for rows that still match). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub passes: Option<u32>,
+    /// Jobs with `where`: keep rows the application writes in step with a trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncSpec>,
     /// Column = SQL expression over the row's own columns. Ordered so that generated SQL and
     /// stored specs compare equal however the author ordered the table.
     pub set: BTreeMap<String, String>,
-}
-
-/// Whether a batch's COMMIT waits for its WAL to reach disk (and synchronous standbys): the
-/// values of PostgreSQL's `synchronous_commit`, set on the batch sessions only.
-///
-/// `off` by default, because a batch can be redone by construction: its rows and its checkpoint
-/// commit in one transaction, and a server crash that loses the last few asynchronous commits
-/// loses them whole ("as if those transactions had been aborted cleanly", says PostgreSQL's
-/// manual), so the job resumes from the checkpoint that survived and nothing is lost or done
-/// twice. Waiting for a flush on every batch only adds latency and one fsync per batch to the
-/// server's I/O. Job completion and every state change commit synchronously regardless, and
-/// a durable completion implies that every batch before it is durable (the WAL is sequential).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SynchronousCommit {
-    #[default]
-    Off,
-    Local,
-    RemoteWrite,
-    On,
-    RemoteApply,
-}
-
-impl SynchronousCommit {
-    const ALL: [SynchronousCommit; 5] = [
-        SynchronousCommit::Off,
-        SynchronousCommit::Local,
-        SynchronousCommit::RemoteWrite,
-        SynchronousCommit::On,
-        SynchronousCommit::RemoteApply,
-    ];
-
-    /// The setting's value as PostgreSQL spells it.
-    pub fn as_setting(self) -> &'static str {
-        match self {
-            SynchronousCommit::Off => "off",
-            SynchronousCommit::Local => "local",
-            SynchronousCommit::RemoteWrite => "remote_write",
-            SynchronousCommit::On => "on",
-            SynchronousCommit::RemoteApply => "remote_apply",
-        }
-    }
-
-    /// Like the derived `Deserialize`, but a wrong value's message names the field (serde's
-    /// own does not, in JSON).
-    fn deserialize_named<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<SynchronousCommit, D::Error> {
-        let value = String::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("synchronous_commit must be a string such as \"off\"")
-        })?;
-        value.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::str::FromStr for SynchronousCommit {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<SynchronousCommit, String> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_setting() == value)
-            .ok_or_else(|| {
-                format!(
-                    "synchronous_commit {:?} is not one of off, local, remote_write, on, remote_apply",
-                    shorten(value)
-                )
-            })
-    }
-}
-
-/// `key` is a column name or a list of them.
-fn key_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
-    Schema::OneOf(
-        OneOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(Type::String))
-            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
-            .build(),
-    )
 }
 
 fn default_batch_size() -> u32 {
@@ -221,36 +156,6 @@ fn default_partitions() -> u32 {
 }
 fn default_max_attempts() -> u32 {
     DEFAULT_MAX_ATTEMPTS
-}
-
-/// The key: written as a single string or a list; always a list inside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyColumns(pub Vec<String>);
-
-impl Serialize for KeyColumns {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0.as_slice() {
-            [one] => serializer.serialize_str(one),
-            many => many.serialize(serializer),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyColumns {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        match OneOrMany::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("key must be a column name or a list of column names")
-        })? {
-            OneOrMany::One(column) => Ok(KeyColumns(vec![column])),
-            OneOrMany::Many(columns) => Ok(KeyColumns(columns)),
-        }
-    }
 }
 
 impl SpecError {
@@ -465,6 +370,8 @@ impl JobSpec {
         if let Some(window) = &self.window {
             Window::parse(window).map_err(|message| invalid("window", message))?;
         }
+        self.validate_finishing()
+            .map_err(|(field, message)| invalid(field, message))?;
         Ok(())
     }
 
