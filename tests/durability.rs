@@ -238,10 +238,11 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     let mut conn = connect(&url).await;
     let walwriter = walwriter(&mut conn).await;
     signal(walwriter, "STOP");
-    assert!(
-        backfilld::store::jobs::complete_if_all_done(&mut worker, &schema, job, "test")
+    assert_eq!(
+        backfilld::store::passes::finish_pass(&mut worker, &schema, job, "test")
             .await
-            .unwrap()
+            .unwrap(),
+        backfilld::store::passes::Finish::Completed
     );
     drop((worker, conn));
     signal(walwriter, "KILL");

@@ -50,6 +50,24 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
         Some(filter) => println!("  where       {}", one_line(filter)),
         None => println!("  where       (none: every row is updated)"),
     }
+    match spec.max_passes() {
+        1 => println!("  passes      1"),
+        n => println!(
+            "  passes      up to {n}: after the backfill, sweeps the key range for rows still matching `where` until one updates nothing"
+        ),
+    }
+    match &resolved.sync {
+        Some(trigger) => {
+            println!(
+                "  sync        trigger {} (installed before the first batch):",
+                trigger.name
+            );
+            for line in trigger.function.lines().chain(trigger.trigger.lines()) {
+                println!("              {line}");
+            }
+        }
+        None => println!("  sync        none"),
+    }
     println!(
         "  batches     {} keys each, {} partition(s), rate {}",
         spec.batch_size,

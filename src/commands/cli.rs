@@ -66,6 +66,17 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
+    /// Count the rows that still match a job's `where` (read-only): exit 0 none, 4 some.
+    Verify {
+        job: PathBuf,
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+    /// The sync trigger of a job with `[sync]`.
+    Sync {
+        #[command(subcommand)]
+        action: SyncAction,
+    },
     /// Apply backfilld's own migrations to its schema.
     Migrate {
         #[arg(long, value_name = "URL")]
@@ -116,6 +127,17 @@ pub enum Command {
     },
 }
 
+/// What `sync` does.
+#[derive(Debug, Subcommand)]
+pub enum SyncAction {
+    /// Drop the job's sync trigger and its function (the step before contracting).
+    Remove {
+        job: PathBuf,
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+}
+
 impl Cli {
     fn overrides(&self) -> Overrides {
         let mut overrides = Overrides {
@@ -142,6 +164,10 @@ impl Cli {
                 overrides.database_url = database_url.clone();
             }
             Command::Check { database_url, .. }
+            | Command::Verify { database_url, .. }
+            | Command::Sync {
+                action: SyncAction::Remove { database_url, .. },
+            }
             | Command::Migrate { database_url }
             | Command::Demo { database_url, .. } => {
                 overrides.database_url = database_url.clone();
@@ -167,6 +193,10 @@ impl Cli {
                 commands::run::execute(&settings, &job, listen.is_some()).await
             }
             Command::Check { job, .. } => commands::check::execute(&settings, &job).await,
+            Command::Verify { job, .. } => commands::verify::execute(&settings, &job).await,
+            Command::Sync {
+                action: SyncAction::Remove { job, .. },
+            } => commands::sync::remove(&settings, &job).await,
             Command::Migrate { .. } => commands::migrate::execute(&settings).await,
             Command::Demo {
                 rows, setup_only, ..

@@ -11,6 +11,8 @@ pub(crate) mod migrate;
 pub(crate) mod remote;
 pub(crate) mod run;
 pub(crate) mod serve;
+pub(crate) mod sync;
+pub(crate) mod verify;
 
 use sqlx::PgPool;
 

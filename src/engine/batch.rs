@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use crate::engine::completion;
 use crate::engine::statement::{BatchRow, BatchSql, Lower};
 use crate::plumbing::db::Schema;
 use crate::plumbing::retry::ErrorKind;
 use crate::spec::Tunables;
 use crate::store::progress::Claim;
-use crate::store::{jobs, JobState};
+use crate::store::JobState;
 
 /// Why a batch did not commit. The transaction rolled back, so nothing of it remains.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,7 @@ pub struct BatchContext<'a> {
     pub lease_ttl: Duration,
     /// Recorded as the actor when the batch completes the job.
     pub actor: &'a str,
+    pub job_name: &'a str,
 }
 
 /// Runs one batch for `claim`, of `size` keys, on the worker's own connection: ONE autocommit
@@ -142,7 +144,14 @@ pub async fn run(
         claim.cursor = Some(last_key);
     }
     let job_completed = partition_done
-        && jobs::complete_if_all_done(conn, ctx.schema, claim.job_id, ctx.actor).await?;
+        && completion::finish(
+            conn,
+            ctx.schema,
+            ctx.sql,
+            (claim.job_id, ctx.job_name),
+            ctx.actor,
+        )
+        .await?;
     Ok(Outcome::Committed {
         scanned: row.scanned,
         updated: row.updated,

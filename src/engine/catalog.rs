@@ -4,9 +4,9 @@
 use sqlx::postgres::PgRow;
 use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
-use crate::engine::statement::{BatchRow, BatchSql, KeyColumn};
+use crate::engine::statement::{BatchRow, BatchSql, KeyColumn, SyncTrigger};
 use crate::plumbing::db::sql;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, SyncSpec};
 
 /// Why the database refused a job. Every variant names what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,8 @@ pub struct ResolvedJob {
     /// The planner's row estimate (`pg_class.reltuples`); -1 when never analyzed.
     pub estimated_rows: i64,
     pub sql: BatchSql,
+    /// The sync trigger, for a job with `[sync]`.
+    pub sync: Option<SyncTrigger>,
 }
 
 struct ColumnInfo {
@@ -163,6 +165,12 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         spec.filter.clone(),
     );
     check_statements(conn, spec, &batch_sql).await?;
+    let sync = match &spec.sync {
+        Some(sync) => {
+            Some(sync_trigger(conn, spec, sync, &batch_sql, &columns, &display_table).await?)
+        }
+        None => None,
+    };
 
     Ok(ResolvedJob {
         schema,
@@ -172,7 +180,53 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         key_index,
         estimated_rows: reltuples as i64,
         sql: batch_sql,
+        sync,
     })
+}
+
+/// The job's sync trigger: `on` names real, non-generated columns (by default every such column
+/// the job does not set), and its evaluation of `set` and `where` over a written row prepares.
+async fn sync_trigger(
+    conn: &mut PgConnection,
+    spec: &JobSpec,
+    sync: &SyncSpec,
+    batch_sql: &BatchSql,
+    columns: &[ColumnInfo],
+    table: &str,
+) -> Result<SyncTrigger, CheckError> {
+    let on: Vec<String> = match &sync.on {
+        Some(on) => {
+            for name in on {
+                let column = columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                    CheckError::ColumnNotFound {
+                        field: "sync.on",
+                        column: name.clone(),
+                        table: table.to_string(),
+                    }
+                })?;
+                if column.generated {
+                    return Err(CheckError::Sql {
+                        field: "sync.on".into(),
+                        message: format!("{name:?} is a generated column: no write sets it"),
+                    });
+                }
+            }
+            on.clone()
+        }
+        None => columns
+            .iter()
+            .filter(|c| !c.generated && !spec.set.contains_key(&c.name))
+            .map(|c| c.name.clone())
+            .collect(),
+    };
+    let trigger = batch_sql
+        .sync_trigger(&spec.name, &on)
+        .ok_or_else(|| CheckError::Sql {
+            field: "sync".into(),
+            message: "needs `where`".into(),
+        })?;
+    prepare(conn, trigger.probe.clone(), "sync").await?;
+    Ok(trigger)
 }
 
 /// A valid, non-partial unique index whose key columns are exactly `key` (in any order),

@@ -5,6 +5,7 @@
 
 pub(crate) mod batch;
 pub mod catalog;
+pub mod completion;
 pub mod lease;
 pub(crate) mod limiter;
 pub(crate) mod partition;
@@ -14,5 +15,7 @@ pub mod scheduler;
 pub(crate) mod sizer;
 pub mod statement;
 pub mod submit;
+pub mod sync;
 pub(crate) mod throttle;
+pub mod verify;
 pub mod worker;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::engine::catalog::ResolvedJob;
 use crate::engine::limiter::Limiter;
-use crate::engine::statement::BatchSql;
+use crate::engine::statement::{BatchSql, SyncTrigger};
 use crate::engine::throttle::Signals;
 use crate::plumbing::db::SessionSettings;
 use crate::spec::{JobSpec, Tunables};
@@ -52,6 +52,10 @@ pub struct JobRuntime {
     pub adaptive: Option<(Duration, u32, u32)>,
     /// The throttle signals checked between batches, if any.
     pub(crate) signals: Option<Signals>,
+    /// The job's sync trigger, if it has `[sync]`, and whether this process has made sure it
+    /// is installed (before the job's first batch here).
+    pub sync: Option<SyncTrigger>,
+    pub(crate) sync_installed: AtomicBool,
     stats: JobStats,
     /// The latest tunables read under a batch's fence: how a PATCH reaches the workers.
     tunables: Mutex<Tunables>,
@@ -80,6 +84,8 @@ impl JobRuntime {
                 (target, min, max)
             }),
             signals: Signals::of(spec),
+            sync: resolved.sync.clone(),
+            sync_installed: AtomicBool::new(false),
             stats,
             tunables: Mutex::new(spec.tunables()),
             batch_observer: None,

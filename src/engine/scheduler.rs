@@ -11,10 +11,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::catalog;
 use crate::engine::lease::{self, HeldLeases, Presence};
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
+use crate::engine::{catalog, completion, sync};
 use crate::plumbing::db::Schema;
 use crate::store::{jobs, progress, JobState};
 
@@ -178,6 +178,24 @@ impl Scheduler {
                 self.release(claim.lease_token).await;
                 continue;
             };
+            // Before the job's first batch in this process: rows written from now on stay in
+            // step, so no write slips between the backfill and the trigger.
+            if let Err(message) =
+                sync::ensure_installed(&self.env.pool, &self.env.schema, &runtime, &self.env.actor)
+                    .await
+            {
+                tracing::error!(job = %runtime.name, "{message}");
+                jobs::fail(
+                    &self.env.pool,
+                    &self.env.schema,
+                    claim.job_id,
+                    &self.env.actor,
+                    &message,
+                )
+                .await?;
+                self.release(claim.lease_token).await;
+                continue;
+            }
             tracing::info!(
                 job = %runtime.name,
                 partition = claim.partition_index,
@@ -283,14 +301,24 @@ impl Scheduler {
 
     /// Completes running jobs whose partitions are all done (a process that died between its
     /// last batch and marking the job completed leaves one behind).
-    async fn complete_finished_jobs(&self) -> Result<(), sqlx::Error> {
+    async fn complete_finished_jobs(&mut self) -> Result<(), sqlx::Error> {
         let ids = jobs::finished_but_running(&self.env.pool, &self.env.schema).await?;
         for id in ids {
             if self.only_job.is_some_and(|only| only != id) {
                 continue;
             }
+            let Some((runtime, _)) = self.runtime(id).await? else {
+                continue;
+            };
             let mut conn = self.env.pool.acquire().await?;
-            jobs::complete_if_all_done(&mut conn, &self.env.schema, id, &self.env.actor).await?;
+            completion::finish(
+                &mut conn,
+                &self.env.schema,
+                &runtime.sql,
+                (id, &runtime.name),
+                &self.env.actor,
+            )
+            .await?;
         }
         Ok(())
     }

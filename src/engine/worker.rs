@@ -130,6 +130,7 @@ impl Worker {
             sql: &self.job.sql,
             lease_ttl: self.env.lease_ttl,
             actor: &self.env.actor,
+            job_name: &self.job.name,
         };
         let started = Instant::now();
         let result = batch::run(&ctx, &mut conn, &mut self.statements, &mut self.claim, size).await;

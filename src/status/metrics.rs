@@ -26,6 +26,8 @@ pub struct Metrics {
     pub job_state: IntGaugeVec,
     pub throttled: IntGaugeVec,
     pub rate_limit: GaugeVec,
+    pub pending_rows: IntGaugeVec,
+    pub pass: IntGaugeVec,
 }
 
 /// The process's metrics. One registry per process, like the process itself.
@@ -110,6 +112,22 @@ impl Metrics {
                 job,
             )
             .expect("valid metric"),
+            pending_rows: IntGaugeVec::new(
+                Opts::new(
+                    "backfill_pending_rows",
+                    "Rows still matching `where` at the last completed pass or verify",
+                ),
+                job,
+            )
+            .expect("valid metric"),
+            pass: IntGaugeVec::new(
+                Opts::new(
+                    "backfill_pass",
+                    "The pass the job is in (1 = the backfill, 2.. = sweeps)",
+                ),
+                job,
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -123,6 +141,8 @@ impl Metrics {
             Box::new(m.job_state.clone()),
             Box::new(m.throttled.clone()),
             Box::new(m.rate_limit.clone()),
+            Box::new(m.pending_rows.clone()),
+            Box::new(m.pass.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for collector in collectors {
@@ -166,6 +186,15 @@ impl Metrics {
             self.throttled
                 .with_label_values(&[job, reason.as_str()])
                 .set(i64::from(on));
+        }
+        self.pass
+            .with_label_values(&[job])
+            .set(i64::from(view.pass));
+        match view.pending_rows {
+            Some(pending) => self.pending_rows.with_label_values(&[job]).set(pending),
+            None => {
+                let _ = self.pending_rows.remove_label_values(&[job]);
+            }
         }
         match view.rate_limit_rows_per_second {
             Some(limit) => self

@@ -21,10 +21,21 @@ pub struct JobView {
     /// The definition as submitted, with live tunables.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
+    /// Keys walked and rows updated, over every pass.
     pub rows_scanned: i64,
     pub rows_updated: i64,
-    /// 0..1: rows scanned over the rows the table had when the job was planned.
+    /// 0..1 through the current pass: keys walked in it over the rows the table had when the
+    /// job was planned (1 once completed).
     pub progress: f64,
+    /// The pass the job is in: 1 is the backfill, 2.. are sweeps for rows still matching
+    /// `where`.
+    pub pass: i32,
+    /// The most passes the job makes (1 without `where`).
+    pub passes: u32,
+    /// Rows still matching `where` at the last completed pass or `verify`; null before.
+    pub pending_rows: Option<i64>,
+    /// When that count was taken.
+    pub verified_at: Option<DateTime<Utc>>,
     pub eta_seconds: Option<f64>,
     /// The current batch size: adapted toward `target_batch_time` when the job sets one.
     pub batch_size: u32,
@@ -87,11 +98,13 @@ impl JobView {
         let spec = job.spec().ok();
         let rows_scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
         let rows_updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
-        let expected = job.estimated_rows.max(rows_scanned).max(1);
+        // Progress and ETA are the current pass's: a sweep walks the whole key range again.
+        let pass_scanned = (rows_scanned - job.scanned_before_pass).max(0);
+        let expected = job.estimated_rows.max(pass_scanned).max(1);
         let progress = if state == JobState::Completed {
             1.0
         } else {
-            (rows_scanned as f64 / expected as f64).clamp(0.0, 1.0)
+            (pass_scanned as f64 / expected as f64).clamp(0.0, 1.0)
         };
         let rate = if state == JobState::Running {
             rate
@@ -100,7 +113,7 @@ impl JobView {
         };
         let eta_seconds = match state {
             JobState::Completed => Some(0.0),
-            JobState::Running if rate > 0.0 => Some((expected - rows_scanned).max(0) as f64 / rate),
+            JobState::Running if rate > 0.0 => Some((expected - pass_scanned).max(0) as f64 / rate),
             _ => None,
         };
         let limit = spec.as_ref().and_then(|s| s.rows_per_second);
@@ -130,6 +143,10 @@ impl JobView {
             rows_scanned,
             rows_updated,
             progress,
+            pass: job.pass,
+            passes: spec.as_ref().map_or(1, JobSpec::max_passes),
+            pending_rows: job.pending_rows,
+            verified_at: job.verified_at,
             eta_seconds,
             batch_size,
             target_batch_time: adaptive.map(|d| humantime::format_duration(d).to_string()),

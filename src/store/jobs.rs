@@ -3,11 +3,11 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{Acquire, PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::plumbing::db::{sql, Schema};
 use crate::spec::{JobSpec, Tunables};
-use crate::store::{events, progress, JobState};
+use crate::store::{events, JobState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
@@ -20,6 +20,14 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The pass the job is in: 1 is the backfill, 2.. are sweeps.
+    pub pass: i32,
+    /// Keys walked before the current pass began (the pass's progress starts from here).
+    pub scanned_before_pass: i64,
+    /// Rows still matching `where` at the last completed pass or `verify`; `None` before.
+    pub pending_rows: Option<i64>,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub sync_installed_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
@@ -35,8 +43,8 @@ impl JobRow {
     }
 }
 
-const COLUMNS: &str =
-    "id, name, spec, state, estimated_rows, last_error, created_at, started_at, finished_at";
+const COLUMNS: &str = "id, name, spec, state, estimated_rows, last_error, created_at, started_at,
+     finished_at, pass, scanned_before_pass, pending_rows, verified_at, sync_installed_at";
 
 pub async fn find_by_name<'e>(
     executor: impl PgExecutor<'e>,
@@ -296,48 +304,6 @@ pub async fn finished_but_running<'e>(
     )))
     .fetch_all(executor)
     .await
-}
-
-/// Marks the job completed if every partition is done, in a transaction of its own. The job
-/// row is locked first, so of two partitions finishing at once the second sees the first's
-/// commit; the scheduler calls this too, for a process that died between its last batch and
-/// this step.
-pub async fn complete_if_all_done(
-    conn: &mut PgConnection,
-    schema: &Schema,
-    job_id: i64,
-    actor: &str,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    // A worker's session may commit batches asynchronously (`synchronous_commit`); the
-    // completion waits for its flush, and with it for every batch's WAL before it.
-    sqlx::query(
-        "SELECT set_config('synchronous_commit', 'on', true)
-          WHERE current_setting('synchronous_commit') = 'off'",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sql(format!(
-        "SELECT 1 FROM {}.jobs WHERE id = $1 FOR UPDATE",
-        schema.q
-    )))
-    .bind(job_id)
-    .execute(&mut *tx)
-    .await?;
-    if !progress::all_done(&mut *tx, schema, job_id).await? {
-        return Ok(false);
-    }
-    let transition = transition(
-        &mut tx,
-        schema,
-        job_id,
-        JobState::Completed,
-        actor,
-        Some("every partition reached the end of its key range"),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(matches!(transition, Transition::Done { .. }))
 }
 
 /// Records a failure: `failed` with the message, in the event log too.

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod jobs;
 pub mod migrate;
+pub mod passes;
 pub mod progress;
 
 use serde::{Deserialize, Serialize};

@@ -5,8 +5,13 @@
 //! Nothing outside this module knows the statement's parts or its column names.
 
 mod fence;
+mod sync;
 #[cfg(test)]
 mod tests;
+mod verify;
+
+pub use sync::{sync_name, SyncTrigger};
+pub use verify::VerifyRow;
 
 use crate::plumbing::db::{quote_ident, Schema};
 use crate::spec::Tunables;
@@ -35,6 +40,9 @@ pub enum Lower {
 /// Builds the batch statement and its helpers for one resolved job.
 #[derive(Debug, Clone)]
 pub struct BatchSql {
+    /// The table's schema and name as the catalog has them (unquoted).
+    schema_name: String,
+    table_name: String,
     table: String,
     key: Vec<KeyColumn>,
     set: Vec<(String, String)>,
@@ -101,7 +109,7 @@ impl BatchRow {
     }
 }
 
-fn batch_key(i: usize) -> String {
+pub(super) fn batch_key(i: usize) -> String {
     format!("\"__backfilld_k{i}\"")
 }
 
@@ -111,7 +119,7 @@ fn is_integer(type_sql: &str) -> bool {
 }
 
 /// An author's expression, isolated on its own lines inside parentheses.
-fn wrap(expression: &str) -> String {
+pub(super) fn wrap(expression: &str) -> String {
     format!("(\n{expression}\n)")
 }
 
@@ -125,6 +133,8 @@ impl BatchSql {
         filter: Option<String>,
     ) -> BatchSql {
         BatchSql {
+            schema_name: schema.to_string(),
+            table_name: table.to_string(),
             table: format!("{}.{}", quote_ident(schema), quote_ident(table)),
             key,
             set: set.into_iter().collect(),
@@ -135,6 +145,37 @@ impl BatchSql {
     /// The quoted, schema-qualified table.
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Where a walk starts (`None` from the table's first key), numbering its parameters with
+    /// `next`.
+    fn lower_condition(
+        &self,
+        lower: Lower,
+        next: &mut dyn FnMut() -> (usize, String),
+    ) -> Option<String> {
+        let first = &self.key[0];
+        let first_name = quote_ident(&first.name);
+        match lower {
+            Lower::Unbounded => None,
+            Lower::Partition => Some(format!(
+                "{first_name} > {}::text::{}",
+                next().1,
+                first.type_sql
+            )),
+            Lower::Cursor => {
+                let values: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|k| format!("{}::text::{}", next().1, k.type_sql))
+                    .collect();
+                Some(if self.key.len() == 1 {
+                    format!("{first_name} > {}", values[0])
+                } else {
+                    format!("({}) > ({})", self.key_list(), values.join(", "))
+                })
+            }
+        }
     }
 
     fn key_list(&self) -> String {
@@ -164,26 +205,7 @@ impl BatchSql {
         };
         let first = &self.key[0];
         let first_name = quote_ident(&first.name);
-        let lower_condition = match lower {
-            Lower::Unbounded => None,
-            Lower::Partition => Some(format!(
-                "{first_name} > {}::text::{}",
-                next().1,
-                first.type_sql
-            )),
-            Lower::Cursor => {
-                let values: Vec<String> = self
-                    .key
-                    .iter()
-                    .map(|k| format!("{}::text::{}", next().1, k.type_sql))
-                    .collect();
-                Some(if self.key.len() == 1 {
-                    format!("{first_name} > {}", values[0])
-                } else {
-                    format!("({}) > ({})", self.key_list(), values.join(", "))
-                })
-            }
-        };
+        let lower_condition = self.lower_condition(lower, &mut next);
         let mut walk_conditions: Vec<String> = lower_condition.iter().cloned().collect();
         if upper {
             walk_conditions.push(format!(
