@@ -26,6 +26,8 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "backfill_job_state",
     "backfill_throttled",
     "backfill_rate_limit_rows_per_second",
+    "backfill_pending_rows",
+    "backfill_pass",
 ];
 
 fn repo(path: &str) -> PathBuf {
@@ -273,6 +275,8 @@ async fn the_exposition_passes_promtool_and_carries_every_documented_metric() {
         "backfill_throttled{job=\"metered\",reason=\"rate_limit\"} 0",
         "backfill_batches_total{job=\"metered\",outcome=\"failed\"} 0",
         "backfill_batch_duration_seconds_count{job=\"metered\"} 11",
+        "backfill_pass{job=\"metered\"} 1",
+        "backfill_pending_rows{job=\"metered\"} 0",
     ] {
         assert!(text.contains(line), "{line:?} not in\n{text}");
     }

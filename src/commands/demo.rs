@@ -5,11 +5,13 @@
 //! a database that has its own `products` or `users` fails with a clear message instead.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::commands::error::CliError;
+use crate::engine::{catalog, sync, verify};
 use crate::plumbing::config::Settings;
 use crate::plumbing::db::{sql, Schema};
 use crate::plumbing::shutdown::Shutdown;
@@ -99,12 +101,15 @@ pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result
     );
 
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
-    for spec in &jobs {
-        println!("▶ {} — {}", spec.name, spec.table);
-        let code = super::run::run_job(settings, spec, &shutdown, false).await?;
-        if code != 0 {
-            return Ok(code);
-        }
+    let [products, users] = &jobs;
+    println!("▶ {} — {}", products.name, products.table);
+    let code = super::run::run_job(settings, products, &shutdown, false).await?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let code = expand_contract(settings, &pool, users, &shutdown).await?;
+    if code != 0 {
+        return Ok(code);
     }
     verify(&pool).await?;
     println!(
@@ -113,6 +118,74 @@ pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result
         settings.schema
     );
     Ok(0)
+}
+
+/// The rename `customer_email` → `email` as it happens in production: the old code keeps
+/// writing `customer_email` while the job runs (and after), the sync trigger keeps those rows
+/// in step, `verify` says it is safe to contract, and the trigger is removed.
+async fn expand_contract(
+    settings: &Settings,
+    pool: &PgPool,
+    spec: &JobSpec,
+    shutdown: &Shutdown,
+) -> Result<i32, CliError> {
+    println!(
+        "▶ {} — {}: the expand–contract rename, with the old code still writing customer_email",
+        spec.name, spec.table
+    );
+    let stop = CancellationToken::new();
+    let old_code = tokio::spawn(write_the_old_way(pool.clone(), stop.clone()));
+    let code = super::run::run_job(settings, spec, shutdown, false).await?;
+    // The old code goes on a little after the backfill, as it does until the next deploy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let writes = old_code.await.map_err(|e| CliError::Other(e.into()))?;
+    if code != 0 {
+        return Ok(code);
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| CliError::Other(e.into()))?;
+    let resolved = catalog::resolve(&mut conn, spec)
+        .await
+        .map_err(CliError::invalid)?;
+    let pending = verify::count_pending(&mut conn, &resolved.sql)
+        .await
+        .map_err(|e| CliError::Other(e.into()))?
+        .map_or(0, |v| v.pending);
+    println!(
+        "  the old code rewrote customer_email {writes} times during and after the backfill; verify: {pending} rows pending{}",
+        if pending == 0 { " — safe to contract" } else { "" }
+    );
+    if spec.sync.is_some() {
+        sync::remove(pool, &spec.name, spec.lock_timeout)
+            .await
+            .map_err(|e| CliError::Other(e.into()))?;
+        println!("  sync trigger removed (backfilld sync remove): the next deploy drops customer_email\n");
+    }
+    Ok(0)
+}
+
+/// The old code: rewrites a few users' `customer_email` every few milliseconds; returns how
+/// many rows it wrote.
+async fn write_the_old_way(pool: PgPool, stop: CancellationToken) -> u64 {
+    let mut written = 0;
+    let mut round = 0u64;
+    while !stop.is_cancelled() {
+        round += 1;
+        let result = sqlx::query(
+            "UPDATE public.users SET customer_email = 'moved' || $1 || '.' || id || '@example.com'
+              WHERE id IN (SELECT (random() * (SELECT max(id) - 1 FROM public.users))::int8 + 1
+                             FROM generate_series(1, 5))",
+        )
+        .bind(round as i64)
+        .execute(&pool)
+        .await;
+        written += result.map_or(0, |r| r.rows_affected());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    written
 }
 
 /// The job file from the jobs directory when present (so edits show), else the built-in copy.

@@ -73,8 +73,9 @@ pub async fn finish_pass(
         } else {
             format!("pass {} updated no rows: every row is done", job.pass)
         };
-        let pending = has_where.then_some(0);
-        let done = complete(&mut tx, schema, job_id, actor, pending, &detail).await?;
+        // Nothing is pending: without `where` every row was updated once; with it, the last
+        // pass found nothing left to update.
+        let done = complete(&mut tx, schema, job_id, actor, Some(0), &detail).await?;
         tx.commit().await?;
         return Ok(if done {
             Finish::Completed

@@ -1,0 +1,269 @@
+//! Finishing an expand–contract against a real PostgreSQL: sweeps catch rows written behind
+//! the cursors, the sync trigger keeps rows the old code writes in step, `verify` tells a
+//! deploy pipeline whether it is safe to contract, and `sync remove` leaves nothing behind.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{cli_with_url, eventually, text, TestDb};
+
+/// Keeps inserting rows with random uuid keys (so most land behind the cursor) until `stop`.
+fn insert_random_keys(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+    tokio::spawn(async move {
+        let mut inserted = 0;
+        while !stop.load(Ordering::Relaxed) {
+            sqlx::query("INSERT INTO u (id) SELECT gen_random_uuid() FROM generate_series(1, 20)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            inserted += 20;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        inserted
+    })
+}
+
+async fn uuid_table(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), v int);
+         INSERT INTO u (id) SELECT gen_random_uuid() FROM generate_series(1, 20000);",
+    )
+    .await;
+}
+
+fn uuid_job(db: &TestDb, extra: &str) -> std::path::PathBuf {
+    db.write_job(
+        "u.toml",
+        &format!(
+            "name = \"fill\"\ntable = \"u\"\nkey = \"id\"\nwhere = \"v IS NULL\"\nbatch_size = 500\npause = \"5ms\"\n{extra}\n[set]\nv = \"1\"\n"
+        ),
+    )
+}
+
+/// A field of the job's row; `None` also before `run` has created the daemon's schema.
+async fn job_field(db: &TestDb, field: &str) -> Option<i64> {
+    sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(format!(
+        "SELECT {field}::int8 FROM backfilld.jobs WHERE name = 'fill'"
+    )))
+    .fetch_optional(&db.pool)
+    .await
+    .ok()
+    .flatten()
+    .flatten()
+}
+
+#[tokio::test]
+async fn a_sweep_catches_rows_inserted_behind_the_cursor_and_one_pass_reports_them_exactly() {
+    // Default passes: the inserts during the backfill land behind its cursor; the sweep gets
+    // them (the writer stops once the sweep has begun).
+    let db = TestDb::new().await;
+    uuid_table(&db).await;
+    let job = uuid_job(&db, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = insert_random_keys(db.pool.clone(), stop.clone());
+    let mut run = common::spawn(&db.url, &["run", job.to_str().unwrap()]);
+    eventually(Duration::from_secs(60), "the sweep to begin", || async {
+        (job_field(&db, "pass").await >= Some(2)).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let inserted = writer.await.unwrap();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(inserted > 0);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM u WHERE v IS NULL")
+            .await,
+        0
+    );
+    assert_eq!(job_field(&db, "pending_rows").await, Some(0));
+    let output = cli_with_url(&db.url, &["verify", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    // One pass: what the writer left behind the cursor is counted exactly, and verify agrees.
+    let db = TestDb::new().await;
+    uuid_table(&db).await;
+    let job = uuid_job(&db, "passes = 1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = insert_random_keys(db.pool.clone(), stop.clone());
+    let mut run = common::spawn(&db.url, &["run", job.to_str().unwrap()]);
+    eventually(Duration::from_secs(60), "half of the backfill", || async {
+        (common::checkpointed(&db.pool).await >= 10_000).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+    let left = db
+        .scalar_i64("SELECT count(*) FROM u WHERE v IS NULL")
+        .await;
+    assert!(left > 0, "no insert landed behind the cursor");
+    assert_eq!(job_field(&db, "pending_rows").await, Some(left));
+    let output = cli_with_url(&db.url, &["verify", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
+    assert!(
+        text(&output).contains(&format!("{left} row(s)")),
+        "{}",
+        text(&output)
+    );
+}
+
+async fn users(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE users (id bigint PRIMARY KEY, customer_email text NOT NULL, email text);
+         INSERT INTO users (id, customer_email) SELECT i, 'u' || i || '@old' FROM generate_series(1, 20000) i;",
+    )
+    .await;
+}
+
+/// The old code: keeps rewriting `customer_email` only, until `stop`, then 200 writes more.
+fn old_code(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut round = 0;
+        let mut after = 0;
+        while after < 10 {
+            if stop.load(Ordering::Relaxed) {
+                after += 1;
+            }
+            round += 1;
+            sqlx::query(
+                "UPDATE users SET customer_email = 'r' || $1 || '-' || id || '@old'
+                  WHERE id IN (SELECT (random() * 19999)::int8 + 1 FROM generate_series(1, 20))",
+            )
+            .bind(round)
+            .execute(&pool)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+async fn rename(sync: bool) -> i64 {
+    let db = TestDb::new().await;
+    users(&db).await;
+    let job = db.write_job(
+        "email.toml",
+        &format!(
+            "name = \"email\"\ntable = \"users\"\nkey = \"id\"\nwhere = \"email IS DISTINCT FROM customer_email\"\nbatch_size = 500\npause = \"5ms\"\n{}[set]\nemail = \"customer_email\"\n",
+            if sync { "[sync]\non = [\"customer_email\"]\n" } else { "" }
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = old_code(db.pool.clone(), stop.clone());
+    let output = cli_with_url(&db.url, &["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let stale = db
+        .scalar_i64("SELECT count(*) FROM users WHERE email IS DISTINCT FROM customer_email")
+        .await;
+    if sync {
+        let output = cli_with_url(&db.url, &["verify", job.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        for _ in 0..2 {
+            let output = cli_with_url(&db.url, &["sync", "remove", job.to_str().unwrap()]);
+            assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        }
+        assert_eq!(
+            db.scalar_i64(
+                "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'bf_sync_%')
+                      + (SELECT count(*) FROM pg_proc WHERE proname LIKE 'bf_sync_%')"
+            )
+            .await,
+            0,
+            "sync remove left a trigger or a function"
+        );
+    }
+    stale
+}
+
+#[tokio::test]
+async fn the_sync_trigger_keeps_what_the_old_code_writes_in_step_and_without_it_rows_go_stale() {
+    assert_eq!(rename(true).await, 0, "with [sync]");
+    assert!(
+        rename(false).await > 0,
+        "without [sync] the old code's writes should go stale"
+    );
+}
+
+#[tokio::test]
+async fn verify_walks_in_short_snapshots_and_exits_0_4_or_2() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v int);
+         INSERT INTO big (id, v) SELECT i, CASE WHEN i % 100000 = 7 THEN NULL ELSE 1 END
+           FROM generate_series(1, 500000) i;",
+    )
+    .await;
+    let job = db.write_job(
+        "big.toml",
+        "name = \"big\"\ntable = \"big\"\nkey = \"id\"\nwhere = \"v IS NULL\"\n[set]\nv = \"1\"\n",
+    );
+    // Watch the verifying session: no transaction of it may live long.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (pool, watching) = (db.pool.clone(), watching.clone());
+        tokio::spawn(async move {
+            let (mut oldest, mut snapshots) = (0.0f64, std::collections::BTreeSet::new());
+            while watching.load(Ordering::Relaxed) {
+                let rows: Vec<(f64, String)> = sqlx::query_as(
+                    "SELECT extract(epoch FROM now() - xact_start)::float8, xact_start::text
+                       FROM pg_stat_activity
+                      WHERE application_name = 'backfilld' AND datname = current_database()
+                        AND xact_start IS NOT NULL",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                for (age, start) in rows {
+                    oldest = oldest.max(age);
+                    snapshots.insert(start);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (oldest, snapshots.len())
+        })
+    };
+    // Off the test's runtime, so the watcher runs meanwhile.
+    let (url, path) = (db.url.clone(), job.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        cli_with_url(&url, &["verify", path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    watching.store(false, Ordering::Relaxed);
+    let (oldest, snapshots) = watcher.await.unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
+    let said = text(&output);
+    assert!(said.contains("5 row(s)"), "{said}");
+    assert!(said.contains("500000 keys walked"), "{said}");
+    assert!(said.contains("e.g. keys 7; 100007"), "{said}");
+    assert!(oldest < 1.0, "a verify transaction lived {oldest:.2}s");
+    assert!(
+        snapshots > 1,
+        "verify should take many short snapshots, saw {snapshots}"
+    );
+
+    db.exec("UPDATE big SET v = 1 WHERE v IS NULL").await;
+    let output = cli_with_url(&db.url, &["verify", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    // Nothing to verify without `where`; an invalid job file.
+    let plain = db.write_job(
+        "plain.toml",
+        "name = \"plain\"\ntable = \"big\"\nkey = \"id\"\n[set]\nv = \"v + 1\"\n",
+    );
+    let output = cli_with_url(&db.url, &["verify", plain.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("nothing to verify"),
+        "{}",
+        text(&output)
+    );
+    let broken = db.write_job("broken.toml", "name = \"x\"\n");
+    let output = cli_with_url(&db.url, &["verify", broken.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+}
