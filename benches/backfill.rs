@@ -12,6 +12,9 @@
 //! cargo bench --bench backfill -- --synchronous-commit on   # batches wait for their flush
 //! ```
 
+#[path = "backfill/finishing.rs"]
+mod finishing;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +60,10 @@ struct Args {
     /// The jobs' `synchronous_commit` for (c) and (d) (default: the job's own, `off`).
     #[arg(long, value_parser = str::parse::<SynchronousCommit>)]
     synchronous_commit: Option<SynchronousCommit>,
+    /// Instead of the comparison: the cost of a sweep pass, of `verify`, and of the sync
+    /// trigger on the application's writes.
+    #[arg(long)]
+    finishing: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -189,6 +196,9 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
     );
     if args.scale {
         return scale(args, scratch, &pool, ticks).await;
+    }
+    if args.finishing {
+        return finishing::finishing(scratch, &pool, [args.w1_rows, args.w2_rows], ticks).await;
     }
     let mut variants = vec![
         Variant::Update,
@@ -339,6 +349,9 @@ async fn measure(
                 rows_per_second: None,
                 pause: None,
                 partitions: *partitions,
+                // One pass, as the other variants make: `--finishing` measures the sweep.
+                passes: Some(1),
+                sync: None,
                 ..job.clone()
             };
             if let Some(target) = target {
