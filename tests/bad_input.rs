@@ -219,3 +219,42 @@ async fn check_reports_the_plan_and_writes_nothing() {
         .await;
     assert_eq!(schema, 0);
 }
+
+/// PostgreSQL reports the line of its own C source an error came from, and sqlx's display of a
+/// database error appends it (" at line 3655"): users read it as a line of their job file.
+#[tokio::test]
+async fn database_messages_carry_no_source_line() {
+    let db = TestDb::new().await;
+    db.exec(SETUP).await;
+    let email = "email = \"customer_email\"";
+    for (case, body) in [
+        ("set", valid("", "email = \"lower(customer_emial)\"")),
+        ("where", valid("where = \"email IS NUL\"", email)),
+        (
+            "throttle_query",
+            valid("throttle_query = \"SELECT nope\"", email),
+        ),
+    ] {
+        let path = db.write_job("bad.toml", &body);
+        let output = db.cli(&["check", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{case}: {}", text(&output));
+        assert!(stderr.contains(case), "{case}: {stderr}");
+        assert!(!stderr.contains(" at line "), "{case}: {stderr}");
+    }
+    // A role that may not create the daemon's schema: the migration's own error.
+    let role = format!("nocreate_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER; GRANT SELECT, UPDATE ON users TO {role};"
+    ))
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let path = db.write_job("ok.toml", &valid("", email));
+    let output = cli_with_url(&url, &["run", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!stderr.contains(" at line "), "{stderr}");
+}

@@ -17,9 +17,7 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
     let resolved = catalog::resolve(&mut conn, &spec)
         .await
         .map_err(CliError::invalid)?;
-    let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
+    let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size).await?;
 
     let key: Vec<String> = resolved
         .key

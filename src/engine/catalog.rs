@@ -5,7 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
 use crate::engine::statement::{BatchRow, BatchSql, KeyColumn};
-use crate::plumbing::db::sql;
+use crate::plumbing::db::{self, sql};
 use crate::spec::JobSpec;
 
 /// Why the database refused a job. Every variant names what is wrong.
@@ -33,7 +33,7 @@ pub enum CheckError {
     WhereNotBoolean { found: String },
     #[error("throttle_query: must return one boolean column (true = throttle), but it returns ({found})")]
     ThrottleQueryShape { found: String },
-    #[error("checking against the database: {0}")]
+    #[error("checking against the database: {}", db::message(.0))]
     Database(#[from] sqlx::Error),
 }
 
@@ -335,21 +335,10 @@ async fn prepare_columns(
             .iter()
             .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
             .collect()),
-        Err(sqlx::Error::Database(e)) => {
-            let mut message = e.message().to_string();
-            if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                if let Some(detail) = pg.detail() {
-                    message.push_str(&format!(" ({detail})"));
-                }
-                if let Some(hint) = pg.hint() {
-                    message.push_str(&format!(" hint: {hint}"));
-                }
-            }
-            Err(CheckError::Sql {
-                field: field.to_string(),
-                message,
-            })
-        }
+        Err(error @ sqlx::Error::Database(_)) => Err(CheckError::Sql {
+            field: field.to_string(),
+            message: db::message(&error),
+        }),
         Err(other) => Err(CheckError::Database(other)),
     }
 }

@@ -20,7 +20,7 @@ pub enum SubmitError {
     NameTaken(String),
     #[error("{0}")]
     Stored(String),
-    #[error("database: {0}")]
+    #[error("database: {}", crate::plumbing::db::message(.0))]
     Database(#[from] sqlx::Error),
 }
 

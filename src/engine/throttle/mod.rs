@@ -59,7 +59,10 @@ impl Signals {
                 Err(error) => {
                     return Some(Throttle {
                         reason,
-                        detail: format!("the {reason} check failed, waiting to be safe: {error}"),
+                        detail: format!(
+                            "the {reason} check failed, waiting to be safe: {}",
+                            crate::plumbing::db::message(&error)
+                        ),
                     })
                 }
             }
