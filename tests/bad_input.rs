@@ -12,7 +12,10 @@ const SETUP: &str = "
     CREATE TABLE no_key (id bigint NOT NULL, v text);
     CREATE TABLE nullable_key (id bigint UNIQUE, v text);
     CREATE TABLE partial_unique (id bigint NOT NULL, v text);
-    CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;";
+    CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;
+    CREATE TABLE stamped (id bigint, created_at timestamptz, v text, PRIMARY KEY (id, created_at));
+    CREATE TABLE descending (id bigint NOT NULL, v text);
+    CREATE UNIQUE INDEX descending_id ON descending (id DESC);";
 
 fn valid(extra: &str, set: &str) -> String {
     job_toml("copy_email", "public.users", "\"id\"", set, extra)
@@ -71,6 +74,27 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "key only unique where a predicate holds",
             job_toml("x", "partial_unique", "\"id\"", "v = \"'x'\"", ""),
             vec!["key", "not unique"],
+        ),
+        (
+            // The rows are unique, but each batch would seq-scan and sort to find its keys.
+            "composite key in an order no index has",
+            job_toml(
+                "x",
+                "stamped",
+                "[\"created_at\", \"id\"]",
+                "v = \"'x'\"",
+                "",
+            ),
+            vec![
+                "key: (created_at, id) has no index in this order",
+                "the primary key stamped_pkey is on (id, created_at)",
+                "use key = [\"id\", \"created_at\"]",
+            ],
+        ),
+        (
+            "key unique only through a descending index",
+            job_toml("x", "descending", "\"id\"", "v = \"'x'\"", ""),
+            vec!["key", "descending_id", "ascending"],
         ),
         (
             "nullable key",

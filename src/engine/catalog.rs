@@ -21,6 +21,15 @@ pub enum CheckError {
     },
     #[error("key: ({columns}) is not unique in {table}: it needs a primary key or a unique index (not partial) on exactly these columns")]
     KeyNotUnique { columns: String, table: String },
+    #[error("key: ({key}) has no index in this order; the {index} is on ({columns}): use key = {suggestion}")]
+    KeyOrder {
+        key: String,
+        index: String,
+        columns: String,
+        suggestion: String,
+    },
+    #[error("key: ({columns}) is unique only through {index}, which cannot serve the key walk's ascending order (a DESC or NULLS FIRST column, or a non-default operator class or collation): add a unique index on ({columns}) in ascending order")]
+    KeyNotAscending { columns: String, index: String },
     #[error("key: column {column:?} is nullable; the key must be NOT NULL")]
     KeyNullable { column: String },
     #[error("set: column {column:?} is a generated column and cannot be set")]
@@ -142,12 +151,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         }
     }
 
-    let key_index = unique_index_on(&mut *conn, oid, spec.key_columns())
-        .await?
-        .ok_or_else(|| CheckError::KeyNotUnique {
-            columns: spec.key_columns().join(", "),
-            table: display_table.clone(),
-        })?;
+    let key_index = key_index(&mut *conn, oid, spec.key_columns(), &display_table).await?;
 
     let key_kind = match column("key", &spec.key_columns()[0])?.type_name.as_str() {
         "int2" | "int4" | "int8" => KeyKind::Integer,
@@ -175,40 +179,83 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
     })
 }
 
-/// A valid, non-partial unique index whose key columns are exactly `key` (in any order),
-/// preferring one in the key's own order, then the primary key.
-async fn unique_index_on(
+/// The index the key walk rides on: a valid, non-partial unique btree index whose key columns
+/// are exactly `key`, in the key's order, ascending, with their default operator classes and
+/// the columns' own collations (the primary key first). Only such an index serves the walk's
+/// `ORDER BY key` and its `key > cursor` as one index range; an index on the same columns in
+/// another order still proves the key unique, but every batch would scan and sort the table.
+async fn key_index(
     conn: &mut PgConnection,
     table: sqlx::postgres::types::Oid,
     key: &[String],
-) -> Result<Option<String>, sqlx::Error> {
-    let indexes: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+    display_table: &str,
+) -> Result<String, CheckError> {
+    let mut indexes: Vec<(String, bool, Vec<String>, bool)> = sqlx::query_as(
         "SELECT i.indexrelid::regclass::text, i.indisprimary,
                 ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                        WHERE k.ord <= i.indnkeyatts
-                       ORDER BY k.ord)
+                       ORDER BY k.ord),
+                am.amname = 'btree'
+                AND NOT EXISTS (
+                    SELECT 1
+                      FROM unnest(i.indkey::int2[], i.indoption::int2[], i.indclass::oid[],
+                                  i.indcollation::oid[]) WITH ORDINALITY
+                           AS k(attnum, opt, opclass, coll, ord)
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                      JOIN pg_opclass c ON c.oid = k.opclass
+                     WHERE k.ord <= i.indnkeyatts
+                       AND (k.opt <> 0 OR NOT c.opcdefault OR k.coll <> a.attcollation))
            FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_am am ON am.oid = ic.relam
           WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-            AND i.indexprs IS NULL",
+            AND i.indexprs IS NULL
+          ORDER BY i.indisprimary DESC, 1",
     )
     .bind(table)
     .fetch_all(conn)
     .await?;
     let mut wanted: Vec<&String> = key.iter().collect();
     wanted.sort();
-    let mut matching: Vec<(String, bool, bool)> = indexes
-        .into_iter()
-        .filter(|(_, _, cols)| {
-            let mut have: Vec<&String> = cols.iter().collect();
-            have.sort();
-            have == wanted
-        })
-        .map(|(name, primary, cols)| (name, cols.as_slice() == key, primary))
-        .collect();
-    matching.sort_by_key(|(_, in_order, primary)| (!in_order, !primary));
-    Ok(matching.into_iter().next().map(|(name, _, _)| name))
+    indexes.retain(|(_, _, columns, _)| {
+        let mut have: Vec<&String> = columns.iter().collect();
+        have.sort();
+        have == wanted
+    });
+    if let Some((name, ..)) = indexes
+        .iter()
+        .find(|(_, _, columns, ascending)| *ascending && columns.as_slice() == key)
+    {
+        return Ok(name.clone());
+    }
+    if let Some((name, primary, columns, _)) = indexes.iter().find(|(.., ascending)| *ascending) {
+        return Err(CheckError::KeyOrder {
+            key: key.join(", "),
+            index: format!(
+                "{} {name}",
+                if *primary {
+                    "primary key"
+                } else {
+                    "unique index"
+                }
+            ),
+            columns: columns.join(", "),
+            // Debug quotes and escapes each name as a TOML basic string would.
+            suggestion: format!("{columns:?}"),
+        });
+    }
+    match indexes.first() {
+        Some((name, ..)) => Err(CheckError::KeyNotAscending {
+            columns: key.join(", "),
+            index: name.clone(),
+        }),
+        None => Err(CheckError::KeyNotUnique {
+            columns: key.join(", "),
+            table: display_table.to_string(),
+        }),
+    }
 }
 
 /// Prepares each expression alone (so an error names its field), then every batch variant.
