@@ -15,7 +15,8 @@ const SETUP: &str = "
     CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;
     CREATE TABLE stamped (id bigint, created_at timestamptz, v text, PRIMARY KEY (id, created_at));
     CREATE TABLE descending (id bigint NOT NULL, v text);
-    CREATE UNIQUE INDEX descending_id ON descending (id DESC);";
+    CREATE UNIQUE INDEX descending_id ON descending (id DESC);
+    CREATE TABLE \"Capitals\" (id bigint PRIMARY KEY, v text);";
 
 fn valid(extra: &str, set: &str) -> String {
     job_toml("copy_email", "public.users", "\"id\"", set, extra)
@@ -54,6 +55,15 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "sql in the table name",
             job_toml("x", "users; DROP TABLE users", "\"id\"", email, ""),
             vec!["table", "does not exist"],
+        ),
+        (
+            // Folded to capitals, as PostgreSQL would: the message says how to keep them.
+            "unquoted name of a table created with capitals",
+            job_toml("x", "Capitals", "\"id\"", "v = \"'x'\"", ""),
+            vec![
+                "\"Capitals\" does not exist",
+                "put a name with capitals in double quotes",
+            ],
         ),
         (
             "nonexistent set column",

@@ -6,13 +6,13 @@ use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
 use crate::engine::statement::{BatchRow, BatchSql, KeyColumn};
 use crate::plumbing::db::{self, sql};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, TableName};
 
 /// Why the database refused a job. Every variant names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("table: {0} does not exist (or is not a table)")]
-    TableNotFound(String),
+    #[error("table: {0:?} does not exist (or is not a table){hint}", hint = if *.1 { FOLDED } else { "" })]
+    TableNotFound(String, bool),
     #[error("{field}: column {column:?} does not exist in {table}")]
     ColumnNotFound {
         field: &'static str,
@@ -45,6 +45,10 @@ pub enum CheckError {
     #[error("checking against the database: {}", db::message(.0))]
     Database(#[from] sqlx::Error),
 }
+
+/// Said of a missing table whose unquoted name had capitals: before names were read as
+/// PostgreSQL reads them, `Users` found a table created as "Users".
+const FOLDED: &str = "; unquoted names fold to lower case, as in PostgreSQL: put a name with capitals in double quotes (table = '\"Users\"')";
 
 /// How the first key column can be split into ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +83,11 @@ struct ColumnInfo {
 
 /// Resolves and checks `spec`. Runs only catalog reads and PREPAREs.
 pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<ResolvedJob, CheckError> {
-    let (schema_name, table_name) = match spec.table.split_once('.') {
-        Some((schema, table)) => (Some(schema), table),
-        None => (None, spec.table.as_str()),
-    };
+    // A stored job written before names were read this way may not parse.
+    let name = TableName::parse(&spec.table).map_err(|message| CheckError::Sql {
+        field: "table".into(),
+        message,
+    })?;
     // Unqualified names resolve through search_path, as PostgreSQL itself would.
     let found: Option<(sqlx::postgres::types::Oid, String, String, f32)> = sqlx::query_as(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.reltuples
@@ -93,12 +98,12 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
           ORDER BY array_position(current_schemas(false), n.nspname::name)
           LIMIT 1",
     )
-    .bind(schema_name)
-    .bind(table_name)
+    .bind(&name.schema)
+    .bind(&name.table)
     .fetch_optional(&mut *conn)
     .await?;
     let Some((oid, schema, table, reltuples)) = found else {
-        return Err(CheckError::TableNotFound(format!("{:?}", spec.table)));
+        return Err(CheckError::TableNotFound(spec.table.clone(), name.folded));
     };
     let display_table = format!("{schema}.{table}");
 
