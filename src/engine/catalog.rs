@@ -42,6 +42,9 @@ pub enum CheckError {
     WhereNotBoolean { found: String },
     #[error("throttle_query: must return one boolean column (true = throttle), but it returns ({found})")]
     ThrottleQueryShape { found: String },
+    /// A health limit this role could not read truthfully (it lacks pg_monitor).
+    #[error("{0}")]
+    SignalHidden(String),
     #[error("checking against the database: {}", db::message(.0))]
     Database(#[from] sqlx::Error),
 }
@@ -79,6 +82,18 @@ struct ColumnInfo {
     type_name: String,
     not_null: bool,
     generated: bool,
+}
+
+/// [`resolve`] for a job being checked or submitted: it also refuses a health limit this role
+/// could not read truthfully. A job already admitted is only resolved when a process first
+/// claims it: there a missing grant (revoked since, or another replica's role) makes the signal
+/// hold the job, saying why, rather than failing it.
+pub async fn admit(conn: &mut PgConnection, spec: &JobSpec) -> Result<ResolvedJob, CheckError> {
+    let resolved = resolve(&mut *conn, spec).await?;
+    if let Some(why) = crate::engine::throttle::refuse_blind(conn, spec).await? {
+        return Err(CheckError::SignalHidden(why));
+    }
+    Ok(resolved)
 }
 
 /// Resolves and checks `spec`. Runs only catalog reads and PREPAREs.
