@@ -11,7 +11,8 @@ use common::{text, Daemon, TestDb};
 
 const SETUP: &str = "
     CREATE TABLE users (id bigint PRIMARY KEY, customer_email text, email text, note text, score int,
-                        total int GENERATED ALWAYS AS (id * 2) STORED);
+                        total int GENERATED ALWAYS AS (id * 2) STORED,
+                        created_at timestamptz NOT NULL DEFAULT '2020-01-01', UNIQUE (id, created_at));
     INSERT INTO users (id, customer_email) SELECT i, 'u' || i || '@example.com' FROM generate_series(1, 50) i;";
 
 const HEAD: &str = "table = \"public.users\"\nkey = \"id\"\n";

@@ -12,7 +12,11 @@ const SETUP: &str = "
     CREATE TABLE no_key (id bigint NOT NULL, v text);
     CREATE TABLE nullable_key (id bigint UNIQUE, v text);
     CREATE TABLE partial_unique (id bigint NOT NULL, v text);
-    CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;";
+    CREATE UNIQUE INDEX ON partial_unique (id) WHERE id > 10;
+    CREATE TABLE stamped (id bigint, created_at timestamptz, v text, PRIMARY KEY (id, created_at));
+    CREATE TABLE descending (id bigint NOT NULL, v text);
+    CREATE UNIQUE INDEX descending_id ON descending (id DESC);
+    CREATE TABLE \"Capitals\" (id bigint PRIMARY KEY, v text);";
 
 fn valid(extra: &str, set: &str) -> String {
     job_toml("copy_email", "public.users", "\"id\"", set, extra)
@@ -53,6 +57,15 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["table", "does not exist"],
         ),
         (
+            // Folded to capitals, as PostgreSQL would: the message says how to keep them.
+            "unquoted name of a table created with capitals",
+            job_toml("x", "Capitals", "\"id\"", "v = \"'x'\"", ""),
+            vec![
+                "\"Capitals\" does not exist",
+                "put a name with capitals in double quotes",
+            ],
+        ),
+        (
             "nonexistent set column",
             valid("", "emial = \"customer_email\""),
             vec!["set", "emial", "does not exist"],
@@ -71,6 +84,27 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             "key only unique where a predicate holds",
             job_toml("x", "partial_unique", "\"id\"", "v = \"'x'\"", ""),
             vec!["key", "not unique"],
+        ),
+        (
+            // The rows are unique, but each batch would seq-scan and sort to find its keys.
+            "composite key in an order no index has",
+            job_toml(
+                "x",
+                "stamped",
+                "[\"created_at\", \"id\"]",
+                "v = \"'x'\"",
+                "",
+            ),
+            vec![
+                "key: (created_at, id) has no index in this order",
+                "the primary key stamped_pkey is on (id, created_at)",
+                "use key = [\"id\", \"created_at\"]",
+            ],
+        ),
+        (
+            "key unique only through a descending index",
+            job_toml("x", "descending", "\"id\"", "v = \"'x'\"", ""),
+            vec!["key", "descending_id", "ascending"],
         ),
         (
             "nullable key",
@@ -218,4 +252,43 @@ async fn check_reports_the_plan_and_writes_nothing() {
         .scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'backfilld'")
         .await;
     assert_eq!(schema, 0);
+}
+
+/// PostgreSQL reports the line of its own C source an error came from, and sqlx's display of a
+/// database error appends it (" at line 3655"): users read it as a line of their job file.
+#[tokio::test]
+async fn database_messages_carry_no_source_line() {
+    let db = TestDb::new().await;
+    db.exec(SETUP).await;
+    let email = "email = \"customer_email\"";
+    for (case, body) in [
+        ("set", valid("", "email = \"lower(customer_emial)\"")),
+        ("where", valid("where = \"email IS NUL\"", email)),
+        (
+            "throttle_query",
+            valid("throttle_query = \"SELECT nope\"", email),
+        ),
+    ] {
+        let path = db.write_job("bad.toml", &body);
+        let output = db.cli(&["check", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{case}: {}", text(&output));
+        assert!(stderr.contains(case), "{case}: {stderr}");
+        assert!(!stderr.contains(" at line "), "{case}: {stderr}");
+    }
+    // A role that may not create the daemon's schema: the migration's own error.
+    let role = format!("nocreate_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER; GRANT SELECT, UPDATE ON users TO {role};"
+    ))
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let path = db.write_job("ok.toml", &valid("", email));
+    let output = cli_with_url(&url, &["run", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!stderr.contains(" at line "), "{stderr}");
 }

@@ -522,7 +522,14 @@ async fn the_daemon_waits_for_an_unreachable_database_and_says_why() {
     );
     let api = Api::new(&daemon, None);
     assert_eq!(api.get("/healthz").await.0, StatusCode::OK);
+    // Within a probe's timeout: not after the pool has given up on connecting (5 s).
+    let asked = Instant::now();
     let (status, body) = api.get("/readyz").await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         body["error"].as_str().unwrap().contains("unreachable"),

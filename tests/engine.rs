@@ -164,6 +164,40 @@ async fn uuid_text_and_composite_keys_each_row_once() {
     }
 }
 
+/// `table` in PostgreSQL's own syntax, as people paste it: quoted names keep their case, spaces,
+/// dots and doubled quotes; unquoted names fold to lower case.
+#[tokio::test]
+async fn tables_named_in_sql_syntax_run_end_to_end() {
+    let db = TestDb::new().await;
+    db.exec("CREATE SCHEMA \"Sales Data\"").await;
+    let cases = [
+        ("\"Sales Data\".\"Users\"", "'\"Sales Data\".\"Users\"'"),
+        (
+            "\"Sales Data\".\"v1.\"\"old\"\"\"",
+            "'\"Sales Data\".\"v1.\"\"old\"\"\"'",
+        ),
+        ("plain", "\"PUBLIC . Plain\""),
+    ];
+    for (i, (sql_name, toml_value)) in cases.into_iter().enumerate() {
+        hits_table(&db.pool, sql_name, "bigint", "i", 500).await;
+        let job = db.write_job(
+            "quoted.toml",
+            &format!(
+                "name = \"quoted-{i}\"\ntable = {toml_value}\nkey = \"id\"\nbatch_size = 70\n\
+                 [set]\nhits = \"hits + 1\"\n"
+            ),
+        );
+        let output = db.cli(&["run", job.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{sql_name}: {}",
+            text(&output)
+        );
+        assert_each_hit_once(&db.pool, sql_name, 500).await;
+    }
+}
+
 #[tokio::test]
 async fn rows_inserted_above_the_cursor_during_the_run_are_processed() {
     let db = TestDb::new().await;

@@ -38,7 +38,7 @@ fn uuid_job(db: &TestDb, extra: &str) -> std::path::PathBuf {
     db.write_job(
         "u.toml",
         &format!(
-            "name = \"fill\"\ntable = \"u\"\nkey = \"id\"\nwhere = \"v IS NULL\"\nbatch_size = 500\npause = \"5ms\"\n{extra}\n[set]\nv = \"1\"\n"
+            "name = \"fill\"\ntable = \"u\"\nkey = \"id\"\nwhere = \"v IS NULL\"\nbatch_size = 500\npause = \"20ms\"\n{extra}\n[set]\nv = \"1\"\n"
         ),
     )
 }
@@ -57,11 +57,12 @@ async fn job_field(db: &TestDb, field: &str) -> Option<i64> {
 
 #[tokio::test]
 async fn a_sweep_catches_rows_inserted_behind_the_cursor_and_one_pass_reports_them_exactly() {
-    // Default passes: the inserts during the backfill land behind its cursor; the sweep gets
-    // them (the writer stops once the sweep has begun).
+    // The inserts during the backfill land behind its cursor; the sweeps get them. The writer
+    // stops once the first sweep has begun, so what lands behind that sweep's cursor meanwhile
+    // is the second sweep's.
     let db = TestDb::new().await;
     uuid_table(&db).await;
-    let job = uuid_job(&db, "");
+    let job = uuid_job(&db, "passes = 3");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = insert_random_keys(db.pool.clone(), stop.clone());
     let mut run = common::spawn(&db.url, &["run", job.to_str().unwrap()]);

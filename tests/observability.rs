@@ -403,6 +403,17 @@ fn kubernetes_manifests_match_the_daemon() {
         container["startupProbe"]["httpGet"]["path"],
         json!("/healthz")
     );
+    // Kubernetes waits 1 s by default, no longer than /readyz itself may wait for the database
+    // before answering 503: a probe must outwait the answer, or a slow database reads as a
+    // hung process.
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let timeout = container[probe]["timeoutSeconds"].as_f64();
+        assert!(
+            timeout.is_some_and(|t| t > backfilld::api::READINESS_TIMEOUT.as_secs_f64()),
+            "{probe}: timeoutSeconds {timeout:?} must exceed {:?}",
+            backfilld::api::READINESS_TIMEOUT
+        );
+    }
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], json!("9780"));
     assert_eq!(annotations["prometheus.io/path"], json!("/metrics"));

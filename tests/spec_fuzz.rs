@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use backfilld::spec::{is_valid_name, JobSpec, MAX_BATCH_SIZE, MAX_PARTITIONS};
+use backfilld::spec::{is_valid_name, JobSpec, TableName, MAX_BATCH_SIZE, MAX_PARTITIONS};
 use proptest::prelude::*;
 
 const VALID: &[(&str, &str)] = &[
@@ -169,10 +169,10 @@ fn mutated_toml() -> impl Strategy<Value = String> {
 /// What every accepted spec must satisfy, whichever way it came in.
 fn check_invariants(spec: &JobSpec) -> Result<(), TestCaseError> {
     prop_assert!(is_valid_name(&spec.name), "name {:?}", spec.name);
-    let parts: Vec<&str> = spec.table.split('.').collect();
+    let table = TableName::parse(&spec.table);
     prop_assert!(
-        (1..=2).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty()),
-        "table {:?}",
+        table.as_ref().is_ok_and(|t| !t.table.is_empty()),
+        "table {:?}: {table:?}",
         spec.table
     );
     let key = spec.key_columns();

@@ -139,6 +139,7 @@ async fn a_throttle_query_holds_the_job_and_a_failing_one_fails_safe() {
         detail.contains("failed") && detail.contains("health"),
         "{detail}"
     );
+    assert!(!detail.contains(" at line "), "{detail}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
@@ -229,6 +230,76 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
         0
     );
     step.abort();
+}
+
+/// A worker whose role cannot see other roles' activity (no pg_monitor) cannot count their
+/// active sessions: PostgreSQL hides their state, so it would count 0 and never wait.
+#[tokio::test]
+async fn active_sessions_that_cannot_be_seen_hold_the_job() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
+    let role = format!("blind_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER"))
+        .await;
+    let mut sleepers = Vec::new();
+    for _ in 0..3 {
+        let pool = db.pool.clone();
+        sleepers.push(tokio::spawn(async move {
+            let _ = sqlx::query("SELECT pg_sleep(30)").execute(&pool).await;
+        }));
+    }
+    // Submitted by the superuser (as by a replica with other grants), run as the role.
+    let (runtime, mut env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "unseen",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nmax_active_sessions = 1",
+        ),
+    )
+    .await;
+    env.pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url.replacen("postgres@", &format!("{role}@"), 1))
+        .await
+        .unwrap();
+    let step = step_in_background(Worker::new(env, runtime.clone(), positions.remove(0)));
+    // Polled without panicking, so that the role is dropped whatever happens.
+    let mut throttle = None;
+    for _ in 0..100 {
+        throttle = throttle_reason(&runtime).await;
+        if throttle.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step.abort();
+    let _ = step.await;
+    db.exec(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE query = 'SELECT pg_sleep(30)' AND datname = current_database()",
+    )
+    .await;
+    for sleeper in sleepers {
+        let _ = sleeper.await;
+    }
+    db.exec(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await;
+    db.exec(&format!("DROP ROLE {role}")).await;
+    let (reason, detail) = throttle.expect("the job never waited");
+    assert_eq!(reason, "active_sessions");
+    assert!(
+        detail.contains("pg_monitor") && detail.contains("max_active_sessions"),
+        "{detail}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        0
+    );
 }
 
 #[tokio::test]

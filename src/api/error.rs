@@ -70,24 +70,21 @@ impl From<sqlx::Error> for ApiError {
                 "backfilld's schema is not migrated yet; see /readyz".into(),
             );
         }
-        let message = match &error {
-            sqlx::Error::Database(db) => db.message().to_string(),
-            other => other.to_string(),
-        };
+        let message = crate::plumbing::db::message(&error);
         match ErrorKind::of(&error) {
             // The database being away is not the client's fault, nor a bug: say so.
             ErrorKind::Reconnect => {
-                tracing::warn!(error = %error, "database unavailable for an API request");
+                tracing::warn!(error = %message, "database unavailable for an API request");
                 ApiError::Unavailable(format!("database unavailable: {message}"))
             }
             // Contention (a lock or statement timeout, a deadlock): the same request can
             // succeed in a moment.
             ErrorKind::Retryable => {
-                tracing::warn!(error = %error, "database busy during an API request");
+                tracing::warn!(error = %message, "database busy during an API request");
                 ApiError::Unavailable(format!("database busy, try again: {message}"))
             }
             ErrorKind::Fatal => {
-                tracing::error!(error = %error, "database error in an API request");
+                tracing::error!(error = %message, "database error in an API request");
                 ApiError::Internal
             }
         }

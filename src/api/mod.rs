@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod server;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -25,6 +26,11 @@ use crate::plumbing::db::Schema;
 use crate::status::metrics::METRICS;
 use auth::Auth;
 use error::{ApiError, ErrorBody};
+
+/// How long `/readyz` waits for the database before answering 503: a probe has its own timeout
+/// (the Kubernetes manifests give it 2 s), and the pool would wait up to its acquire timeout
+/// for a database that does not answer.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Submissions larger than this are refused with 413: a job definition is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = crate::spec::MAX_DOCUMENT_BYTES;
@@ -76,10 +82,22 @@ async fn healthz() -> &'static str {
 
 /// Readiness: the database answers and backfilld's migrations are applied.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match crate::store::migrate::is_current(&state.pool, &state.schema).await {
-        Ok(true) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(false) => ApiError::Unavailable("migrations are not applied yet".into()).into_response(),
-        Err(e) => ApiError::Unavailable(format!("database unreachable: {e}")).into_response(),
+    let current = crate::store::migrate::is_current(&state.pool, &state.schema);
+    match tokio::time::timeout(READINESS_TIMEOUT, current).await {
+        Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(false)) => {
+            ApiError::Unavailable("migrations are not applied yet".into()).into_response()
+        }
+        Ok(Err(e)) => ApiError::Unavailable(format!(
+            "database unreachable: {}",
+            crate::plumbing::db::message(&e)
+        ))
+        .into_response(),
+        Err(_) => ApiError::Unavailable(format!(
+            "database unreachable: no answer within {} (the log has the connection errors)",
+            humantime::format_duration(READINESS_TIMEOUT)
+        ))
+        .into_response(),
     }
 }
 
@@ -176,6 +194,37 @@ mod tests {
             call(Request::delete("/api/v1/jobs").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(body["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_within_its_bound_when_the_database_hangs() {
+        // A listener that never answers: connecting hangs until the pool's acquire timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("postgres://nobody@{}/none", silent.local_addr().unwrap());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy(&url)
+            .unwrap();
+        let router = router(AppState {
+            pool,
+            schema: Schema::new("backfilld"),
+            auth: Auth::from_config(&[]).unwrap(),
+            rates: Rates::default(),
+            local: LocalJobs::default(),
+            listen: None,
+        });
+        let asked = std::time::Instant::now();
+        let response = router
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(asked.elapsed() < READINESS_TIMEOUT + Duration::from_millis(500));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&bytes);
+        assert!(body.contains("no answer within 1s"), "{body}");
     }
 
     #[tokio::test]

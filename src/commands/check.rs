@@ -14,12 +14,10 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
     let pool = super::connect(settings, 2).await?;
     let mut conn = pool.acquire().await.map_err(CliError::invalid)?;
-    let resolved = catalog::resolve(&mut conn, &spec)
+    let resolved = catalog::admit(&mut conn, &spec)
         .await
         .map_err(CliError::invalid)?;
-    let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size)
-        .await
-        .map_err(|e| CliError::Other(e.into()))?;
+    let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size).await?;
 
     let key: Vec<String> = resolved
         .key

@@ -204,7 +204,7 @@ async fn create_tables(
     jobs: &[JobSpec],
     rows: u64,
 ) -> Result<(), CliError> {
-    let other = |e: sqlx::Error| CliError::Other(e.into());
+    let other = CliError::from;
     for table in ["products", "users"] {
         let comment: Option<Option<String>> = sqlx::query_scalar(
             "SELECT obj_description(to_regclass($1), 'pg_class')
@@ -265,7 +265,7 @@ async fn create_tables(
 
 /// Checks the demo's promise in the database itself, not in the engine's own counters.
 async fn verify(pool: &PgPool) -> Result<(), CliError> {
-    let other = |e: sqlx::Error| CliError::Other(e.into());
+    let other = CliError::from;
     let (missing_search,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM public.products WHERE search_tsvector IS NULL")
             .fetch_one(pool)

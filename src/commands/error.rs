@@ -23,3 +23,12 @@ impl CliError {
         }
     }
 }
+
+/// A database error that stops a command: the message reads as PostgreSQL's own, without
+/// sqlx's " at line N" (see `plumbing::db::message`); the error stays the source.
+impl From<sqlx::Error> for CliError {
+    fn from(error: sqlx::Error) -> CliError {
+        let message = crate::plumbing::db::message(&error);
+        CliError::Other(anyhow::Error::from(error).context(message))
+    }
+}

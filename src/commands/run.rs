@@ -41,7 +41,7 @@ pub async fn run_job(
 ) -> Result<i32, CliError> {
     let pool = super::connect(settings, spec.partitions.saturating_add(3)).await?;
     let submit_error = |e: SubmitError| match e {
-        SubmitError::Database(e) => CliError::Other(e.into()),
+        SubmitError::Database(e) => CliError::from(e),
         other => CliError::invalid(other),
     };
     let resolved = submit::resolve(&pool, spec).await.map_err(submit_error)?;
@@ -81,7 +81,7 @@ pub async fn run_job(
                 JobState::Failed => "resumed by a new run after a failure",
                 _ => "started by run",
             };
-            let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
+            let mut tx = pool.begin().await?;
             jobs::transition(
                 &mut tx,
                 &schema,
@@ -90,9 +90,8 @@ pub async fn run_job(
                 ACTOR,
                 Some(detail),
             )
-            .await
-            .map_err(anyhow::Error::from)?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
+            .await?;
+            tx.commit().await?;
         }
         JobState::Running => {}
     }
@@ -104,9 +103,7 @@ pub async fn run_job(
         &submitted.resolved,
         settings.lease_ttl,
     ));
-    let partitions = progress::list(&pool, &schema, job.id)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let partitions = progress::list(&pool, &schema, job.id).await?;
     let baseline = Baseline {
         scanned: partitions.iter().map(|p| p.rows_scanned as u64).sum(),
         updated: partitions.iter().map(|p| p.rows_updated as u64).sum(),
@@ -154,15 +151,12 @@ pub async fn run_job(
     if let Some(http) = http {
         http.join(settings.shutdown_timeout).await;
     }
-    let exit = exit.map_err(anyhow::Error::from)?;
+    let exit = exit?;
 
     let job = jobs::find(&pool, &schema, job.id)
-        .await
-        .map_err(anyhow::Error::from)?
+        .await?
         .ok_or_else(|| anyhow::anyhow!("job {} disappeared", spec.name))?;
-    let partitions = progress::list(&pool, &schema, job.id)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let partitions = progress::list(&pool, &schema, job.id).await?;
     let scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
     let updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
     let elapsed =
@@ -212,11 +206,8 @@ async fn retune_from_file(
     job: &jobs::JobRow,
     spec: &JobSpec,
 ) -> Result<(), CliError> {
-    let mut tx = pool.begin().await.map_err(anyhow::Error::from)?;
-    let Some(job) = jobs::lock(&mut tx, schema, job.id)
-        .await
-        .map_err(anyhow::Error::from)?
-    else {
+    let mut tx = pool.begin().await?;
+    let Some(job) = jobs::lock(&mut tx, schema, job.id).await? else {
         return Err(CliError::Other(anyhow::anyhow!(
             "job {} disappeared",
             spec.name
@@ -227,17 +218,13 @@ async fn retune_from_file(
         return Ok(());
     }
     let changed = stored.differences(spec).join(", ");
-    jobs::replace_spec(&mut tx, schema, job.id, spec, ACTOR, &changed)
-        .await
-        .map_err(anyhow::Error::from)?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    jobs::replace_spec(&mut tx, schema, job.id, spec, ACTOR, &changed).await?;
+    tx.commit().await?;
     tracing::info!(job = %spec.name, changed = %changed, "applied the file's tunables");
     Ok(())
 }
 
 async fn updated_rows(pool: &PgPool, schema: &Schema, job_id: i64) -> Result<i64, CliError> {
-    let partitions = progress::list(pool, schema, job_id)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let partitions = progress::list(pool, schema, job_id).await?;
     Ok(partitions.iter().map(|p| p.rows_updated).sum())
 }

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::engine::completion;
 use crate::engine::statement::{BatchRow, BatchSql, Lower};
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::ErrorKind;
 use crate::spec::Tunables;
 use crate::store::progress::Claim;
@@ -31,16 +31,13 @@ pub struct BatchError {
 
 impl From<sqlx::Error> for BatchError {
     fn from(source: sqlx::Error) -> BatchError {
-        let (message, sqlstate) = match &source {
-            sqlx::Error::Database(db) => {
-                let code = db.code().map(|c| c.to_string());
-                let message = match &code {
-                    Some(code) => format!("{} (SQLSTATE {code})", db.message()),
-                    None => db.message().to_string(),
-                };
-                (message, code)
-            }
-            other => (other.to_string(), None),
+        let sqlstate = match &source {
+            sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+            _ => None,
+        };
+        let message = match &sqlstate {
+            Some(code) => format!("{} (SQLSTATE {code})", db::message(&source)),
+            None => db::message(&source),
         };
         BatchError {
             message,

@@ -5,14 +5,14 @@ use sqlx::postgres::PgRow;
 use sqlx::{Column, Executor, PgConnection, Row, Statement, TypeInfo};
 
 use crate::engine::statement::{BatchRow, BatchSql, KeyColumn, SyncTrigger};
-use crate::plumbing::db::sql;
-use crate::spec::{JobSpec, SyncSpec};
+use crate::plumbing::db::{self, sql};
+use crate::spec::{JobSpec, SyncSpec, TableName};
 
 /// Why the database refused a job. Every variant names what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("table: {0} does not exist (or is not a table)")]
-    TableNotFound(String),
+    #[error("table: {0:?} does not exist (or is not a table){hint}", hint = if *.1 { FOLDED } else { "" })]
+    TableNotFound(String, bool),
     #[error("{field}: column {column:?} does not exist in {table}")]
     ColumnNotFound {
         field: &'static str,
@@ -21,6 +21,15 @@ pub enum CheckError {
     },
     #[error("key: ({columns}) is not unique in {table}: it needs a primary key or a unique index (not partial) on exactly these columns")]
     KeyNotUnique { columns: String, table: String },
+    #[error("key: ({key}) has no index in this order; the {index} is on ({columns}): use key = {suggestion}")]
+    KeyOrder {
+        key: String,
+        index: String,
+        columns: String,
+        suggestion: String,
+    },
+    #[error("key: ({columns}) is unique only through {index}, which cannot serve the key walk's ascending order (a DESC or NULLS FIRST column, or a non-default operator class or collation): add a unique index on ({columns}) in ascending order")]
+    KeyNotAscending { columns: String, index: String },
     #[error("key: column {column:?} is nullable; the key must be NOT NULL")]
     KeyNullable { column: String },
     #[error("set: column {column:?} is a generated column and cannot be set")]
@@ -33,9 +42,16 @@ pub enum CheckError {
     WhereNotBoolean { found: String },
     #[error("throttle_query: must return one boolean column (true = throttle), but it returns ({found})")]
     ThrottleQueryShape { found: String },
-    #[error("checking against the database: {0}")]
+    /// A health limit this role could not read truthfully (it lacks pg_monitor).
+    #[error("{0}")]
+    SignalHidden(String),
+    #[error("checking against the database: {}", db::message(.0))]
     Database(#[from] sqlx::Error),
 }
+
+/// Said of a missing table whose unquoted name had capitals: before names were read as
+/// PostgreSQL reads them, `Users` found a table created as "Users".
+const FOLDED: &str = "; unquoted names fold to lower case, as in PostgreSQL: put a name with capitals in double quotes (table = '\"Users\"')";
 
 /// How the first key column can be split into ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +86,25 @@ struct ColumnInfo {
     generated: bool,
 }
 
+/// [`resolve`] for a job being checked or submitted: it also refuses a health limit this role
+/// could not read truthfully. A job already admitted is only resolved when a process first
+/// claims it: there a missing grant (revoked since, or another replica's role) makes the signal
+/// hold the job, saying why, rather than failing it.
+pub async fn admit(conn: &mut PgConnection, spec: &JobSpec) -> Result<ResolvedJob, CheckError> {
+    let resolved = resolve(&mut *conn, spec).await?;
+    if let Some(why) = crate::engine::throttle::refuse_blind(conn, spec).await? {
+        return Err(CheckError::SignalHidden(why));
+    }
+    Ok(resolved)
+}
+
 /// Resolves and checks `spec`. Runs only catalog reads and PREPAREs.
 pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<ResolvedJob, CheckError> {
-    let (schema_name, table_name) = match spec.table.split_once('.') {
-        Some((schema, table)) => (Some(schema), table),
-        None => (None, spec.table.as_str()),
-    };
+    // A stored job written before names were read this way may not parse.
+    let name = TableName::parse(&spec.table).map_err(|message| CheckError::Sql {
+        field: "table".into(),
+        message,
+    })?;
     // Unqualified names resolve through search_path, as PostgreSQL itself would.
     let found: Option<(sqlx::postgres::types::Oid, String, String, f32)> = sqlx::query_as(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.reltuples
@@ -86,12 +115,12 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
           ORDER BY array_position(current_schemas(false), n.nspname::name)
           LIMIT 1",
     )
-    .bind(schema_name)
-    .bind(table_name)
+    .bind(&name.schema)
+    .bind(&name.table)
     .fetch_optional(&mut *conn)
     .await?;
     let Some((oid, schema, table, reltuples)) = found else {
-        return Err(CheckError::TableNotFound(format!("{:?}", spec.table)));
+        return Err(CheckError::TableNotFound(spec.table.clone(), name.folded));
     };
     let display_table = format!("{schema}.{table}");
 
@@ -144,12 +173,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         }
     }
 
-    let key_index = unique_index_on(&mut *conn, oid, spec.key_columns())
-        .await?
-        .ok_or_else(|| CheckError::KeyNotUnique {
-            columns: spec.key_columns().join(", "),
-            table: display_table.clone(),
-        })?;
+    let key_index = key_index(&mut *conn, oid, spec.key_columns(), &display_table).await?;
 
     let key_kind = match column("key", &spec.key_columns()[0])?.type_name.as_str() {
         "int2" | "int4" | "int8" => KeyKind::Integer,
@@ -229,40 +253,83 @@ async fn sync_trigger(
     Ok(trigger)
 }
 
-/// A valid, non-partial unique index whose key columns are exactly `key` (in any order),
-/// preferring one in the key's own order, then the primary key.
-async fn unique_index_on(
+/// The index the key walk rides on: a valid, non-partial unique btree index whose key columns
+/// are exactly `key`, in the key's order, ascending, with their default operator classes and
+/// the columns' own collations (the primary key first). Only such an index serves the walk's
+/// `ORDER BY key` and its `key > cursor` as one index range; an index on the same columns in
+/// another order still proves the key unique, but every batch would scan and sort the table.
+async fn key_index(
     conn: &mut PgConnection,
     table: sqlx::postgres::types::Oid,
     key: &[String],
-) -> Result<Option<String>, sqlx::Error> {
-    let indexes: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+    display_table: &str,
+) -> Result<String, CheckError> {
+    let mut indexes: Vec<(String, bool, Vec<String>, bool)> = sqlx::query_as(
         "SELECT i.indexrelid::regclass::text, i.indisprimary,
                 ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                        WHERE k.ord <= i.indnkeyatts
-                       ORDER BY k.ord)
+                       ORDER BY k.ord),
+                am.amname = 'btree'
+                AND NOT EXISTS (
+                    SELECT 1
+                      FROM unnest(i.indkey::int2[], i.indoption::int2[], i.indclass::oid[],
+                                  i.indcollation::oid[]) WITH ORDINALITY
+                           AS k(attnum, opt, opclass, coll, ord)
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                      JOIN pg_opclass c ON c.oid = k.opclass
+                     WHERE k.ord <= i.indnkeyatts
+                       AND (k.opt <> 0 OR NOT c.opcdefault OR k.coll <> a.attcollation))
            FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_am am ON am.oid = ic.relam
           WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-            AND i.indexprs IS NULL",
+            AND i.indexprs IS NULL
+          ORDER BY i.indisprimary DESC, 1",
     )
     .bind(table)
     .fetch_all(conn)
     .await?;
     let mut wanted: Vec<&String> = key.iter().collect();
     wanted.sort();
-    let mut matching: Vec<(String, bool, bool)> = indexes
-        .into_iter()
-        .filter(|(_, _, cols)| {
-            let mut have: Vec<&String> = cols.iter().collect();
-            have.sort();
-            have == wanted
-        })
-        .map(|(name, primary, cols)| (name, cols.as_slice() == key, primary))
-        .collect();
-    matching.sort_by_key(|(_, in_order, primary)| (!in_order, !primary));
-    Ok(matching.into_iter().next().map(|(name, _, _)| name))
+    indexes.retain(|(_, _, columns, _)| {
+        let mut have: Vec<&String> = columns.iter().collect();
+        have.sort();
+        have == wanted
+    });
+    if let Some((name, ..)) = indexes
+        .iter()
+        .find(|(_, _, columns, ascending)| *ascending && columns.as_slice() == key)
+    {
+        return Ok(name.clone());
+    }
+    if let Some((name, primary, columns, _)) = indexes.iter().find(|(.., ascending)| *ascending) {
+        return Err(CheckError::KeyOrder {
+            key: key.join(", "),
+            index: format!(
+                "{} {name}",
+                if *primary {
+                    "primary key"
+                } else {
+                    "unique index"
+                }
+            ),
+            columns: columns.join(", "),
+            // Debug quotes and escapes each name as a TOML basic string would.
+            suggestion: format!("{columns:?}"),
+        });
+    }
+    match indexes.first() {
+        Some((name, ..)) => Err(CheckError::KeyNotAscending {
+            columns: key.join(", "),
+            index: name.clone(),
+        }),
+        None => Err(CheckError::KeyNotUnique {
+            columns: key.join(", "),
+            table: display_table.to_string(),
+        }),
+    }
 }
 
 /// Prepares each expression alone (so an error names its field), then every batch variant.
@@ -389,21 +456,10 @@ async fn prepare_columns(
             .iter()
             .map(|c| (c.name().to_string(), c.type_info().name().to_string()))
             .collect()),
-        Err(sqlx::Error::Database(e)) => {
-            let mut message = e.message().to_string();
-            if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                if let Some(detail) = pg.detail() {
-                    message.push_str(&format!(" ({detail})"));
-                }
-                if let Some(hint) = pg.hint() {
-                    message.push_str(&format!(" hint: {hint}"));
-                }
-            }
-            Err(CheckError::Sql {
-                field: field.to_string(),
-                message,
-            })
-        }
+        Err(error @ sqlx::Error::Database(_)) => Err(CheckError::Sql {
+            field: field.to_string(),
+            message: db::message(&error),
+        }),
         Err(other) => Err(CheckError::Database(other)),
     }
 }

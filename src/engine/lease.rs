@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::store::progress::{self, Holder};
 
 /// A dedicated connection held open for the life of the process. Other processes treat a lease
@@ -126,7 +126,7 @@ pub async fn heartbeat(
                 "some leases were taken over; their workers stop at their next batch"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not renew leases; retrying"),
+            Err(e) => tracing::warn!(error = %db::message(&e), "could not renew leases; retrying"),
         }
     }
 }

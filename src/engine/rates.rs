@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::store::progress;
 
 /// How far back a rate looks.
@@ -72,7 +72,7 @@ impl Rates {
                         self.record(id, now, scanned);
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "rate sample skipped"),
+                Err(e) => tracing::debug!(error = %db::message(&e), "rate sample skipped"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -15,7 +15,7 @@ use crate::engine::lease::{self, HeldLeases, Presence};
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::store::{jobs, progress, JobState};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
@@ -125,12 +125,12 @@ impl Scheduler {
                 return Ok(SchedulerExit::Shutdown);
             }
             if let Err(e) = self.watch_jobs().await {
-                tracing::warn!(error = %e, "could not read job states; will retry");
+                tracing::warn!(error = %db::message(&e), "could not read job states; will retry");
             }
             let free = self.workers.saturating_sub(active.len());
             if free > 0 {
                 if let Err(e) = self.claim_and_spawn(free, &mut active).await {
-                    tracing::warn!(error = %e, "could not claim partitions; will retry");
+                    tracing::warn!(error = %db::message(&e), "could not claim partitions; will retry");
                 }
             }
             if active.is_empty() {
@@ -368,7 +368,7 @@ impl Scheduler {
         self.held.remove(&token);
         if let Err(e) = progress::release(&self.env.pool, &self.env.schema, token).await {
             // The lease expires on its own; nothing is lost, another process waits a TTL.
-            tracing::warn!(error = %e, "could not release a lease");
+            tracing::warn!(error = %db::message(&e), "could not release a lease");
         }
     }
 }

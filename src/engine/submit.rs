@@ -20,7 +20,7 @@ pub enum SubmitError {
     NameTaken(String),
     #[error("{0}")]
     Stored(String),
-    #[error("database: {0}")]
+    #[error("database: {}", crate::plumbing::db::message(.0))]
     Database(#[from] sqlx::Error),
 }
 
@@ -34,7 +34,7 @@ pub struct Submitted {
 /// Checks `spec` against the catalog (writes nothing; every statement prepared).
 pub async fn resolve(pool: &PgPool, spec: &JobSpec) -> Result<ResolvedJob, SubmitError> {
     let mut conn = pool.acquire().await?;
-    Ok(catalog::resolve(&mut conn, spec).await?)
+    Ok(catalog::admit(&mut conn, spec).await?)
 }
 
 /// Submits `spec` (already checked by [`resolve`]) unless a job of that name exists; an

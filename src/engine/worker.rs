@@ -236,7 +236,7 @@ impl Worker {
         )
         .await
         {
-            tracing::error!(job = %self.job.name, error = %e, "could not record the failure");
+            tracing::error!(job = %self.job.name, error = %db::message(&e), "could not record the failure");
         }
         Step::Exit(WorkerExit::Failed(message))
     }

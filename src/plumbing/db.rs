@@ -19,6 +19,34 @@ pub fn sql(text: String) -> SqlStr {
     AssertSqlSafe(text).into_sql_str()
 }
 
+/// A database error as people should read it: PostgreSQL's message with its detail and hint.
+/// sqlx's own display adds " at line N", the line of PostgreSQL's C source that raised the
+/// error, which reads as a line of the job file; it also prefixes "error returned from
+/// database:". Use it wherever a database error becomes text for people.
+pub fn message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => {
+            let mut message = db.message().to_string();
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(detail) = pg.detail() {
+                    message.push_str(&format!(" ({detail})"));
+                }
+                if let Some(hint) = pg.hint() {
+                    message.push_str(&format!(" hint: {hint}"));
+                }
+            }
+            message
+        }
+        // The migrator wraps the database's error in its own.
+        sqlx::Error::Migrate(migrate) => match &**migrate {
+            sqlx::migrate::MigrateError::Execute(inner)
+            | sqlx::migrate::MigrateError::ExecuteMigration(inner, _) => message(inner),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// The daemon's schema, quoted once.
 #[derive(Debug, Clone)]
 pub struct Schema {

@@ -11,12 +11,14 @@ mod commit;
 pub(crate) mod expression;
 mod key;
 mod sync;
+mod table;
 mod tunables;
 mod window;
 pub use commit::SynchronousCommit;
 use key::key_schema;
 pub use key::KeyColumns;
 pub use sync::SyncSpec;
+pub use table::TableName;
 pub use tunables::Tunables;
 pub use window::Window;
 
@@ -54,7 +56,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub struct JobSpec {
     #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
-    /// `[schema.]table`, resolved against the catalog, never spliced into SQL unquoted.
+    /// `[schema.]table` in PostgreSQL's syntax ([`TableName`]), found in the catalog, never spliced.
     pub table: String,
     /// One column or several, in key order.
     #[schema(schema_with = key_schema)]
@@ -235,12 +237,10 @@ impl JobSpec {
                 ),
             ));
         }
-        let parts = self.table.split('.').count();
-        if self.table.trim().is_empty() || parts > 2 || self.table.split('.').any(str::is_empty) {
-            return Err(invalid(
-                "table",
-                format!("{:?} is not of the form [schema.]table", self.table),
-            ));
+        if let Err(reason) = TableName::parse(&self.table) {
+            let table = shorten(&self.table);
+            let message = format!("{table:?} is not of the form [schema.]table: {reason}");
+            return Err(invalid("table", message));
         }
         if self.key.0.is_empty() {
             return Err(invalid("key", "at least one key column is required".into()));

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Schema};
 
 /// Every migration, read from `migrations/` at compile time so the binary carries its schema
 /// (`build.rs` makes a new file there trigger a rebuild).
@@ -27,7 +27,7 @@ pub enum MigrateError {
          backfilld against a newer schema?); refusing to continue"
     )]
     Unknown { version: i64 },
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", db::message(.source))]
     Failed {
         version: i64,
         name: &'static str,
@@ -36,7 +36,7 @@ pub enum MigrateError {
     },
     #[error("migration {version} is recorded as partially applied; refusing to continue")]
     Dirty { version: i64 },
-    #[error("applying migrations: {0}")]
+    #[error("applying migrations: {}", db::message(.0))]
     Database(#[from] sqlx::Error),
     #[error("applying migrations: {0}")]
     Migrator(#[source] sqlx::migrate::MigrateError),

@@ -3,11 +3,15 @@
 
 use sqlx::PgPool;
 
-use super::{Check, Signal};
+use super::{blind, Check, Signal, SEES_STATS};
+use crate::plumbing::db::sql;
 use crate::spec::JobSpec;
 use crate::status::Reason;
 
 struct ActiveSessions(u32);
+
+/// The field, and what it reads that only pg_monitor may see.
+pub(super) const NEEDS_STATS: (&str, &str) = ("max_active_sessions", "activity");
 
 pub(super) fn of(spec: &JobSpec) -> Option<Box<dyn Signal>> {
     Some(Box::new(ActiveSessions(spec.max_active_sessions?)))
@@ -20,13 +24,20 @@ impl Signal for ActiveSessions {
 
     fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
         Box::pin(async move {
-            let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE state = 'active' AND datname = current_database()
-                    AND pid <> pg_backend_pid() AND application_name <> 'backfilld'",
-            )
+            // Other roles' sessions have a NULL state for a role that may not see them: they
+            // would all count as idle.
+            let (active, sees, role): (i64, bool, String) = sqlx::query_as(sql(format!(
+                "SELECT (SELECT count(*) FROM pg_stat_activity
+                          WHERE state = 'active' AND datname = current_database()
+                            AND pid <> pg_backend_pid() AND application_name <> 'backfilld'),
+                        {SEES_STATS}, current_user::text"
+            )))
             .fetch_one(pool)
             .await?;
+            if !sees {
+                let (field, what) = NEEDS_STATS;
+                return Ok(Some(blind(field, what, &role)));
+            }
             let max = self.0;
             Ok((active > i64::from(max))
                 .then(|| format!("{active} active sessions (max_active_sessions {max})")))

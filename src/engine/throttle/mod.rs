@@ -14,8 +14,9 @@ mod window;
 use std::future::Future;
 use std::pin::Pin;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
+use crate::plumbing::db::quote_ident;
 use crate::spec::JobSpec;
 use crate::status::{Reason, Throttle};
 
@@ -59,11 +60,55 @@ impl Signals {
                 Err(error) => {
                     return Some(Throttle {
                         reason,
-                        detail: format!("the {reason} check failed, waiting to be safe: {error}"),
+                        detail: format!(
+                            "the {reason} check failed, waiting to be safe: {}",
+                            crate::plumbing::db::message(&error)
+                        ),
                     })
                 }
             }
         }
         None
     }
+}
+
+/// What a signal that reads other sessions' statistics needs: PostgreSQL shows other roles'
+/// `pg_stat_replication` lag and `pg_stat_activity` state only to superusers and to roles with
+/// the privileges of pg_read_all_stats (pg_monitor includes it), and NULL to anyone else. NULL
+/// lag would read as no lag and hidden sessions as idle ones: such a limit would never hold a
+/// job. USAGE, not MEMBER: a NOINHERIT member does not have the privileges PostgreSQL checks.
+const SEES_STATS: &str = "pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')";
+
+/// Why `field` cannot be checked by `role`, which cannot see other sessions' `what`.
+fn blind(field: &str, what: &str, role: &str) -> String {
+    format!(
+        "{field}: the role {role:?} is not a member of pg_monitor (nor of pg_read_all_stats), \
+         so PostgreSQL hides other sessions' {what} from it and {field} cannot be checked; \
+         GRANT pg_monitor TO {}",
+        quote_ident(role)
+    )
+}
+
+/// At check and submit: `Some(why)` when `spec` asks for a signal this session's role could not
+/// read truthfully, naming the field and the membership it lacks.
+pub(crate) async fn refuse_blind(
+    conn: &mut PgConnection,
+    spec: &JobSpec,
+) -> Result<Option<String>, sqlx::Error> {
+    let Some((field, what)) = [
+        spec.max_replica_lag.map(|_| replica_lag::NEEDS_STATS),
+        spec.max_active_sessions
+            .map(|_| active_sessions::NEEDS_STATS),
+    ]
+    .into_iter()
+    .flatten()
+    .next() else {
+        return Ok(None);
+    };
+    let (sees, role): (bool, String) = sqlx::query_as(crate::plumbing::db::sql(format!(
+        "SELECT {SEES_STATS}, current_user::text"
+    )))
+    .fetch_one(conn)
+    .await?;
+    Ok((!sees).then(|| blind(field, what, &role)))
 }
