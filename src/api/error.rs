@@ -70,10 +70,7 @@ impl From<sqlx::Error> for ApiError {
                 "backfilld's schema is not migrated yet; see /readyz".into(),
             );
         }
-        let message = match &error {
-            sqlx::Error::Database(db) => db.message().to_string(),
-            other => other.to_string(),
-        };
+        let message = crate::plumbing::db::describe(&error, "the database server");
         match ErrorKind::of(&error) {
             // The database being away is not the client's fault, nor a bug: say so.
             ErrorKind::Reconnect => {

@@ -79,7 +79,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match crate::store::migrate::is_current(&state.pool, &state.schema).await {
         Ok(true) => (StatusCode::OK, "ready\n").into_response(),
         Ok(false) => ApiError::Unavailable("migrations are not applied yet".into()).into_response(),
-        Err(e) => ApiError::Unavailable(format!("database unreachable: {e}")).into_response(),
+        Err(e) => {
+            // A certificate that does not verify reads as such, naming the server.
+            let host = state.pool.connect_options().get_host().to_string();
+            let reason = crate::plumbing::db::describe(&e, &host);
+            ApiError::Unavailable(format!("database unreachable: {reason}")).into_response()
+        }
     }
 }
 

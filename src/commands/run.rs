@@ -137,11 +137,9 @@ pub async fn run_job(
     };
     let started = Instant::now();
     let display = Display::start(runtime.clone(), baseline);
-    let url = settings.require_database_url().map_err(CliError::invalid)?;
     let scheduler = Scheduler::new(
         pool.clone(),
         schema.clone(),
-        url,
         settings.lease_ttl,
         partitions.len().max(1),
         ACTOR,

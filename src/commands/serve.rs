@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -22,9 +22,10 @@ use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
+use crate::store::migrate::MigrateError;
 
 /// Recorded as the actor of what the daemon does on its own.
 pub const ACTOR: &str = "daemon";
@@ -62,7 +63,6 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         let scheduler = Scheduler::new(
             pool.clone(),
             schema.clone(),
-            url,
             settings.lease_ttl,
             settings.workers,
             ACTOR,
@@ -110,13 +110,13 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
 /// claim after a database restart gets a fresh one (batches run on the workers' own
 /// connections, so the check costs them nothing).
 fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|e| CliError::invalid(format!("database_url: {e}")))?;
+    // The same options as every other connection, TLS included; a bad URL or certificate
+    // file is a configuration error now, not a retry loop later.
+    let options = db::connect_options(url).map_err(CliError::invalid)?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("backfilld")))
+        .connect_lazy_with(options))
 }
 
 /// Applies migrations, retrying with backoff until the database answers. False if shut down
@@ -126,7 +126,9 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
     loop {
         let error = match crate::store::migrate::run(pool, schema).await {
             Ok(_) => return true,
-            Err(e) => e,
+            // In words: a certificate that does not verify says whose and why.
+            Err(MigrateError::Database(e)) => db::describe(&e, pool.connect_options().get_host()),
+            Err(other) => other.to_string(),
         };
         attempt += 1;
         let delay = backoff(attempt);

@@ -418,7 +418,7 @@ pub async fn start_job(
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let presence = Presence::new(&db.url);
+    let presence = Presence::new(&db.pool.connect_options());
     let holder = presence.holder().await.unwrap();
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
         .await

@@ -1,0 +1,124 @@
+//! TLS with rustls (ring): reading PEM certificates, and plain words for a handshake that
+//! failed, such as a database certificate that did not verify.
+
+use std::error::Error as StdError;
+use std::path::Path;
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, Error as TlsError};
+
+/// Every certificate of a PEM file; an error (in words) when it holds none.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {}: {}", path.display(), pem_error(e)))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn pem_error(error: pem::Error) -> String {
+    match error {
+        pem::Error::Io(e) => e.to_string(),
+        other => format!("not a valid PEM file ({other:?})"),
+    }
+}
+
+/// The rustls error behind `error`, if a handshake failed. sqlx and reqwest hand it over
+/// wrapped in I/O errors (whose `source` skips what they wrap) and in their own.
+pub fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a TlsError> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(tls) = current.downcast_ref::<TlsError>() {
+            return Some(tls);
+        }
+        if let Some(inner) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = rustls_error(inner) {
+                return Some(tls);
+            }
+        }
+        next = current.source();
+    }
+    None
+}
+
+/// True when the peer's certificate was not signed by a trusted authority: the one failure
+/// that giving the right CA fixes.
+pub fn is_unknown_issuer(error: &TlsError) -> bool {
+    matches!(
+        error,
+        TlsError::InvalidCertificate(CertificateError::UnknownIssuer)
+    )
+}
+
+/// A failed handshake with `host`, in words: the certificate's fault when it did not verify
+/// (the reason, as OpenSSL's "certificate verify failed" would be followed by), otherwise the
+/// handshake's.
+pub fn explain(error: &TlsError, host: &str) -> String {
+    let TlsError::InvalidCertificate(reason) = error else {
+        return format!("TLS handshake with {host} failed: {error}");
+    };
+    let why = match reason {
+        CertificateError::UnknownIssuer => {
+            "it is not signed by a trusted certificate authority".to_string()
+        }
+        CertificateError::NotValidForName => "it is not valid for that host name".to_string(),
+        CertificateError::NotValidForNameContext { presented, .. } if presented.is_empty() => {
+            "it is not valid for that host name (it names none)".to_string()
+        }
+        CertificateError::NotValidForNameContext { presented, .. } => format!(
+            "it is not valid for that host name (it is for {})",
+            presented
+                .iter()
+                .map(|name| plain_name(name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "it has expired".to_string()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "it is not valid yet".to_string()
+        }
+        CertificateError::Revoked => "it is revoked".to_string(),
+        CertificateError::BadSignature => "its signature is invalid".to_string(),
+        other => other.to_string(),
+    };
+    format!("certificate verify failed: the certificate of {host} was refused: {why}")
+}
+
+/// webpki reports the names a certificate presents in their debug form, `DnsName("db")` or
+/// `IpAddress(10.0.0.5)`: the name alone reads better.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .map_or(presented, |name| name.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_handshake_error_inside_io_errors() {
+        let tls = TlsError::InvalidCertificate(CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let wrapped = sqlx::Error::Io(io);
+        let found = rustls_error(&wrapped).expect("the rustls error");
+        assert!(is_unknown_issuer(found));
+        assert_eq!(
+            explain(found, "db.example"),
+            "certificate verify failed: the certificate of db.example was refused: it is not signed by a trusted certificate authority"
+        );
+        assert!(rustls_error(&sqlx::Error::PoolTimedOut).is_none());
+        assert_eq!(plain_name("DnsName(\"db.internal\")"), "db.internal");
+        assert_eq!(plain_name("IpAddress(10.0.0.5)"), "10.0.0.5");
+        assert_eq!(plain_name("db"), "db");
+    }
+}
