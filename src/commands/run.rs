@@ -130,7 +130,7 @@ pub async fn run_job(
             http_stop.clone(),
         )
         .await?;
-        tracing::info!("API listening on http://{}", http.address);
+        tracing::info!("API listening on {}", http.url());
         Some(http)
     } else {
         None

@@ -45,7 +45,8 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         http_stop.clone(),
     )
     .await?;
-    println!("backfilld listening on http://{}", http.address);
+    // Tests and scripts read this line for the address, scheme included.
+    println!("backfilld listening on {}", http.url());
 
     let root = shutdown.token();
     // When the shutdown began: the whole of it, batches and HTTP clients, fits in
@@ -143,11 +144,19 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
 /// The API running in the background, with the rate sampler its job views read.
 pub struct Http {
     pub address: SocketAddr,
+    /// Served over HTTPS (`tls_cert` and `tls_key` are set).
+    pub tls: bool,
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
 }
 
 impl Http {
+    /// Where clients reach it: `https://ADDR` or `http://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
     /// Waits for both to finish (after the `stop` token given to [`start_http`] fires), the
     /// server at most `within`: clients that are still connected then are dropped.
     pub async fn join(mut self, within: Duration) {
@@ -163,7 +172,8 @@ impl Http {
 }
 
 /// Binds the API (refusing a non-loopback address when no tokens are configured) and serves it
-/// in the background until `stop`, sampling job rates meanwhile.
+/// in the background until `stop`, over HTTPS when `tls_cert` and `tls_key` are set, sampling
+/// job rates meanwhile.
 pub async fn start_http(
     settings: &Settings,
     pool: PgPool,
@@ -172,6 +182,7 @@ pub async fn start_http(
     stop: CancellationToken,
 ) -> Result<Http, CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
+    let tls = settings.server_tls().map_err(CliError::invalid)?;
     let address: SocketAddr = settings.listen.parse().map_err(|_| {
         CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
     })?;
@@ -206,12 +217,14 @@ pub async fn start_http(
     let limits = Limits::for_this_process();
     Ok(Http {
         address: bound,
+        tls: tls.is_some(),
         server: tokio::spawn(server::serve(
             listener,
             router,
             stop,
             limits,
             settings.shutdown_timeout,
+            tls,
         )),
         sampler,
     })

@@ -1,12 +1,67 @@
-//! TLS with rustls (ring): reading PEM certificates, and plain words for a handshake that
-//! failed, such as a database certificate that did not verify.
+//! TLS with rustls, one crypto provider (ring) for everything: the API's server certificate
+//! (`tls_cert`/`tls_key`), and plain words for a handshake that failed, such as a database
+//! certificate that did not verify.
 
 use std::error::Error as StdError;
 use std::path::Path;
+use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::CertificateDer;
-use rustls::{CertificateError, Error as TlsError};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{CertificateError, Error as TlsError, InconsistentKeys, ServerConfig};
+
+/// The crypto provider of every TLS session this process opens or accepts.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A file of a TLS setting that cannot be used, with the setting's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct TlsFileError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// The API's server configuration from a certificate chain and its private key (PEM files),
+/// offering HTTP/2 and HTTP/1.1. Each error names the setting whose file is at fault.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsFileError> {
+    let certs = read_certificates(cert).map_err(|message| TlsFileError {
+        key: "tls_cert",
+        message,
+    })?;
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsFileError {
+        key: "tls_key",
+        message: match e {
+            pem::Error::NoItemsFound => format!("{} holds no PEM private key", key.display()),
+            other => format!("cannot read {}: {}", key.display(), pem_error(other)),
+        },
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsFileError {
+            key: "tls_cert",
+            message: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_single_cert(certs, private_key)
+        .map_err(|e| match e {
+            TlsError::InconsistentKeys(InconsistentKeys::KeyMismatch) => TlsFileError {
+                key: "tls_key",
+                message: format!(
+                    "{} is not the private key of the certificate in {}",
+                    key.display(),
+                    cert.display()
+                ),
+            },
+            other => TlsFileError {
+                key: "tls_key",
+                message: format!("{}: {other}", key.display()),
+            },
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
 
 /// Every certificate of a PEM file; an error (in words) when it holds none.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -120,5 +175,13 @@ mod tests {
         assert_eq!(plain_name("DnsName(\"db.internal\")"), "db.internal");
         assert_eq!(plain_name("IpAddress(10.0.0.5)"), "10.0.0.5");
         assert_eq!(plain_name("db"), "db");
+    }
+
+    #[test]
+    fn a_missing_file_names_its_setting() {
+        let missing = Path::new("/nonexistent/backfilld.pem");
+        let error = server_config(missing, missing).unwrap_err();
+        assert_eq!(error.key, "tls_cert");
+        assert!(error.message.contains("cannot read"), "{error}");
     }
 }
