@@ -1,6 +1,6 @@
 //! TLS with rustls, one crypto provider (ring) for everything: the API's server certificate
-//! (`tls_cert`/`tls_key`), and plain words for a handshake that failed, such as a database
-//! certificate that did not verify.
+//! (`tls_cert`/`tls_key`), the crypto provider the HTTP client uses, and plain words for a
+//! handshake that failed, whether the database's or the daemon's certificate did not verify.
 
 use std::error::Error as StdError;
 use std::path::Path;
@@ -13,6 +13,14 @@ use rustls::{CertificateError, Error as TlsError, InconsistentKeys, ServerConfig
 /// The crypto provider of every TLS session this process opens or accepts.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes ring the process's default provider. reqwest is built without one of its own (its
+/// default would compile a second crypto library), so this must run before any HTTP client is
+/// built; calling it again is harmless.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A file of a TLS setting that cannot be used, with the setting's name.

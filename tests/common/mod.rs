@@ -29,6 +29,8 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        // reqwest has no crypto provider of its own: the tests' clients use the daemon's.
+        backfilld::plumbing::tls::install_crypto_provider();
         let server = server_url();
         let name = format!(
             "backfilld_test_{}",
