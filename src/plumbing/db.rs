@@ -208,15 +208,37 @@ pub async fn apply_settings(
     Ok(())
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`, and without a `password`
+/// query parameter (sqlx takes one there too). Only the authority is searched for the `@`, so
+/// a parameter such as `sslrootcert=/certs@2024/ca.pem` is left whole.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}{}", &url[..scheme_end + 3], user, &url[at..])
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.find("://") {
+        Some(scheme_end) => {
+            let (scheme, rest) = base.split_at(scheme_end + 3);
+            let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+            match authority.rfind('@') {
+                Some(at) => {
+                    let user = authority[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}{user}{}", &rest[at..])
+                }
+                None => base.to_string(),
+            }
         }
-        _ => url.to_string(),
+        None => base.to_string(),
+    };
+    let kept: Vec<&str> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.starts_with("password="))
+        .collect();
+    if kept.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", kept.join("&"))
     }
 }
 
@@ -232,6 +254,10 @@ mod tests {
             "postgres://u@h:5432/d".to_string()
         );
         assert_eq!(redact("postgres://h/d"), "postgres://h/d");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/d?sslmode=require&password=pw2&sslrootcert=/c@1/ca.pem"),
+            "postgres://u@h/d?sslmode=require&sslrootcert=/c@1/ca.pem"
+        );
         assert_eq!(
             without_source_line("no such role at line 332"),
             "no such role"
