@@ -14,9 +14,17 @@ use std::process::{Child, Command, Output, Stdio};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
 
+/// The shared server, over plain connections unless DATABASE_URL names an sslmode: sqlx 0.9.0
+/// leaves Nagle's algorithm on, so a TLS handshake waits out two delayed ACKs (~90 ms on
+/// loopback), which tests that time things were not written for. tests/tls.rs covers TLS.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    match (url.contains("sslmode="), url.contains('?')) {
+        (true, _) => url,
+        (false, true) => format!("{url}&sslmode=disable"),
+        (false, false) => format!("{url}?sslmode=disable"),
+    }
 }
 
 /// A database created for one test and dropped (with its connections) when the test ends.
