@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::api::assert_no_panic;
+use common::api::{assert_no_panic, Api};
 use common::cluster::ScratchDir;
 use common::{assert_each_hit_once, cli_with_url, command, free_port, hits_table, job_toml};
 use common::{text, Daemon};
@@ -187,6 +187,15 @@ async fn database_tls_verifies_as_libpq_does() {
             ],
         );
     }
+    // The daemon waits for the database instead, and its /readyz says why.
+    let no_jobs = server.scratch.path.join("no-jobs");
+    std::fs::create_dir_all(&no_jobs).unwrap();
+    let daemon = Daemon::start_unready(&wrong_ca, &server.scratch.path, "", &no_jobs);
+    let (status, body) = Api::at(&daemon.base, None).get("/readyz").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("certificate verify failed"), "{body}");
+    drop(daemon);
     // The right CA, but 127.0.0.1 is not a name the certificate is for.
     let wrong_host = server.url(
         "127.0.0.1",
