@@ -527,7 +527,6 @@ async fn run_backfilld(
     let exit = Scheduler::new(
         pool.clone(),
         schema,
-        &scratch.url,
         LEASE_TTL,
         spec.partitions as usize,
         ACTOR,

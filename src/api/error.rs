@@ -70,7 +70,7 @@ impl From<sqlx::Error> for ApiError {
                 "backfilld's schema is not migrated yet; see /readyz".into(),
             );
         }
-        let message = crate::plumbing::db::message(&error);
+        let message = crate::plumbing::db::describe(&error, "the database server");
         match ErrorKind::of(&error) {
             // The database being away is not the client's fault, nor a bug: say so.
             ErrorKind::Reconnect => {

@@ -88,11 +88,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Ok(false)) => {
             ApiError::Unavailable("migrations are not applied yet".into()).into_response()
         }
-        Ok(Err(e)) => ApiError::Unavailable(format!(
-            "database unreachable: {}",
-            crate::plumbing::db::message(&e)
-        ))
-        .into_response(),
+        Ok(Err(e)) => {
+            // A certificate that does not verify reads as such, naming the server.
+            let host = state.pool.connect_options().get_host().to_string();
+            let reason = crate::plumbing::db::describe(&e, &host);
+            ApiError::Unavailable(format!("database unreachable: {reason}")).into_response()
+        }
         Err(_) => ApiError::Unavailable(format!(
             "database unreachable: no answer within {} (the log has the connection errors)",
             humantime::format_duration(READINESS_TIMEOUT)

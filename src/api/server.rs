@@ -4,6 +4,11 @@
 //! [`Limits::max_connections`] are open at once — and when the limit is reached the longest
 //! idle connection makes room, so `/healthz` still answers a liveness probe under a flood —
 //! and a shutdown waits at most its grace period for clients, however they behave.
+//!
+//! With a TLS configuration each accepted stream is wrapped with tokio-rustls before HTTP is
+//! spoken on it. The handshake runs inside the connection's own task and slot, bounded by
+//! [`HANDSHAKE_TIMEOUT`] and evictable like an idle connection, so clients that connect and
+//! never finish a handshake are limited exactly as those that never send headers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,14 +21,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// A client has this long to send a request's headers, on a new connection and between the
 /// requests of a kept-alive one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client has this long to complete a TLS handshake after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// File descriptors kept for everything but HTTP clients: database connections (the pool,
 /// each worker's own, the presence session), logs, the listener.
@@ -73,13 +83,16 @@ type Slots = Arc<Mutex<HashMap<u64, Slot>>>;
 
 /// Serves `router` until `stop` fires; then stops accepting, asks every connection to finish
 /// its request in flight, and returns after at most `grace` (dropping whatever is left).
+/// With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,
     limits: Limits,
     grace: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
+    let tls = tls.map(TlsAcceptor::from);
     let slots: Slots = Arc::default();
     let next_id = AtomicU64::new(0);
     let shutdown = CancellationToken::new();
@@ -112,7 +125,7 @@ pub async fn serve(
                     busy: Arc::default(),
                     evict: CancellationToken::new(),
                 };
-                let task = connection(stream, router.clone(), &slot, shutdown.clone());
+                let task = connection(stream, tls.clone(), router.clone(), &slot, shutdown.clone());
                 slots.lock().expect("slots lock poisoned").insert(id, slot);
                 let slots = slots.clone();
                 connections.spawn(async move {
@@ -154,10 +167,17 @@ fn evict_longest_idle(slots: &Slots) -> bool {
     }
 }
 
+/// What HTTP is spoken over: the TCP stream itself, or the TLS session on it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Serves one connection until it ends, is evicted, or the server shuts down (then it may
-/// finish the request in flight).
+/// finish the request in flight). A TLS handshake comes first; one that fails, times out, or
+/// is still under way at eviction or shutdown closes the connection.
 fn connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     router: Router,
     slot: &Slot,
     shutdown: CancellationToken,
@@ -178,6 +198,27 @@ fn connection(
         }
     });
     async move {
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(stream),
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(session)) => Box::new(session),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = evict.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .http1()

@@ -1,8 +1,12 @@
-//! The HTTP client behind `submit`, `status`, `pause`, `resume` and `cancel`.
+//! The HTTP client behind `submit`, `status`, `pause`, `resume` and `cancel`: HTTP or HTTPS
+//! (rustls), trusting the system's certificate authorities plus any given with `--cacert`.
+
+use std::path::Path;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::plumbing::tls;
 use crate::status::view::{JobList, JobView};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +21,12 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{status}: {message}")]
     Refused { status: StatusCode, message: String },
+    /// The TLS handshake failed, most often because the daemon's certificate did not verify.
+    #[error("cannot reach backfilld at {url}: {message}")]
+    Tls { url: String, message: String },
+    /// The client cannot be set up as asked (an unreadable `--cacert`).
+    #[error("{0}")]
+    Config(String),
     #[error("unexpected answer from backfilld: {0}")]
     Protocol(String),
 }
@@ -28,11 +38,62 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> Client {
-        Client {
+    /// A client of the daemon at `base`; `cacert` is a PEM file of certificate authorities to
+    /// trust besides the system's (a private CA that signed the daemon's certificate).
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        cacert: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = cacert {
+            let pem = std::fs::read(path).map_err(|e| {
+                ClientError::Config(format!("--cacert: cannot read {}: {e}", path.display()))
+            })?;
+            let authorities = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|certs| !certs.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Config(format!(
+                        "--cacert: {} holds no PEM certificate",
+                        path.display()
+                    ))
+                })?;
+            builder = builder.tls_certs_merge(authorities);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
-            http: reqwest::Client::new(),
+            http,
+        })
+    }
+
+    /// A failed request: the handshake's fault in words when TLS failed, else unreachable.
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        let Some(handshake) = tls::rustls_error(&source) else {
+            return ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            };
+        };
+        let host = source
+            .url()
+            .and_then(|u| u.host_str())
+            .unwrap_or("the daemon")
+            .to_string();
+        let mut message = tls::explain(handshake, &host);
+        if tls::is_unknown_issuer(handshake) {
+            message.push_str(
+                " (give the authority's certificate with --cacert FILE or $BACKFILLD_CACERT)",
+            );
+        }
+        ClientError::Tls {
+            url: self.base.clone(),
+            message,
         }
     }
 
@@ -55,10 +116,7 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| self.unreachable(source))?;
         let status = response.status();
         let text = response
             .text()

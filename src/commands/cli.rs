@@ -36,6 +36,10 @@ pub struct Remote {
     /// Bearer token.
     #[arg(long, env = "BACKFILLD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of certificate authorities to trust for an https:// URL, besides the
+    /// system's: the private CA that signed the daemon's certificate.
+    #[arg(long, env = "BACKFILLD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,7 +190,10 @@ impl Cli {
         let settings = Settings::load(&self.overrides()).map_err(CliError::invalid)?;
         crate::plumbing::telemetry::init(settings.log_format);
         settings.warn_if_tokens_readable();
-        let client = |remote: &Remote| Client::new(&remote.url, remote.token.clone());
+        let client = |remote: &Remote| {
+            Client::new(&remote.url, remote.token.clone(), remote.cacert.as_deref())
+                .map_err(CliError::invalid)
+        };
         match self.command {
             Command::Serve { .. } => commands::serve::execute(&settings).await,
             Command::Run { job, listen, .. } => {
@@ -202,19 +209,19 @@ impl Cli {
                 rows, setup_only, ..
             } => commands::demo::execute(&settings, rows, setup_only).await,
             Command::Submit { job, remote } => {
-                commands::remote::submit(&client(&remote), &job).await
+                commands::remote::submit(&client(&remote)?, &job).await
             }
             Command::Status { name, json, remote } => {
-                commands::remote::status(&client(&remote), name.as_deref(), json).await
+                commands::remote::status(&client(&remote)?, name.as_deref(), json).await
             }
             Command::Pause { name, remote } => {
-                commands::remote::act(&client(&remote), &name, "pause").await
+                commands::remote::act(&client(&remote)?, &name, "pause").await
             }
             Command::Resume { name, remote } => {
-                commands::remote::act(&client(&remote), &name, "resume").await
+                commands::remote::act(&client(&remote)?, &name, "resume").await
             }
             Command::Cancel { name, remote } => {
-                commands::remote::act(&client(&remote), &name, "cancel").await
+                commands::remote::act(&client(&remote)?, &name, "cancel").await
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The client commands: `submit`, `status`, `pause`, `resume`, `cancel`, speaking HTTP to a
 //! running daemon. Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 the
-//! daemon could not be reached or the job file is invalid.
+//! daemon could not be reached (its certificate did not verify, say) or the job file is
+//! invalid.
 
 use std::path::Path;
 
@@ -11,7 +12,9 @@ use crate::status::view::JobView;
 
 fn failed(error: ClientError) -> Result<i32, CliError> {
     match error {
-        ClientError::Unreachable { .. } => Err(CliError::invalid(error)),
+        ClientError::Unreachable { .. } | ClientError::Tls { .. } | ClientError::Config(_) => {
+            Err(CliError::invalid(error))
+        }
         other => {
             eprintln!("error: {other}");
             Ok(1)

@@ -127,18 +127,16 @@ pub async fn run_job(
             http_stop.clone(),
         )
         .await?;
-        tracing::info!("API listening on http://{}", http.address);
+        tracing::info!("API listening on {}", http.url());
         Some(http)
     } else {
         None
     };
     let started = Instant::now();
     let display = Display::start(runtime.clone(), baseline);
-    let url = settings.require_database_url().map_err(CliError::invalid)?;
     let scheduler = Scheduler::new(
         pool.clone(),
         schema.clone(),
-        url,
         settings.lease_ttl,
         partitions.len().max(1),
         ACTOR,

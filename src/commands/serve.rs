@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -22,9 +22,10 @@ use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
+use crate::store::migrate::MigrateError;
 
 /// Recorded as the actor of what the daemon does on its own.
 pub const ACTOR: &str = "daemon";
@@ -44,7 +45,8 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         http_stop.clone(),
     )
     .await?;
-    println!("backfilld listening on http://{}", http.address);
+    // Tests and scripts read this line for the address, scheme included.
+    println!("backfilld listening on {}", http.url());
 
     let root = shutdown.token();
     // When the shutdown began: the whole of it, batches and HTTP clients, fits in
@@ -62,7 +64,6 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         let scheduler = Scheduler::new(
             pool.clone(),
             schema.clone(),
-            url,
             settings.lease_ttl,
             settings.workers,
             ACTOR,
@@ -110,13 +111,13 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
 /// claim after a database restart gets a fresh one (batches run on the workers' own
 /// connections, so the check costs them nothing).
 fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|e| CliError::invalid(format!("database_url: {e}")))?;
+    // The same options as every other connection, TLS included; a bad URL or certificate
+    // file is a configuration error now, not a retry loop later.
+    let options = db::connect_options(url).map_err(CliError::invalid)?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("backfilld")))
+        .connect_lazy_with(options))
 }
 
 /// Applies migrations, retrying with backoff until the database answers. False if shut down
@@ -126,7 +127,9 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
     loop {
         let error = match crate::store::migrate::run(pool, schema).await {
             Ok(_) => return true,
-            Err(e) => e,
+            // In words: a certificate that does not verify says whose and why.
+            Err(MigrateError::Database(e)) => db::describe(&e, pool.connect_options().get_host()),
+            Err(other) => other.to_string(),
         };
         attempt += 1;
         let delay = backoff(attempt);
@@ -141,11 +144,19 @@ async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &Cancellatio
 /// The API running in the background, with the rate sampler its job views read.
 pub struct Http {
     pub address: SocketAddr,
+    /// Served over HTTPS (`tls_cert` and `tls_key` are set).
+    pub tls: bool,
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
 }
 
 impl Http {
+    /// Where clients reach it: `https://ADDR` or `http://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
     /// Waits for both to finish (after the `stop` token given to [`start_http`] fires), the
     /// server at most `within`: clients that are still connected then are dropped.
     pub async fn join(mut self, within: Duration) {
@@ -161,7 +172,8 @@ impl Http {
 }
 
 /// Binds the API (refusing a non-loopback address when no tokens are configured) and serves it
-/// in the background until `stop`, sampling job rates meanwhile.
+/// in the background until `stop`, over HTTPS when `tls_cert` and `tls_key` are set, sampling
+/// job rates meanwhile.
 pub async fn start_http(
     settings: &Settings,
     pool: PgPool,
@@ -170,6 +182,7 @@ pub async fn start_http(
     stop: CancellationToken,
 ) -> Result<Http, CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
+    let tls = settings.server_tls().map_err(CliError::invalid)?;
     let address: SocketAddr = settings.listen.parse().map_err(|_| {
         CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
     })?;
@@ -204,12 +217,14 @@ pub async fn start_http(
     let limits = Limits::for_this_process();
     Ok(Http {
         address: bound,
+        tls: tls.is_some(),
         server: tokio::spawn(server::serve(
             listener,
             router,
             stop,
             limits,
             settings.shutdown_timeout,
+            tls,
         )),
         sampler,
     })

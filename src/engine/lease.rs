@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,14 +18,15 @@ use crate::store::progress::{self, Holder};
 /// whose presence session is gone as free at once, so a crashed `run` can be re-run immediately
 /// instead of waiting out its lease.
 pub struct Presence {
-    url: String,
+    /// The pool's connect options (TLS included), so this session is opened like the others.
+    options: PgConnectOptions,
     owner: String,
     /// The open session and who it is; replaced when the connection drops.
     session: tokio::sync::Mutex<Option<(PgConnection, Holder)>>,
 }
 
 impl Presence {
-    pub fn new(url: &str) -> Presence {
+    pub fn new(options: &PgConnectOptions) -> Presence {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -35,7 +37,7 @@ impl Presence {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         Presence {
-            url: url.to_string(),
+            options: options.clone(),
             owner,
             session: tokio::sync::Mutex::new(None),
         }
@@ -53,7 +55,7 @@ impl Presence {
                 return Ok(holder.clone());
             }
         }
-        let mut conn = PgConnection::connect(&self.url).await?;
+        let mut conn = PgConnection::connect_with(&self.options).await?;
         let (pid, started): (i32, DateTime<Utc>) = sqlx::query_as(
             "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )

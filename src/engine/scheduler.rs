@@ -52,11 +52,12 @@ impl Scheduler {
     pub fn new(
         pool: PgPool,
         schema: Schema,
-        database_url: &str,
         lease_ttl: Duration,
         workers: usize,
         actor: &str,
     ) -> Scheduler {
+        // The pool's options, so the presence session honours the same TLS settings.
+        let presence = Arc::new(Presence::new(&pool.connect_options()));
         Scheduler {
             env: WorkerEnv {
                 pool,
@@ -66,7 +67,7 @@ impl Scheduler {
             },
             workers,
             only_job: None,
-            presence: Arc::new(Presence::new(database_url)),
+            presence,
             held: HeldLeases::default(),
             runtimes: HashMap::new(),
             registry: LocalJobs::default(),

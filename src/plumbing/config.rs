@@ -2,6 +2,7 @@
 //! validated once at start-up so a bad value is an error naming its key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -57,6 +58,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// The API's certificate chain (PEM): with `tls_key`, the API is served over HTTPS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// The file these settings were read from, if any.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -161,6 +168,21 @@ impl Settings {
                 "must be an address and port such as 127.0.0.1:9780",
             ));
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "tls_cert is set: give its private key too",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "tls_key is set: give its certificate too",
+                ))
+            }
+            _ => {}
+        }
         for (i, token) in self.tokens.iter().enumerate() {
             let key = format!("tokens[{i}]");
             if token.name.is_empty() {
@@ -199,6 +221,22 @@ impl Settings {
                 );
             }
         }
+    }
+
+    /// The API's TLS configuration when `tls_cert` and `tls_key` are set, read from their files
+    /// now: an unreadable file or a key that is not the certificate's is an error naming its
+    /// key. Only the commands that serve the API call this, so a client command sharing the
+    /// daemon's config file needs no access to its key.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        crate::plumbing::tls::server_config(cert, key)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: e.key.to_string(),
+                message: e.message,
+            })
     }
 
     /// The database URL, or an error saying how to give one.
@@ -241,5 +279,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let dir = std::env::temp_dir().join(format!("backfilld-tls-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        let load = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            Settings::load(&Overrides {
+                config_file: Some(file.clone()),
+                ..Default::default()
+            })
+        };
+        let err = load("tls_cert = \"/etc/backfilld/cert.pem\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("config: tls_key:"), "{err}");
+        let settings =
+            load("tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n").unwrap();
+        let err = settings.server_tls().unwrap_err().to_string();
+        assert!(err.starts_with("config: tls_cert: cannot read"), "{err}");
+        assert!(load("").unwrap().server_tls().unwrap().is_none());
     }
 }

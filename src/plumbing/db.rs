@@ -1,9 +1,11 @@
-//! Connecting to PostgreSQL, the settings of a worker's own session, and naming the daemon's
-//! own schema; every module that owns a table builds its SQL from the quoted names here.
+//! Connecting to PostgreSQL (TLS as the URL's libpq parameters ask), connection errors in
+//! words, the settings of a worker's own session, and naming the daemon's own schema; every
+//! module that owns a table builds its SQL from the quoted names here.
 
+use std::path::Path;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, SqlSafeStr, SqlStr};
 
 use crate::spec::SynchronousCommit;
@@ -64,29 +66,138 @@ impl Schema {
     }
 }
 
+/// Why the database could not be reached (or its URL not used), in words: the URL's password
+/// never appears, and neither do sqlx's PostgreSQL source line numbers.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to the database at {target}: {source}")]
+#[error("cannot connect to the database at {target}: {reason}")]
 pub struct ConnectError {
     target: String,
-    #[source]
-    source: sqlx::Error,
+    reason: String,
 }
 
-/// Opens a pool. The URL's password never appears in the error.
+/// Opens a pool and one connection of it, so a bad URL, password or certificate fails here.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
-    let target = redact(url);
-    let options: PgConnectOptions = url.parse().map_err(|source| ConnectError {
-        target: target.clone(),
-        source,
-    })?;
-    let options = options.application_name("backfilld");
+    let options = connect_options(url)?;
+    let host = options.get_host().to_string();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
-        .map_err(|source| ConnectError { target, source })
+        .map_err(|error| ConnectError {
+            target: redact(url),
+            reason: describe(&error, &host),
+        })
+}
+
+/// The options every connection of this process is opened with — the pool's, each worker's
+/// own (which copy the pool's) and the presence session's — so all honour the URL's TLS
+/// parameters alike. sqlx reads `sslmode` (default `prefer`), `sslrootcert`, `sslcert` and
+/// `sslkey` (or `$PGSSLMODE`…); on top, libpq's rules that sqlx lacks:
+///
+/// - `sslmode=require` with a root certificate verifies the chain, as `verify-ca` does (libpq
+///   checks the chain whenever it has a root certificate);
+/// - `sslrootcert=system` trusts the well-known authorities (here the Mozilla roots built into
+///   the binary) and needs `sslmode=verify-full`, its default then;
+/// - the files must be readable certificates and keys, checked now rather than at the first
+///   connection, which for the daemon may be much later; `sslcert` and `sslkey` go together.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectError> {
+    let fail = |reason: String| ConnectError {
+        target: redact(url),
+        reason,
+    };
+    let mut parsed = url::Url::parse(url).map_err(|e| fail(format!("not a URL: {e}")))?;
+    let param = |names: &[&str], env: &str| {
+        parsed
+            .query_pairs()
+            .filter(|(k, _)| names.contains(&k.as_ref()))
+            .last()
+            .map(|(_, v)| v.into_owned())
+            .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+    };
+    let mode_given = param(&["sslmode", "ssl-mode"], "PGSSLMODE");
+    let root = param(&["sslrootcert", "ssl-root-cert", "ssl-ca"], "PGSSLROOTCERT");
+    let cert = param(&["sslcert", "ssl-cert"], "PGSSLCERT");
+    let key = param(&["sslkey", "ssl-key"], "PGSSLKEY");
+    let system_roots = root.as_deref() == Some("system");
+    let mut text = url.to_string();
+    if system_roots {
+        // sqlx would read a file named "system"; without a root file it trusts its built-in
+        // roots, which is what libpq's "system" asks for.
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, v)| {
+                !(["sslrootcert", "ssl-root-cert", "ssl-ca"].contains(&k.as_ref()) && v == "system")
+            })
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+        text = parsed.to_string();
+    }
+    let options: PgConnectOptions = text
+        .parse()
+        .map_err(|e: sqlx::Error| fail(describe(&e, "")))?;
+    let mode = options.get_ssl_mode();
+    if system_roots && mode_given.is_some() && !matches!(mode, PgSslMode::VerifyFull) {
+        return Err(fail(
+            "sslrootcert=system needs sslmode=verify-full (a well-known authority signs certificates for anyone's host names)".into(),
+        ));
+    }
+    let root = root.filter(|_| !system_roots);
+    if let Some(path) = root.as_deref().filter(|r| !is_inline_pem(r)) {
+        crate::plumbing::tls::read_certificates(Path::new(path))
+            .map_err(|e| fail(format!("sslrootcert: {e}")))?;
+    }
+    match (&cert, &key) {
+        (Some(_), None) => return Err(fail("sslcert is given without sslkey".into())),
+        (None, Some(_)) => return Err(fail("sslkey is given without sslcert".into())),
+        _ => {}
+    }
+    if let Some(path) = cert.as_deref().filter(|c| !is_inline_pem(c)) {
+        crate::plumbing::tls::read_certificates(Path::new(path))
+            .map_err(|e| fail(format!("sslcert: {e}")))?;
+    }
+    if let Some(path) = key.as_deref().filter(|k| !is_inline_pem(k)) {
+        std::fs::read(path).map_err(|e| fail(format!("sslkey: cannot read {path}: {e}")))?;
+    }
+    let mode = match mode {
+        _ if system_roots && mode_given.is_none() => PgSslMode::VerifyFull,
+        PgSslMode::Require if root.is_some() => PgSslMode::VerifyCa,
+        other => other,
+    };
+    Ok(options.ssl_mode(mode).application_name("backfilld"))
+}
+
+/// sqlx takes a value that looks like PEM text as the certificate itself, not a file name.
+fn is_inline_pem(value: &str) -> bool {
+    value.trim_start().starts_with("-----BEGIN")
+}
+
+/// A database error in words, for a person: a certificate that did not verify says whose and
+/// why (`host` is the server's name as the URL gives it), a server's error is its message,
+/// and neither carries the PostgreSQL source line sqlx appends (" at line 1234").
+pub fn describe(error: &sqlx::Error, host: &str) -> String {
+    use crate::plumbing::tls;
+    if let Some(handshake) = tls::rustls_error(error) {
+        let mut text = tls::explain(handshake, host);
+        if tls::is_unknown_issuer(handshake) {
+            text.push_str(" (give the authority's certificate with sslrootcert=FILE)");
+        }
+        return text;
+    }
+    match error {
+        sqlx::Error::Database(_) | sqlx::Error::Migrate(_) => message(error),
+        other => without_source_line(&other.to_string()).to_string(),
+    }
+}
+
+/// `message at line 1234` → `message`.
+fn without_source_line(message: &str) -> &str {
+    match message.rsplit_once(" at line ") {
+        Some((text, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => text,
+        _ => message,
+    }
 }
 
 /// Session settings for a worker's own connection; a `None` timeout keeps the server's.
@@ -125,15 +236,37 @@ pub async fn apply_settings(
     Ok(())
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`, and without a `password`
+/// query parameter (sqlx takes one there too). Only the authority is searched for the `@`, so
+/// a parameter such as `sslrootcert=/certs@2024/ca.pem` is left whole.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}{}", &url[..scheme_end + 3], user, &url[at..])
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.find("://") {
+        Some(scheme_end) => {
+            let (scheme, rest) = base.split_at(scheme_end + 3);
+            let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+            match authority.rfind('@') {
+                Some(at) => {
+                    let user = authority[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}{user}{}", &rest[at..])
+                }
+                None => base.to_string(),
+            }
         }
-        _ => url.to_string(),
+        None => base.to_string(),
+    };
+    let kept: Vec<&str> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.starts_with("password="))
+        .collect();
+    if kept.is_empty() {
+        base
+    } else {
+        format!("{base}?{}", kept.join("&"))
     }
 }
 
@@ -149,5 +282,46 @@ mod tests {
             "postgres://u@h:5432/d".to_string()
         );
         assert_eq!(redact("postgres://h/d"), "postgres://h/d");
+        assert_eq!(
+            redact("postgres://u:p@ss@h/d?sslmode=require&password=pw2&sslrootcert=/c@1/ca.pem"),
+            "postgres://u@h/d?sslmode=require&sslrootcert=/c@1/ca.pem"
+        );
+        assert_eq!(
+            without_source_line("no such role at line 332"),
+            "no such role"
+        );
+        assert_eq!(without_source_line("at line x"), "at line x");
+    }
+
+    #[test]
+    fn tls_parameters_follow_libpq() {
+        let mode = |url: &str| connect_options(url).map(|o| o.get_ssl_mode());
+        assert!(matches!(
+            mode("postgres://h/d?sslmode=disable"),
+            Ok(PgSslMode::Disable)
+        ));
+        assert!(matches!(
+            mode("postgres://h/d?sslrootcert=system"),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        let weak = connect_options("postgres://u:pw@h/d?sslmode=require&sslrootcert=system")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            weak.contains("verify-full") && !weak.contains("pw"),
+            "{weak}"
+        );
+        let missing =
+            connect_options("postgres://h/d?sslmode=require&sslrootcert=/nonexistent.pem")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            missing.contains("sslrootcert: cannot read /nonexistent.pem"),
+            "{missing}"
+        );
+        let alone = connect_options("postgres://h/d?sslcert=/c.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(alone.contains("sslcert is given without sslkey"), "{alone}");
     }
 }

@@ -18,8 +18,10 @@ pub fn set_active_bar(bar: Option<ProgressBar>) {
 }
 
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // The HTTP client's certificate verifier logs each refusal, which the client command
+    // reports itself, in plainer words.
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rustls_platform_verifier=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(BarAwareStderr)

@@ -40,6 +40,7 @@ impl Api {
     }
 
     pub fn at(base: &str, token: Option<&str>) -> Api {
+        backfilld::plumbing::tls::install_crypto_provider();
         Api {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

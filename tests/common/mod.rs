@@ -14,9 +14,17 @@ use std::process::{Child, Command, Output, Stdio};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
 
+/// The shared server, over plain connections unless DATABASE_URL names an sslmode: sqlx 0.9.0
+/// leaves Nagle's algorithm on, so a TLS handshake waits out two delayed ACKs (~90 ms on
+/// loopback), which tests that time things were not written for. tests/tls.rs covers TLS.
 pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    match (url.contains("sslmode="), url.contains('?')) {
+        (true, _) => url,
+        (false, true) => format!("{url}&sslmode=disable"),
+        (false, false) => format!("{url}?sslmode=disable"),
+    }
 }
 
 /// A database created for one test and dropped (with its connections) when the test ends.
@@ -29,6 +37,8 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        // reqwest has no crypto provider of its own: the tests' clients use the daemon's.
+        backfilld::plumbing::tls::install_crypto_provider();
         let server = server_url();
         let name = format!(
             "backfilld_test_{}",
@@ -418,7 +428,7 @@ pub async fn start_job(
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let presence = Presence::new(&db.url);
+    let presence = Presence::new(&db.pool.connect_options());
     let holder = presence.holder().await.unwrap();
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
         .await
