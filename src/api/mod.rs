@@ -11,6 +11,8 @@ pub mod openapi;
 pub mod server;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -46,6 +48,9 @@ pub struct AppState {
     /// The address the API is bound to (a tokenless daemon answers only to it and loopback
     /// names); `None` when it is not bound (tests calling the router directly).
     pub listen: Option<SocketAddr>,
+    /// True while `serve` is still submitting its jobs directory: not ready until then, so a
+    /// client that waits for readiness finds those jobs.
+    pub loading: Arc<AtomicBool>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -84,6 +89,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Response {
     let current = crate::store::migrate::is_current(&state.pool, &state.schema);
     match tokio::time::timeout(READINESS_TIMEOUT, current).await {
+        Ok(Ok(true)) if state.loading.load(Ordering::Acquire) => {
+            ApiError::Unavailable("loading the jobs directory".into()).into_response()
+        }
         Ok(Ok(true)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Ok(false)) => {
             ApiError::Unavailable("migrations are not applied yet".into()).into_response()
@@ -160,6 +168,7 @@ mod tests {
             rates: Rates::default(),
             local: LocalJobs::default(),
             listen: None,
+            loading: Arc::default(),
         })
     }
 
@@ -213,6 +222,7 @@ mod tests {
             rates: Rates::default(),
             local: LocalJobs::default(),
             listen: None,
+            loading: Arc::default(),
         });
         let asked = std::time::Instant::now();
         let response = router

@@ -125,6 +125,7 @@ pub async fn run_job(
             schema.clone(),
             local.clone(),
             http_stop.clone(),
+            false,
         )
         .await?;
         tracing::info!("API listening on {}", http.url());

@@ -6,6 +6,7 @@
 //! says 503 with the reason) and the daemon reconnects with backoff.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         schema.clone(),
         local.clone(),
         http_stop.clone(),
+        true,
     )
     .await?;
     // Tests and scripts read this line for the address, scheme included.
@@ -61,6 +63,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     });
     if migrate_with_backoff(&pool, &schema, &root).await {
         crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
+        http.loading.store(false, Ordering::Release);
         let scheduler = Scheduler::new(
             pool.clone(),
             schema.clone(),
@@ -146,6 +149,8 @@ pub struct Http {
     pub address: SocketAddr,
     /// Served over HTTPS (`tls_cert` and `tls_key` are set).
     pub tls: bool,
+    /// Cleared once `serve` has submitted its jobs directory (`/readyz` says 503 until then).
+    pub loading: Arc<AtomicBool>,
     server: JoinHandle<std::io::Result<()>>,
     sampler: JoinHandle<()>,
 }
@@ -180,6 +185,7 @@ pub async fn start_http(
     schema: Schema,
     local: LocalJobs,
     stop: CancellationToken,
+    loads_jobs_dir: bool,
 ) -> Result<Http, CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
     let tls = settings.server_tls().map_err(CliError::invalid)?;
@@ -201,6 +207,8 @@ pub async fn start_http(
         .local_addr()
         .map_err(|e| CliError::Other(e.into()))?;
     let rates = Rates::default();
+    // Only `serve` loads a jobs directory; a foreground run's API is ready at once.
+    let loading = Arc::new(AtomicBool::new(loads_jobs_dir));
     let sampler = tokio::spawn(
         rates
             .clone()
@@ -213,11 +221,13 @@ pub async fn start_http(
         rates,
         local,
         listen: Some(bound),
+        loading: loading.clone(),
     });
     let limits = Limits::for_this_process();
     Ok(Http {
         address: bound,
         tls: tls.is_some(),
+        loading,
         server: tokio::spawn(server::serve(
             listener,
             router,
