@@ -394,7 +394,11 @@ async fn check_statements(
         }
     }
     for statement in batch_sql.all_variants() {
-        let columns = prepare_named(conn, statement, "batch statement").await?;
+        let columns: Vec<String> = prepare_columns(conn, statement, "batch statement")
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         // The batch statement always yields the same columns, `BatchRow`'s: anything else
         // means an expression broke out of its parentheses.
         if columns != BatchRow::COLUMNS {
@@ -432,19 +436,7 @@ async fn prepare(
         .collect())
 }
 
-/// Like [`prepare`], returning the result columns' names.
-async fn prepare_named(
-    conn: &mut PgConnection,
-    text: String,
-    field: &str,
-) -> Result<Vec<String>, CheckError> {
-    Ok(prepare_columns(conn, text, field)
-        .await?
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect())
-}
-
+/// Prepares `text` and returns its result columns' names and type names.
 async fn prepare_columns(
     conn: &mut PgConnection,
     text: String,

@@ -235,17 +235,21 @@ impl Daemon {
     /// Starts `serve` with `config` (TOML, may be empty) against `url`, with `jobs_dir`, and
     /// waits until `/readyz` says it is ready.
     pub fn start(url: &str, dir: &Path, config: &str, jobs_dir: &Path) -> Daemon {
-        let daemon = Daemon::start_unready(url, dir, config, jobs_dir);
+        Daemon::start_unready(url, dir, config, jobs_dir).ready()
+    }
+
+    /// Waits (30 s at most) until `/readyz` says the daemon is ready.
+    fn ready(self) -> Daemon {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while http_status(&daemon.base, "/readyz") != Some(200) {
+        while http_status(&self.base, "/readyz") != Some(200) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "daemon not ready in 30s\n{}",
-                daemon.log()
+                self.log()
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        daemon
+        self
     }
 
     /// Starts `serve` without waiting for readiness.
@@ -262,17 +266,7 @@ impl Daemon {
         jobs_dir: &Path,
         open_files: u32,
     ) -> Daemon {
-        let daemon = Daemon::launch(url, dir, config, jobs_dir, Some(open_files));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while http_status(&daemon.base, "/readyz") != Some(200) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "daemon not ready in 30s\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        daemon
+        Daemon::launch(url, dir, config, jobs_dir, Some(open_files)).ready()
     }
 
     fn launch(
