@@ -105,7 +105,9 @@ async fn spec_of(api: &Api, name: &str) -> Value {
 #[tokio::test]
 async fn racing_patches_keep_both_changes_and_never_change_an_ended_job() {
     let db = TestDb::new().await;
-    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    // More rows than any batch size the loop sets, so the first batch (whenever it runs) never
+    // ends the job, and its pause holds it afterwards.
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, "", &jobs_dir(&db));
     let api = Api::new(&daemon, None);
     api.submit(hits_job("tuned", json!({"pause": "1h"}))).await;
