@@ -520,7 +520,7 @@ async fn run_backfilld(
                 recorder
                     .lock()
                     .expect("durations lock poisoned")
-                    .push(elapsed)
+                    .push((Instant::now(), elapsed))
             },
         )),
     );
@@ -534,13 +534,18 @@ async fn run_backfilld(
     .only(runtime.clone())
     .run(CancellationToken::new())
     .await?;
-    let wall = started.elapsed();
     let cpu = cpu_time(ticks)?.saturating_sub(cpu_before);
+    // The backfill ends with its last batch's commit, as the other variants' do; what the job
+    // does after it (counting rows left pending with `passes = 1`) is `--finishing`'s to measure.
+    let observed = durations.lock().expect("durations lock poisoned").clone();
+    let wall = observed
+        .last()
+        .map_or_else(|| started.elapsed(), |(at, _)| at.duration_since(started));
     pool.close().await;
     if exit != SchedulerExit::JobEnded(JobState::Completed) {
         bail!("job {} ended with {exit:?}, not completed", spec.name);
     }
-    let batches = durations.lock().expect("durations lock poisoned").clone();
+    let batches = observed.iter().map(|(_, d)| *d).collect();
     let updated = runtime.snapshot().rows_updated as i64;
     Ok((wall, batches, Some(cpu), updated))
 }

@@ -268,3 +268,48 @@ async fn verify_walks_in_short_snapshots_and_exits_0_4_or_2() {
     let output = cli_with_url(&db.url, &["verify", broken.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
 }
+
+#[tokio::test]
+async fn the_trigger_waits_out_a_busy_table_under_lock_timeout_and_is_recorded_once() {
+    let db = TestDb::new().await;
+    users(&db).await;
+    // An application transaction holds the table (ROW EXCLUSIVE) while the job starts:
+    // creating the trigger must give up after lock_timeout and try again, not queue every
+    // other writer behind it.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE users SET customer_email = customer_email WHERE id = 1")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let job = db.write_job(
+        "email.toml",
+        "name = \"email\"\ntable = \"users\"\nkey = \"id\"\nwhere = \"email IS DISTINCT FROM customer_email\"\nlock_timeout = \"100ms\"\n[sync]\n[set]\nemail = \"customer_email\"\n",
+    );
+    let run = common::spawn(&db.url, &["run", job.to_str().unwrap()]);
+    // Another writer meanwhile is not stuck behind the trigger's lock request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let other = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("UPDATE users SET customer_email = 'other@old' WHERE id = 2").execute(&db.pool),
+    )
+    .await;
+    assert!(other.is_ok(), "a writer queued behind the trigger's DDL");
+    holder.commit().await.unwrap();
+    let output = run.wait_with_output().unwrap();
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("installing the sync trigger failed; retrying"),
+        "{said}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM backfilld.events WHERE kind = 'sync_installed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM users WHERE email IS DISTINCT FROM customer_email")
+            .await,
+        0
+    );
+}

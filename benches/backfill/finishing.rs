@@ -50,7 +50,7 @@ pub async fn finishing(scratch: &Scratch, pool: &PgPool, rows: [i64; 2], ticks: 
         ensure!(verified.pending == 0, "rows left pending after the sweep");
         let rate = |seconds: f64| rows as f64 / seconds;
         println!(
-            "{}: backfill pass {:.0} rows/s, sweep pass {:.0} rows/s ({:.2}× the backfill); verify {:.0} rows/s ({:.1}× the backfill pass; whole job {:.1}s)",
+            "{}: backfill pass {:.0} rows/s, sweep pass {:.0} rows/s ({:.2}× the backfill); verify {:.0} rows/s ({:.1}× the backfill pass; backfill wall {:.1}s)",
             workload.label(),
             rate(pass1),
             rate(pass2),

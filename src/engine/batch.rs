@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::engine::completion;
 use crate::engine::statement::{BatchRow, BatchSql, Lower};
 use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::ErrorKind;
@@ -53,10 +52,9 @@ pub enum Outcome {
     Committed {
         scanned: i64,
         updated: i64,
-        /// This batch reached the end of the partition.
+        /// This batch reached the end of the partition: the worker ends the pass if it was the
+        /// last one (`engine::completion`), after accounting for the batch.
         partition_done: bool,
-        /// ...and with it every partition of the job: the job is now completed.
-        job_completed: bool,
         /// The live tunables read under the fence, for the next batch.
         tunables: Tunables,
     },
@@ -86,9 +84,6 @@ pub struct BatchContext<'a> {
     pub schema: &'a Schema,
     pub sql: &'a BatchSql,
     pub lease_ttl: Duration,
-    /// Recorded as the actor when the batch completes the job.
-    pub actor: &'a str,
-    pub job_name: &'a str,
 }
 
 /// Runs one batch for `claim`, of `size` keys, on the worker's own connection: ONE autocommit
@@ -140,20 +135,10 @@ pub async fn run(
     if let Some(last_key) = row.last_key {
         claim.cursor = Some(last_key);
     }
-    let job_completed = partition_done
-        && completion::finish(
-            conn,
-            ctx.schema,
-            ctx.sql,
-            (claim.job_id, ctx.job_name),
-            ctx.actor,
-        )
-        .await?;
     Ok(Outcome::Committed {
         scanned: row.scanned,
         updated: row.updated,
         partition_done,
-        job_completed,
         tunables,
     })
 }

@@ -8,6 +8,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::batch::{self, BatchContext, BatchError, Outcome, Statements};
+use crate::engine::completion;
 use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::Sizer;
 use crate::plumbing::db::{self, Schema};
@@ -129,8 +130,6 @@ impl Worker {
             schema: &self.env.schema,
             sql: &self.job.sql,
             lease_ttl: self.env.lease_ttl,
-            actor: &self.env.actor,
-            job_name: &self.job.name,
         };
         let started = Instant::now();
         let result = batch::run(&ctx, &mut conn, &mut self.statements, &mut self.claim, size).await;
@@ -143,7 +142,6 @@ impl Worker {
                 scanned,
                 updated,
                 partition_done,
-                job_completed,
                 tunables,
             }) => {
                 self.failed_attempts = 0;
@@ -164,6 +162,23 @@ impl Worker {
                 );
                 let pause = tunables.pause;
                 self.job.apply(tunables);
+                // The end of a pass is not the batch's: counting what is still pending can walk
+                // the table, which no batch duration should include.
+                let job_completed = match (partition_done, self.conn.as_mut()) {
+                    (true, Some(conn)) => match completion::finish(
+                        conn,
+                        &self.env.schema,
+                        &self.job.sql,
+                        (self.claim.job_id, &self.job.name),
+                        &self.env.actor,
+                    )
+                    .await
+                    {
+                        Ok(completed) => completed,
+                        Err(error) => return self.on_error(error.into(), cancel).await,
+                    },
+                    _ => false,
+                };
                 if job_completed {
                     Step::Exit(WorkerExit::JobCompleted)
                 } else if partition_done {
