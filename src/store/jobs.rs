@@ -24,6 +24,8 @@ pub struct JobRow {
     pub pass: i32,
     /// Keys walked before the current pass began (the pass's progress starts from here).
     pub scanned_before_pass: i64,
+    /// Rows updated before the current pass began (what the pass itself updated is the rest).
+    pub updated_before_pass: i64,
     /// Rows still matching `where` at the last completed pass or `verify`; `None` before.
     pub pending_rows: Option<i64>,
     pub verified_at: Option<DateTime<Utc>>,
@@ -44,7 +46,7 @@ impl JobRow {
 }
 
 const COLUMNS: &str = "id, name, spec, state, estimated_rows, last_error, created_at, started_at,
-     finished_at, pass, scanned_before_pass, pending_rows, verified_at, sync_installed_at";
+     finished_at, pass, scanned_before_pass, updated_before_pass, pending_rows, verified_at, sync_installed_at";
 
 pub async fn find_by_name<'e>(
     executor: impl PgExecutor<'e>,

@@ -55,14 +55,7 @@ pub async fn finish_pass(
     .bind(job_id)
     .fetch_one(&mut *tx)
     .await?;
-    let updated_before: i64 = sqlx::query_scalar(sql(format!(
-        "SELECT updated_before_pass FROM {}.jobs WHERE id = $1",
-        schema.q
-    )))
-    .bind(job_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let pass_updated = updated - updated_before;
+    let pass_updated = updated - job.updated_before_pass;
     // A stored definition that no longer parses is run as one pass (it cannot sweep safely).
     let spec: Option<JobSpec> = job.spec().ok();
     let has_where = spec.as_ref().is_some_and(|s| s.filter.is_some());

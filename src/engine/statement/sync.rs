@@ -23,8 +23,6 @@ pub struct SyncTrigger {
     pub probe: String,
     /// `DROP TRIGGER IF EXISTS …` and `DROP FUNCTION IF EXISTS …`: idempotent.
     pub drop: [String; 2],
-    /// The quoted, schema-qualified function.
-    pub qualified_function: String,
 }
 
 /// The name a job's trigger and function take: `bf_sync_` and the job's name, cut so that, with
@@ -118,7 +116,6 @@ END
             name,
             function,
             trigger,
-            qualified_function,
         })
     }
 }
