@@ -20,11 +20,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
-use sqlx::PgPool;
 
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{Db, Schema};
 use crate::status::metrics::METRICS;
 use auth::Auth;
 use error::{ApiError, ErrorBody};
@@ -40,7 +39,7 @@ pub const MAX_BODY_BYTES: usize = crate::spec::MAX_DOCUMENT_BYTES;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub schema: Schema,
     pub auth: Auth,
     pub rates: Rates,
@@ -145,6 +144,7 @@ async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plumbing::db::PoolMode;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -162,7 +162,7 @@ mod tests {
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
         router(AppState {
-            pool,
+            pool: Db::from_pool(pool, PoolMode::Session),
             schema: Schema::new("backfilld"),
             auth,
             rates: Rates::default(),
@@ -216,7 +216,7 @@ mod tests {
             .connect_lazy(&url)
             .unwrap();
         let router = router(AppState {
-            pool,
+            pool: Db::from_pool(pool, PoolMode::Session),
             schema: Schema::new("backfilld"),
             auth: Auth::from_config(&[]).unwrap(),
             rates: Rates::default(),

@@ -8,15 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::PgPool;
-
 use crate::commands::display::{Baseline, Display};
 use crate::commands::error::CliError;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::engine::submit::{self, SubmitError};
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{Db, Schema};
+use crate::plumbing::pool::Budget;
 use crate::plumbing::shutdown::Shutdown;
 use crate::spec::JobSpec;
 use crate::store::{jobs, progress, JobState};
@@ -39,7 +38,9 @@ pub async fn run_job(
     shutdown: &Shutdown,
     serve_api: bool,
 ) -> Result<i32, CliError> {
-    let pool = super::connect(settings, spec.partitions.saturating_add(3)).await?;
+    let budget = run_budget(settings, spec.partitions, serve_api)?;
+    tracing::debug!(pool_mode = ?settings.pool_mode, "{budget}");
+    let pool = super::connect(settings, budget.engine).await?;
     let submit_error = |e: SubmitError| match e {
         SubmitError::Database(e) => CliError::from(e),
         other => CliError::invalid(other),
@@ -121,7 +122,7 @@ pub async fn run_job(
     let http = if serve_api {
         let http = super::serve::start_http(
             settings,
-            pool.clone(),
+            pool.sibling(budget.api),
             schema.clone(),
             local.clone(),
             http_stop.clone(),
@@ -139,7 +140,7 @@ pub async fn run_job(
         pool.clone(),
         schema.clone(),
         settings.lease_ttl,
-        partitions.len().max(1),
+        (budget.workers as usize).min(partitions.len()).max(1),
         ACTOR,
     )
     .only(runtime)
@@ -200,7 +201,7 @@ pub async fn run_job(
 /// The file is authoritative for a foreground run: tunables that differ from the stored job
 /// (an earlier file, or a PATCH) are written back, and the change is logged as an event.
 async fn retune_from_file(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     job: &jobs::JobRow,
     spec: &JobSpec,
@@ -223,7 +224,20 @@ async fn retune_from_file(
     Ok(())
 }
 
-async fn updated_rows(pool: &PgPool, schema: &Schema, job_id: i64) -> Result<i64, CliError> {
+/// A foreground run works on all its partitions at once unless `max_connections` says
+/// otherwise: then it runs as many at a time as fit, one after another.
+fn run_budget(settings: &Settings, partitions: u32, serve_api: bool) -> Result<Budget, CliError> {
+    let mode = settings.pool_mode;
+    let fixed = u32::from(mode.keeps_sessions()) + u32::from(serve_api) + 1;
+    let workers = match settings.max_connections {
+        Some(max) => partitions.min(max.saturating_sub(fixed)).max(1),
+        None => partitions,
+    };
+    Budget::plan(settings.max_connections, workers, mode, serve_api)
+        .map_err(|m| CliError::invalid(format!("config: max_connections: {m}")))
+}
+
+async fn updated_rows(pool: &Db, schema: &Schema, job_id: i64) -> Result<i64, CliError> {
     let partitions = progress::list(pool, schema, job_id).await?;
     Ok(partitions.iter().map(|p| p.rows_updated).sum())
 }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -15,7 +14,7 @@ use crate::engine::lease::{self, HeldLeases, Presence};
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 use crate::store::{jobs, progress, JobState};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
@@ -50,14 +49,14 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         schema: Schema,
         lease_ttl: Duration,
         workers: usize,
         actor: &str,
     ) -> Scheduler {
         // The pool's options, so the presence session honours the same TLS settings.
-        let presence = Arc::new(Presence::new(&pool.connect_options()));
+        let presence = Arc::new(Presence::new(&pool.connect_options(), pool.mode()));
         Scheduler {
             env: WorkerEnv {
                 pool,
@@ -225,9 +224,10 @@ impl Scheduler {
         };
         let resolved = match row.spec() {
             Ok(spec) => {
-                let mut conn = self.env.pool.acquire().await?;
-                catalog::resolve(&mut conn, &spec)
-                    .await
+                let mut conn = self.env.pool.pinned().await?;
+                let resolved = catalog::resolve(&mut conn, &spec).await;
+                conn.rollback().await?;
+                resolved
                     .map(|resolved| (spec, resolved))
                     .map_err(|e| e.to_string())
             }
@@ -311,7 +311,9 @@ impl Scheduler {
             let Some((runtime, _)) = self.runtime(id).await? else {
                 continue;
             };
-            let mut conn = self.env.pool.acquire().await?;
+            // Its steps are transactions of their own; counting what is pending walks the
+            // table in short ones.
+            let mut conn = self.env.pool.acquire_for_own_transactions().await?;
             completion::finish(
                 &mut conn,
                 &self.env.schema,

@@ -2,11 +2,9 @@
 //! its partitions and the `submitted` event in one transaction. `run`, the jobs directory and
 //! the API all come through here, so a job is validated the same way whichever door it used.
 
-use sqlx::PgPool;
-
 use crate::engine::catalog::{self, CheckError, ResolvedJob};
 use crate::engine::partition;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{Db, Schema};
 use crate::spec::JobSpec;
 use crate::store::{events, jobs, progress, JobState};
 
@@ -32,16 +30,18 @@ pub struct Submitted {
 }
 
 /// Checks `spec` against the catalog (writes nothing; every statement prepared).
-pub async fn resolve(pool: &PgPool, spec: &JobSpec) -> Result<ResolvedJob, SubmitError> {
-    let mut conn = pool.acquire().await?;
-    Ok(catalog::admit(&mut conn, spec).await?)
+pub async fn resolve(pool: &Db, spec: &JobSpec) -> Result<ResolvedJob, SubmitError> {
+    let mut conn = pool.pinned().await?;
+    let resolved = catalog::admit(&mut conn, spec).await?;
+    conn.rollback().await?;
+    Ok(resolved)
 }
 
 /// Submits `spec` (already checked by [`resolve`]) unless a job of that name exists; an
 /// existing job must do the same work (`JobSpec::same_work`), else the submission is a
 /// conflict and nothing changes.
 pub async fn find_or_submit(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     spec: &JobSpec,
     resolved: ResolvedJob,
@@ -80,7 +80,7 @@ pub async fn find_or_submit(
 /// Plans and inserts a new `queued` job; `NameTaken` if the name exists, whatever its
 /// definition.
 pub async fn submit_new(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     spec: &JobSpec,
     resolved: &ResolvedJob,
@@ -93,8 +93,10 @@ pub async fn submit_new(
         return Err(SubmitError::NameTaken(spec.name.clone()));
     }
     let plan = {
-        let mut conn = pool.acquire().await?;
-        partition::plan(&mut conn, resolved, spec.partitions).await?
+        let mut conn = pool.pinned().await?;
+        let plan = partition::plan(&mut conn, resolved, spec.partitions).await?;
+        conn.rollback().await?;
+        plan
     };
     let mut tx = pool.begin().await?;
     let Some(id) = jobs::insert(&mut tx, schema, spec, plan.estimated_rows).await? else {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Schema};
 use crate::store::JobState;
 
 /// One entry of a job's event log, as stored and as the API returns it.
@@ -33,7 +33,7 @@ pub async fn record<'e>(
         Some((from, to)) => (from.map(JobState::as_str), Some(to.as_str())),
         None => (None, None),
     };
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "INSERT INTO {}.events (job_id, actor, kind, from_state, to_state, detail)
          VALUES ($1, $2, $3, $4, $5, $6)",
         schema.q
@@ -54,7 +54,7 @@ pub async fn list<'e>(
     schema: &Schema,
     job_id: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT id, at, actor, kind, from_state, to_state, detail
            FROM {}.events WHERE job_id = $1 ORDER BY id",
         schema.q

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 use crate::spec::{JobSpec, Tunables};
 use crate::store::{events, JobState};
 
@@ -53,7 +53,7 @@ pub async fn find_by_name<'e>(
     schema: &Schema,
     name: &str,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE name = $1",
         schema.q
     )))
@@ -67,7 +67,7 @@ pub async fn find<'e>(
     schema: &Schema,
     id: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE id = $1",
         schema.q
     )))
@@ -80,7 +80,7 @@ pub async fn list<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs ORDER BY id",
         schema.q
     )))
@@ -97,7 +97,7 @@ pub async fn insert(
 ) -> Result<Option<i64>, sqlx::Error> {
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us)
          VALUES ($1, $2, 'queued', $3, $4, $5, $6)
          ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -167,7 +167,7 @@ pub async fn transition(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
-    let current: Option<JobState> = sqlx::query_scalar(sql(format!(
+    let current: Option<JobState> = db::query_scalar(sql(format!(
         "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
     )))
@@ -181,7 +181,7 @@ pub async fn transition(
         return Ok(Transition::NotAllowed { current });
     }
     // A failure's message stays in last_error; anything else clears it.
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.jobs
             SET state = $2,
                 started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
@@ -217,7 +217,7 @@ pub async fn lock(
     schema: &Schema,
     id: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
     )))
@@ -239,7 +239,7 @@ pub async fn replace_spec(
 ) -> Result<(), sqlx::Error> {
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.jobs
             SET spec = $2, batch_size = $3, rows_per_second = $4, pause_us = $5, updated_at = now()
           WHERE id = $1",
@@ -269,7 +269,7 @@ pub async fn queued<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "SELECT id FROM {}.jobs WHERE state = 'queued' ORDER BY id",
         schema.q
     )))
@@ -283,7 +283,7 @@ pub async fn states<'e>(
     schema: &Schema,
     ids: &[i64],
 ) -> Result<Vec<(i64, JobState)>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT id, state FROM {}.jobs WHERE id = ANY ($1)",
         schema.q
     )))
@@ -299,7 +299,7 @@ pub async fn finished_but_running<'e>(
     schema: &Schema,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "SELECT j.id FROM {s}.jobs j
           WHERE j.state = 'running'
             AND NOT EXISTS (SELECT 1 FROM {s}.progress p WHERE p.job_id = j.id AND p.state <> 'done')"
@@ -310,7 +310,7 @@ pub async fn finished_but_running<'e>(
 
 /// Records a failure: `failed` with the message, in the event log too.
 pub async fn fail(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     job_id: i64,
     actor: &str,
@@ -338,7 +338,7 @@ pub async fn delete_named_on_table(
     name: &str,
     table: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "DELETE FROM {}.jobs WHERE name = $1 AND spec ->> 'table' = $2",
         schema.q
     )))
