@@ -297,11 +297,17 @@ async fn change_state(
     let job = find_job(state, name).await?;
     let mut tx = state.pool.begin().await?;
     let reason = action.reason.as_deref();
-    let outcome = jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?;
+    let outcome = match to {
+        JobState::Running => jobs::resume(&mut tx, &state.schema, job.id, actor, reason).await?,
+        _ => jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?,
+    };
     tx.commit().await?;
     match outcome {
-        jobs::Transition::Done { from } => {
-            tracing::info!(job = %name, actor = %actor, from = %from, to = %to, "state changed");
+        // `transition` logged the change with the job's numbers.
+        jobs::Transition::Done { .. } => {}
+        // Runbook scripts may ask twice: the job is where they want it, so this is success.
+        jobs::Transition::Already { current } => {
+            tracing::info!(job = %name, actor = %actor, state = %current, "already {current}; nothing to do");
         }
         jobs::Transition::NotAllowed { current } => {
             return Err(ApiError::Conflict(format!(

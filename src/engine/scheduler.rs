@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::engine::lease::{self, HeldLeases, Presence};
+use crate::engine::limiter::Share;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
@@ -20,6 +21,10 @@ use crate::store::{jobs, progress, JobState};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often each job's share of its rate limit is read again from the leases, so a replica
+/// that joins or dies moves the others' shares within a few seconds.
+const SHARE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerExit {
@@ -46,6 +51,9 @@ pub struct Scheduler {
     root: CancellationToken,
     /// Which lease each worker task holds, so even a panicked worker's lease is released.
     tasks: HashMap<tokio::task::Id, Uuid>,
+    /// When the rate shares were last read; `None` asks for a read now (after a claim or a
+    /// release changed this process's leases).
+    shares_read: Option<Instant>,
 }
 
 impl Scheduler {
@@ -73,6 +81,7 @@ impl Scheduler {
             registry: LocalJobs::default(),
             root: CancellationToken::new(),
             tasks: HashMap::new(),
+            shares_read: None,
         }
     }
 
@@ -132,6 +141,11 @@ impl Scheduler {
             if free > 0 {
                 if let Err(e) = self.claim_and_spawn(free, &mut active).await {
                     tracing::warn!(error = %db::message(&e), "could not claim partitions; will retry");
+                }
+            }
+            if self.shares_read.is_none_or(|at| at.elapsed() >= SHARE_EVERY) {
+                if let Err(e) = self.read_shares().await {
+                    tracing::warn!(error = %db::message(&e), "could not read the rate shares; will retry");
                 }
             }
             if active.is_empty() {
@@ -204,6 +218,7 @@ impl Scheduler {
                 "claimed partition"
             );
             let token = claim.lease_token;
+            self.shares_read = None;
             let worker = Worker::new(self.env.clone(), runtime, claim);
             let handle = active.spawn(worker.run(job_cancel));
             self.tasks.insert(handle.id(), token);
@@ -365,7 +380,47 @@ impl Scheduler {
         }
     }
 
+    /// Gives each job's limiter this process's share of the job's rate limit: its live
+    /// leases over all of the job's live leases, on every replica.
+    async fn read_shares(&mut self) -> Result<(), sqlx::Error> {
+        self.shares_read = Some(Instant::now());
+        let ids: Vec<i64> = self.runtimes.keys().copied().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let shares = progress::lease_shares(
+            &self.env.pool,
+            &self.env.schema,
+            &ids,
+            self.presence.owner(),
+        )
+        .await?;
+        for (job_id, mine, all) in shares {
+            // Holding none, this process runs no batch of the job: nothing to share.
+            let (Some((runtime, _)), Ok(mine @ 1..), Ok(all)) = (
+                self.runtimes.get(&job_id),
+                u32::try_from(mine),
+                u32::try_from(all),
+            ) else {
+                continue;
+            };
+            if runtime.limiter.set_share(Share { mine, all }) {
+                if let Some(rate) = runtime.limiter.local_rate() {
+                    tracing::info!(
+                        job = %runtime.name,
+                        partitions = mine,
+                        of = all,
+                        rows_per_second = rate,
+                        "rate share: {mine} of the job's {all} running partitions, {rate} rows/s here"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn release(&mut self, token: Uuid) {
+        self.shares_read = None;
         self.held.remove(&token);
         if let Err(e) = progress::release(&self.env.pool, &self.env.schema, token).await {
             // The lease expires on its own; nothing is lost, another process waits a TTL.

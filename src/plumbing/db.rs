@@ -166,7 +166,19 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectError> {
         PgSslMode::Require if root.is_some() => PgSslMode::VerifyCa,
         other => other,
     };
-    Ok(options.ssl_mode(mode).application_name("backfilld"))
+    Ok(quiet_statements(
+        options.ssl_mode(mode).application_name("backfilld"),
+    ))
+}
+
+/// Statements log at debug, slow ones too: a batch that takes its `target_batch_time` (seconds,
+/// by design) is not slow, and sqlx's default would print its whole statement as a WARN on
+/// every batch.
+fn quiet_statements(options: PgConnectOptions) -> PgConnectOptions {
+    use sqlx::ConnectOptions;
+    options
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// sqlx takes a value that looks like PEM text as the certificate itself, not a file name.
