@@ -30,6 +30,9 @@ const SHARE_EVERY: Duration = Duration::from_secs(2);
 pub enum SchedulerExit {
     /// One-job mode: the job left `running` (completed, paused, cancelled, failed).
     JobEnded(JobState),
+    /// One-job mode: the job was given another definition (`--replace`) meanwhile, which
+    /// this runtime's statement does not run.
+    Replaced,
     /// The root token was cancelled and every in-flight batch has committed.
     Shutdown,
 }
@@ -54,6 +57,8 @@ pub struct Scheduler {
     /// When the rate shares were last read; `None` asks for a read now (after a claim or a
     /// release changed this process's leases).
     shares_read: Option<Instant>,
+    /// One-job mode: the job's definition was replaced under this run.
+    replaced: bool,
 }
 
 impl Scheduler {
@@ -82,6 +87,7 @@ impl Scheduler {
             root: CancellationToken::new(),
             tasks: HashMap::new(),
             shares_read: None,
+            replaced: false,
         }
     }
 
@@ -147,6 +153,9 @@ impl Scheduler {
                 if let Err(e) = self.read_shares().await {
                     tracing::warn!(error = %db::message(&e), "could not read the rate shares; will retry");
                 }
+            }
+            if active.is_empty() && self.replaced {
+                return Ok(SchedulerExit::Replaced);
             }
             if active.is_empty() {
                 if let Some(job_id) = self.only_job {
@@ -232,12 +241,23 @@ impl Scheduler {
         &mut self,
         job_id: i64,
     ) -> Result<Option<(Arc<JobRuntime>, CancellationToken)>, sqlx::Error> {
-        if let Some(entry) = self.runtimes.get(&job_id) {
-            return Ok(Some(entry.clone()));
-        }
         let Some(row) = jobs::find(&self.env.pool, &self.env.schema, job_id).await? else {
             return Ok(None);
         };
+        if let Some((runtime, token)) = self.runtimes.get(&job_id) {
+            // A definition replaced since (`--replace`) runs another statement: never the
+            // old one. (Its workers stopped: a replacement revokes the job's leases.)
+            let current = row.spec().ok();
+            if current.is_none_or(|spec| spec.same_work(&runtime.definition)) {
+                return Ok(Some((runtime.clone(), token.clone())));
+            }
+            if self.only_job == Some(job_id) {
+                self.replaced = true;
+                return Ok(None);
+            }
+            token.cancel();
+            self.runtimes.remove(&job_id);
+        }
         let resolved = match row.spec() {
             Ok(spec) => {
                 let mut conn = self.env.pool.acquire().await?;

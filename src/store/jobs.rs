@@ -30,6 +30,8 @@ pub struct JobRow {
     pub pending_rows: Option<i64>,
     pub verified_at: Option<DateTime<Utc>>,
     pub sync_installed_at: Option<DateTime<Utc>>,
+    /// The definition as its author last gave it, before any PATCH (`store::definition`).
+    pub authored_spec: Option<Json<serde_json::Value>>,
 }
 
 impl JobRow {
@@ -46,7 +48,8 @@ impl JobRow {
 }
 
 const COLUMNS: &str = "id, name, spec, state, estimated_rows, last_error, created_at, started_at,
-     finished_at, pass, scanned_before_pass, updated_before_pass, pending_rows, verified_at, sync_installed_at";
+     finished_at, pass, scanned_before_pass, updated_before_pass, pending_rows, verified_at, sync_installed_at,
+     authored_spec";
 
 pub async fn find_by_name<'e>(
     executor: impl PgExecutor<'e>,
@@ -98,8 +101,9 @@ pub async fn insert(
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
     sqlx::query_scalar(sql(format!(
-        "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us)
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6)
+        "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us,
+                              authored_spec)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $2)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         schema.q
     )))
@@ -246,7 +250,7 @@ pub async fn resume(
 
 /// One log line per state change, with the job's rows, how long it has run and its rate, so
 /// the daemon's log (`kubectl logs`) tells each job's story.
-async fn tell_story(
+pub(super) async fn tell_story(
     conn: &mut PgConnection,
     schema: &Schema,
     id: i64,
