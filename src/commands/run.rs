@@ -276,7 +276,7 @@ async fn settle_tunables(
         );
         events::record(&mut *tx, schema, job.id, ACTOR, "tunables_kept", None, Some(&detail))
             .await?;
-        tracing::warn!(job = %spec.name, "{detail}");
+        tracing::info!(job = %spec.name, "{detail}");
     }
     if authored != *spec {
         definition::set_authored(&mut tx, schema, job.id, spec).await?;
