@@ -57,16 +57,20 @@ async fn three_replicas_share_one_limit_and_take_over_a_killed_ones_share() {
         json!({"partitions": 6, "rows_per_second": LIMIT as u32, "batch_size": 20}),
     ))
     .await;
-    eventually(Duration::from_secs(20), "each replica to hold two partitions", || async {
-        let (owners, held): (i64, i64) = sqlx::query_as(
-            "SELECT count(DISTINCT lease_owner), count(*) FROM backfilld.progress
+    eventually(
+        Duration::from_secs(20),
+        "each replica to hold two partitions",
+        || async {
+            let (owners, held): (i64, i64) = sqlx::query_as(
+                "SELECT count(DISTINCT lease_owner), count(*) FROM backfilld.progress
               WHERE lease_token IS NOT NULL",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (owners == 3 && held == 6).then_some(())
-    })
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (owners == 3 && held == 6).then_some(())
+        },
+    )
     .await;
     wait_for_share(&daemons.iter().collect::<Vec<_>>(), "2 of the job's 6").await;
 
@@ -108,9 +112,11 @@ async fn three_replicas_share_one_limit_and_take_over_a_killed_ones_share() {
           WHERE lease_token IS NOT NULL AND lease_owner NOT LIKE '%:{}:%'",
         killed.child.id()
     );
-    eventually(Duration::from_secs(10), "the survivors' leases released", || async {
-        (db.scalar_i64(&survivors_held).await == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the survivors' leases released",
+        || async { (db.scalar_i64(&survivors_held).await == 0).then_some(()) },
+    )
     .await;
     common::assert_table_matches_checkpoints(&db.pool, "t", "after the kill and cancel").await;
     for daemon in &daemons {

@@ -85,7 +85,14 @@ pub async fn run_job(
     if job.state == JobState::Paused && options.resume {
         let who = os_user();
         let mut tx = pool.begin().await?;
-        jobs::resume(&mut tx, &schema, job.id, &who, Some("resumed by run --resume")).await?;
+        jobs::resume(
+            &mut tx,
+            &schema,
+            job.id,
+            &who,
+            Some("resumed by run --resume"),
+        )
+        .await?;
         tx.commit().await?;
         job = jobs::find(&pool, &schema, job.id)
             .await?
@@ -135,12 +142,7 @@ pub async fn run_job(
     }
     let spec = &settle_tunables(&pool, &schema, &job, spec).await?;
 
-    let runtime = Arc::new(JobRuntime::new(
-        job.id,
-        spec,
-        &resolved,
-        settings.lease_ttl,
-    ));
+    let runtime = Arc::new(JobRuntime::new(job.id, spec, &resolved, settings.lease_ttl));
     let partitions = progress::list(&pool, &schema, job.id).await?;
     let baseline = Baseline {
         scanned: partitions.iter().map(|p| p.rows_scanned as u64).sum(),
@@ -274,8 +276,16 @@ async fn settle_tunables(
             "kept the live {} over the job file (changed over the API since the file was last run); edit the file's value to override",
             choice.kept.join(", ")
         );
-        events::record(&mut *tx, schema, job.id, ACTOR, "tunables_kept", None, Some(&detail))
-            .await?;
+        events::record(
+            &mut *tx,
+            schema,
+            job.id,
+            ACTOR,
+            "tunables_kept",
+            None,
+            Some(&detail),
+        )
+        .await?;
         tracing::info!(job = %spec.name, "{detail}");
     }
     if authored != *spec {
@@ -306,7 +316,10 @@ impl TunableChoice {
         };
         let rate = |r: Option<u32>| r.map_or_else(|| "none".to_string(), |r| r.to_string());
         let pause = |p: Option<std::time::Duration>| {
-            p.map_or_else(|| "none".to_string(), |p| humantime::format_duration(p).to_string())
+            p.map_or_else(
+                || "none".to_string(),
+                |p| humantime::format_duration(p).to_string(),
+            )
         };
         choice.pick(
             "batch_size",
@@ -316,7 +329,11 @@ impl TunableChoice {
         );
         choice.pick(
             "rows_per_second",
-            (file.rows_per_second, authored.rows_per_second, live.rows_per_second),
+            (
+                file.rows_per_second,
+                authored.rows_per_second,
+                live.rows_per_second,
+            ),
             |c| &mut c.rows_per_second,
             rate,
         );
@@ -344,8 +361,11 @@ impl TunableChoice {
             self.from_file
                 .push(format!("{field} {} → {}", show(live), show(file)));
         } else {
-            self.kept
-                .push(format!("{field} = {} (the file says {})", show(live), show(file)));
+            self.kept.push(format!(
+                "{field} = {} (the file says {})",
+                show(live),
+                show(file)
+            ));
         }
     }
 }
@@ -379,14 +399,25 @@ mod tests {
     #[test]
     fn a_live_change_stays_unless_the_file_changed_that_value() {
         // An operator lowered the rate over the API; the file still says what it said.
-        let choice = TunableChoice::new(t(100, Some(500), None), t(100, Some(500), None), t(100, Some(200), None));
+        let choice = TunableChoice::new(
+            t(100, Some(500), None),
+            t(100, Some(500), None),
+            t(100, Some(200), None),
+        );
         assert_eq!(choice.chosen, t(100, Some(200), None));
         assert_eq!(choice.kept, ["rows_per_second = 200 (the file says 500)"]);
         assert!(choice.from_file.is_empty());
         // The author edited the file's rate and pause: the file wins for those, and only those.
-        let choice = TunableChoice::new(t(100, Some(800), Some(50)), t(100, Some(500), None), t(300, Some(200), None));
+        let choice = TunableChoice::new(
+            t(100, Some(800), Some(50)),
+            t(100, Some(500), None),
+            t(300, Some(200), None),
+        );
         assert_eq!(choice.chosen, t(300, Some(800), Some(50)));
-        assert_eq!(choice.from_file, ["rows_per_second 200 → 800", "pause none → 50ms"]);
+        assert_eq!(
+            choice.from_file,
+            ["rows_per_second 200 → 800", "pause none → 50ms"]
+        );
         assert_eq!(choice.kept, ["batch_size = 300 (the file says 100)"]);
         // Nothing differs: nothing to say.
         let same = t(100, None, None);

@@ -149,7 +149,10 @@ impl Scheduler {
                     tracing::warn!(error = %db::message(&e), "could not claim partitions; will retry");
                 }
             }
-            if self.shares_read.is_none_or(|at| at.elapsed() >= SHARE_EVERY) {
+            if self
+                .shares_read
+                .is_none_or(|at| at.elapsed() >= SHARE_EVERY)
+            {
                 if let Err(e) = self.read_shares().await {
                     tracing::warn!(error = %db::message(&e), "could not read the rate shares; will retry");
                 }

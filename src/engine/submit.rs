@@ -72,7 +72,9 @@ pub async fn replace(
         return match submit_new(pool, schema, spec, resolved, actor).await {
             Ok(job) => Ok(Replaced::Created(job)),
             // Submitted meanwhile by someone else: replace that one.
-            Err(SubmitError::NameTaken(_)) => Box::pin(replace(pool, schema, spec, resolved, actor)).await,
+            Err(SubmitError::NameTaken(_)) => {
+                Box::pin(replace(pool, schema, spec, resolved, actor)).await
+            }
             Err(other) => Err(other),
         };
     };
@@ -90,8 +92,20 @@ pub async fn replace(
         })
     };
     let refusal = target("table", old.table.clone(), spec.table.clone())
-        .or_else(|| target("key", format!("{:?}", old.key_columns()), format!("{:?}", spec.key_columns())))
-        .or_else(|| target("partitions", old.partitions.to_string(), spec.partitions.to_string()));
+        .or_else(|| {
+            target(
+                "key",
+                format!("{:?}", old.key_columns()),
+                format!("{:?}", spec.key_columns()),
+            )
+        })
+        .or_else(|| {
+            target(
+                "partitions",
+                old.partitions.to_string(),
+                spec.partitions.to_string(),
+            )
+        });
     if let Some(refusal) = refusal {
         return Err(refusal);
     }

@@ -156,10 +156,17 @@ impl From<LiveTunables> for Tunables {
 /// The result of asking for a state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Done { from: JobState, to: JobState },
+    Done {
+        from: JobState,
+        to: JobState,
+    },
     /// The job already is where the request would put it: nothing changed, no event.
-    Already { current: JobState },
-    NotAllowed { current: JobState },
+    Already {
+        current: JobState,
+    },
+    NotAllowed {
+        current: JobState,
+    },
     Unknown,
 }
 
@@ -238,7 +245,11 @@ pub async fn resume(
     .await?;
     let to = match current {
         None => return Ok(Transition::Unknown),
-        Some(JobState::Queued) => return Ok(Transition::Already { current: JobState::Queued }),
+        Some(JobState::Queued) => {
+            return Ok(Transition::Already {
+                current: JobState::Queued,
+            })
+        }
         Some(JobState::Paused) => match events::paused_from(&mut *conn, schema, id).await? {
             Some(JobState::Queued) => JobState::Queued,
             _ => JobState::Running,

@@ -109,6 +109,8 @@ mod tests {
         assert!(!Completed.can_become(Queued));
         assert!(!Running.can_become(Queued));
         assert!(Failed.can_be_deleted() && !Running.can_be_deleted() && !Paused.can_be_deleted());
-        assert!(Paused.can_be_replaced() && !Completed.can_be_replaced() && !Queued.can_be_replaced());
+        assert!(
+            Paused.can_be_replaced() && !Completed.can_be_replaced() && !Queued.can_be_replaced()
+        );
     }
 }
