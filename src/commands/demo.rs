@@ -102,7 +102,7 @@ pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let [products, users] = &jobs;
     println!("▶ {} — {}", products.name, products.table);
-    let code = super::run::run_job(settings, products, &shutdown, false).await?;
+    let code = super::run::run_job(settings, products, &shutdown, Default::default()).await?;
     if code != 0 {
         return Ok(code);
     }
@@ -134,7 +134,7 @@ async fn expand_contract(
     );
     let stop = CancellationToken::new();
     let old_code = tokio::spawn(write_the_old_way(pool.clone(), stop.clone()));
-    let code = super::run::run_job(settings, spec, shutdown, false).await?;
+    let code = super::run::run_job(settings, spec, shutdown, Default::default()).await?;
     // The old code goes on a little after the backfill, as it does until the next deploy.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();

@@ -86,6 +86,18 @@ async fn install(
     tx.commit().await
 }
 
+/// The job's sync trigger as "NAME on TABLE", if one is installed in this database (found by
+/// name, like `remove`).
+pub async fn installed(pool: &Db, job: &str) -> Result<Option<String>, sqlx::Error> {
+    db::query_scalar(
+        "SELECT format('%I on %s', t.tgname, t.tgrelid::regclass)
+           FROM pg_trigger t WHERE t.tgname = $1 AND NOT t.tgisinternal LIMIT 1",
+    )
+    .bind(crate::engine::statement::sync_name(job))
+    .fetch_optional(pool)
+    .await
+}
+
 /// What `sync remove` dropped: the `DROP` statements it ran (none when nothing was installed).
 pub async fn remove(
     pool: &Db,

@@ -166,10 +166,22 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectError> {
     };
     // No `extra_float_digits` startup parameter: PgBouncer refuses connections that send one
     // unless told to ignore it, and the daemon reads floats in binary anyway.
-    Ok(options
-        .ssl_mode(mode)
-        .application_name("backfilld")
-        .extra_float_digits(None))
+    Ok(quiet_statements(
+        options
+            .ssl_mode(mode)
+            .application_name("backfilld")
+            .extra_float_digits(None),
+    ))
+}
+
+/// Statements log at debug, slow ones too: a batch that takes its `target_batch_time` (seconds,
+/// by design) is not slow, and sqlx's default would print its whole statement as a WARN on
+/// every batch.
+fn quiet_statements(options: PgConnectOptions) -> PgConnectOptions {
+    use sqlx::ConnectOptions;
+    options
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// sqlx takes a value that looks like PEM text as the certificate itself, not a file name.

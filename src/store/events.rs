@@ -63,3 +63,25 @@ pub async fn list<'e>(
     .fetch_all(executor)
     .await
 }
+
+/// The state job `id` was in when it was last paused (`queued` or `running`), if ever.
+pub async fn paused_from<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<Option<JobState>, sqlx::Error> {
+    let from: Option<Option<String>> = db::query_scalar(sql(format!(
+        "SELECT from_state FROM {}.events
+          WHERE job_id = $1 AND to_state = 'paused' AND from_state IS DISTINCT FROM 'paused'
+          ORDER BY id DESC LIMIT 1",
+        schema.q
+    )))
+    .bind(job_id)
+    .fetch_optional(executor)
+    .await?;
+    Ok(match from.flatten().as_deref() {
+        Some("queued") => Some(JobState::Queued),
+        Some("running") => Some(JobState::Running),
+        _ => None,
+    })
+}

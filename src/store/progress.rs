@@ -88,6 +88,17 @@ pub async fn list<'e>(
     .await
 }
 
+/// A lease (of progress row `p`) that no one holds any more: none, expired, or its holder's
+/// presence session is gone. Claims take such partitions; the others are live.
+/// A holder without a presence session (through a transaction pooler) is live until its
+/// lease expires.
+const LEASE_IS_FREE: &str = "(p.lease_token IS NULL
+                     OR p.lease_expires_at < now()
+                     OR (p.lease_backend_pid IS NOT NULL
+                         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                          WHERE a.pid = p.lease_backend_pid
+                                            AND a.backend_start = p.lease_backend_start)))";
+
 /// Leases up to `limit` pending partitions of running jobs (only of `job_id` when given) whose
 /// lease is free, expired, or held by a session that no longer exists.
 pub async fn claim<'e>(
@@ -105,12 +116,7 @@ pub async fn claim<'e>(
                FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
               WHERE j.state = 'running' AND p.state = 'pending'
                 AND ($1::int8 IS NULL OR p.job_id = $1)
-                AND (p.lease_token IS NULL
-                     OR p.lease_expires_at < now()
-                     OR (p.lease_backend_pid IS NOT NULL
-                         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                          WHERE a.pid = p.lease_backend_pid
-                                            AND a.backend_start = p.lease_backend_start)))
+                AND {LEASE_IS_FREE}
               ORDER BY p.job_id, p.partition_index
               LIMIT $2
               FOR UPDATE OF p SKIP LOCKED
@@ -217,6 +223,27 @@ pub async fn scanned_by_running_job<'e>(
           WHERE j.state = 'running'
           GROUP BY p.job_id"
     )))
+    .fetch_all(executor)
+    .await
+}
+
+/// For each of `job_ids` with live leases: how many of its pending partitions `owner` holds,
+/// and how many any process holds. A process takes that share of the job's rate limit.
+pub async fn lease_shares<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_ids: &[i64],
+    owner: &str,
+) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    db::query_as(sql(format!(
+        "SELECT p.job_id, count(*) FILTER (WHERE p.lease_owner = $2)::int8, count(*)::int8
+           FROM {}.progress p
+          WHERE p.job_id = ANY ($1) AND p.state = 'pending' AND NOT {LEASE_IS_FREE}
+          GROUP BY p.job_id",
+        schema.q
+    )))
+    .bind(job_ids)
+    .bind(owner)
     .fetch_all(executor)
     .await
 }
