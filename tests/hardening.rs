@@ -426,6 +426,44 @@ async fn small_things_an_outsider_noticed() {
     }
 }
 
+/// The README's second least-privilege setup: an administrator applies backfilld's schema, and
+/// the role gets only DML there. Starting, the daemon finds its migrations applied and creates
+/// nothing (sqlx's migrator alone would `CREATE TABLE IF NOT EXISTS` its history table, which
+/// needs CREATE on the schema even when the table exists).
+#[tokio::test]
+async fn a_role_with_only_dml_on_a_schema_an_administrator_migrated_runs_a_job() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 2_000).await;
+    let migrated = common::cli_with_url(&db.url, &["migrate"]);
+    assert_eq!(
+        migrated.status.code(),
+        Some(0),
+        "{}",
+        common::text(&migrated)
+    );
+    let role = format!("dml_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER;
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT SELECT, UPDATE ON public.t TO {role};
+         GRANT USAGE ON SCHEMA backfilld TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA backfilld TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA backfilld TO {role};"
+    ))
+    .await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let job = db.write_job(
+        "dml.toml",
+        "name = \"dml\"\ntable = \"t\"\nkey = \"id\"\n[set]\nhits = \"hits + 1\"\n",
+    );
+    let output = common::cli_with_url(&url, &["run", job.to_str().unwrap()]);
+    let said = common::text(&output);
+    db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    common::assert_each_hit_once(&db.pool, "t", 2_000).await;
+}
+
 #[tokio::test]
 async fn an_ordinary_role_with_the_readme_grants_runs_a_job() {
     let db = TestDb::new().await;

@@ -204,7 +204,7 @@ fn the_scanner_sees_imports() {
 
 /// Every statement the daemon sends is built by `plumbing::db::{query, query_as, query_scalar}`,
 /// which make it unnamed, so a transaction pooler never carries a named statement of ours to
-/// another client (docs/architecture.md, "Connections"). The batch statement is the exception
+/// another client (docs/architecture.md, §4 "Connections"). The batch statement is the exception
 /// its module documents: kept prepared on the worker's session, unless the pool mode says
 /// sessions do not last.
 #[test]
