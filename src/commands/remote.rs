@@ -1,16 +1,64 @@
-//! The client commands: `submit`, `status`, `pause`, `resume`, `cancel`, speaking HTTP to a
-//! running daemon. Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 the
-//! daemon could not be reached (its certificate did not verify, say) or the job file is
-//! invalid.
+//! The client commands: `submit`, `status`, `pause`, `resume`, `cancel`, `events`, `tune`,
+//! speaking HTTP to a running daemon found from the flags, the environment or the config
+//! file. Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 the daemon could
+//! not be reached (its certificate did not verify, say) or the input is invalid.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
+use serde_json::{json, Map, Value};
+
 use crate::commands::api_client::{Client, ClientError};
+use crate::commands::cli::Remote;
 use crate::commands::error::CliError;
+use crate::plumbing::config::{Role, Settings};
 use crate::spec::JobSpec;
+use crate::status::text;
 use crate::status::view::JobView;
 
-fn failed(error: ClientError) -> Result<i32, CliError> {
+/// The client for a command needing `role`: `--url`/`$BACKFILLD_URL`, else the daemon the
+/// config's `listen` (and `tls_cert`) describe; `--token`/`$BACKFILLD_TOKEN`, else the
+/// config's first token with at least `role` whose value is at hand.
+pub fn client(remote: &Remote, settings: &Settings, role: Role) -> Result<Client, CliError> {
+    let url = match &remote.url {
+        Some(url) => url.clone(),
+        None => url_of(settings)?,
+    };
+    let token = remote.token.clone().or_else(|| {
+        settings
+            .tokens
+            .iter()
+            .filter(|t| t.role >= role)
+            .find_map(|t| match (&t.token, &t.token_env) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(var)) => std::env::var(var).ok().filter(|v| !v.is_empty()),
+                (None, None) => None,
+            })
+    });
+    Client::new(&url, token, remote.cacert.as_deref()).map_err(CliError::invalid)
+}
+
+/// The URL a client reaches the daemon at, from where it listens: a wildcard address is
+/// reached on loopback, and a host name as it is written.
+fn url_of(settings: &Settings) -> Result<String, CliError> {
+    let scheme = if settings.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = match settings.listen.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        Ok(SocketAddr::V6(a)) if a.ip().is_unspecified() => format!("[::1]:{}", a.port()),
+        Ok(address) => address.to_string(),
+        Err(_) => {
+            settings.listen_address().map_err(CliError::invalid)?;
+            settings.listen.clone()
+        }
+    };
+    Ok(format!("{scheme}://{host}"))
+}
+
+pub(crate) fn failed(error: ClientError) -> Result<i32, CliError> {
     match error {
         ClientError::Unreachable { .. } | ClientError::Tls { .. } | ClientError::Config(_) => {
             Err(CliError::invalid(error))
@@ -41,12 +89,25 @@ pub async fn submit(client: &Client, path: &Path) -> Result<i32, CliError> {
     }
 }
 
-pub async fn status(client: &Client, name: Option<&str>, json: bool) -> Result<i32, CliError> {
-    let jobs = match name {
+/// One job (`name`) or all of them.
+pub async fn fetch(client: &Client, name: Option<&str>) -> Result<Vec<JobView>, ClientError> {
+    match name {
         Some(name) => client.job(name).await.map(|j| vec![j]),
         None => client.jobs().await.map(|l| l.jobs),
-    };
-    let jobs = match jobs {
+    }
+}
+
+/// The `status` table, with one job's partitions when `one` names a job.
+pub fn render(jobs: &[JobView], one: bool) -> String {
+    let mut out = table(jobs);
+    if let (true, Some(job)) = (one, jobs.first()) {
+        out.push_str(&partitions(job));
+    }
+    out
+}
+
+pub async fn status(client: &Client, name: Option<&str>, json: bool) -> Result<i32, CliError> {
+    let jobs = match fetch(client, name).await {
         Ok(jobs) => jobs,
         Err(e) => return failed(e),
     };
@@ -59,10 +120,7 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> Result<i
         println!("{text}");
         return Ok(0);
     }
-    print!("{}", table(&jobs));
-    if let (Some(_), Some(job)) = (name, jobs.first()) {
-        print!("{}", partitions(job));
-    }
+    print!("{}", render(&jobs, name.is_some()));
     Ok(0)
 }
 
@@ -70,6 +128,100 @@ pub async fn act(client: &Client, name: &str, action: &str) -> Result<i32, CliEr
     match client.act(name, action).await {
         Ok(job) => {
             println!("{}: {}", job.name, job.state.as_str());
+            Ok(0)
+        }
+        Err(e) => failed(e),
+    }
+}
+
+pub async fn events(client: &Client, name: &str, json: bool) -> Result<i32, CliError> {
+    let list = match client.events(name).await {
+        Ok(list) => list,
+        Err(e) => return failed(e),
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&list).map_err(|e| CliError::Other(e.into()))?;
+        println!("{text}");
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<10} {:<14} {:<22} DETAIL",
+        "AT (UTC)", "ACTOR", "EVENT", "STATE"
+    );
+    for event in &list.events {
+        let change = match (&event.from_state, &event.to_state) {
+            (Some(from), Some(to)) => format!("{from} → {to}"),
+            (None, Some(to)) => format!("→ {to}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<20} {:<10} {:<14} {:<22} {}",
+            event.at.format("%Y-%m-%d %H:%M:%S"),
+            event.actor,
+            event.kind,
+            change,
+            event.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+/// The PATCH body for `tune`'s flags; `none` removes a rate limit or a pause. Bad values are
+/// refused here (exit 2), naming the flag, before any request.
+pub fn tuning(
+    rows_per_second: Option<&str>,
+    batch_size: Option<u32>,
+    pause: Option<&str>,
+) -> Result<Value, CliError> {
+    let mut body = Map::new();
+    if let Some(rate) = rows_per_second {
+        let value = match rate {
+            "none" => Value::Null,
+            n => json!(n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                CliError::invalid(format!(
+                    "--rows-per-second: {n:?} is not a positive whole number or `none`"
+                ))
+            })?),
+        };
+        body.insert("rows_per_second".into(), value);
+    }
+    if let Some(size) = batch_size {
+        body.insert("batch_size".into(), json!(size));
+    }
+    if let Some(pause) = pause {
+        let value = match pause {
+            "none" => Value::Null,
+            d => {
+                humantime::parse_duration(d).map_err(|e| {
+                    CliError::invalid(format!(
+                        "--pause: {d:?} is not a duration such as 50ms, or `none`: {e}"
+                    ))
+                })?;
+                json!(d)
+            }
+        };
+        body.insert("pause".into(), value);
+    }
+    Ok(Value::Object(body))
+}
+
+pub async fn tune(client: &Client, name: &str, tuning: Value) -> Result<i32, CliError> {
+    match client.tune(name, tuning).await {
+        Ok(job) => {
+            let spec = &job.spec;
+            println!(
+                "{}: batch_size {}, rows_per_second {}, pause {}",
+                job.name,
+                spec["batch_size"]
+                    .as_u64()
+                    .map(text::count)
+                    .unwrap_or_else(|| "-".into()),
+                spec["rows_per_second"]
+                    .as_u64()
+                    .map(text::count)
+                    .unwrap_or_else(|| "none".into()),
+                spec["pause"].as_str().unwrap_or("none"),
+            );
             Ok(0)
         }
         Err(e) => failed(e),
@@ -96,16 +248,11 @@ pub fn table(jobs: &[JobView]) -> String {
             job.name,
             job.state.as_str(),
             bar(job.progress),
-            job.rows_scanned,
-            job.rows_updated,
-            format!("{:.0}", job.rate_rows_per_second),
+            text::signed_count(job.rows_scanned),
+            text::signed_count(job.rows_updated),
+            text::rate(job.rate_rows_per_second),
             job.eta_seconds
-                .map(
-                    |s| humantime::format_duration(
-                        std::time::Duration::from_secs(s.round() as u64)
-                    )
-                    .to_string()
-                )
+                .map(|s| text::duration(std::time::Duration::from_secs_f64(s.max(0.0))))
                 .unwrap_or_else(|| "-".into()),
             job.throttled.as_deref().unwrap_or("-"),
             job.last_error.as_deref().unwrap_or("-"),
@@ -124,12 +271,9 @@ fn partitions(job: &JobView) -> String {
             "  {:<5} {:<8} {:>12} {:>12}  {:<24} {}\n",
             p.index,
             p.state,
-            p.rows_scanned,
-            p.rows_updated,
-            p.cursor
-                .as_ref()
-                .map(|c| c.join(","))
-                .unwrap_or_else(|| "-".into()),
+            text::signed_count(p.rows_scanned),
+            text::signed_count(p.rows_updated),
+            text::cursor(p.cursor.as_deref()),
             p.owner.as_deref().unwrap_or("-"),
         ));
     }

@@ -28,7 +28,7 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
     let mut conn = pool.acquire().await.map_err(CliError::invalid)?;
     let resolved = catalog::resolve(&mut conn, &spec)
         .await
-        .map_err(CliError::invalid)?;
+        .map_err(|e| CliError::job(e).in_file(path))?;
     let verified = verify::count_pending(&mut conn, &resolved.sql)
         .await
         .map_err(|e| CliError::Other(e.into()))?
