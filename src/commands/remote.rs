@@ -25,15 +25,25 @@ pub fn client(remote: &Remote, settings: &Settings, role: Role) -> Result<Client
         None => url_of(settings)?,
     };
     let token = remote.token.clone().or_else(|| {
-        settings
+        let at_hand: Vec<(Role, String)> = settings
             .tokens
             .iter()
-            .filter(|t| t.role >= role)
-            .find_map(|t| match (&t.token, &t.token_env) {
-                (Some(token), _) => Some(token.clone()),
-                (None, Some(var)) => std::env::var(var).ok().filter(|v| !v.is_empty()),
+            .filter_map(|t| match (&t.token, &t.token_env) {
+                (Some(token), _) => Some((t.role, token.clone())),
+                (None, Some(var)) => std::env::var(var)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (t.role, v)),
                 (None, None) => None,
             })
+            .collect();
+        // Without a token strong enough, the strongest one: the daemon's 403 then names the
+        // role the command needs, which says more than a 401.
+        let chosen = at_hand
+            .iter()
+            .find(|(r, _)| *r >= role)
+            .or_else(|| at_hand.iter().max_by_key(|(r, _)| *r));
+        chosen.map(|(_, token)| token.clone())
     });
     Client::new(&url, token, remote.cacert.as_deref()).map_err(CliError::invalid)
 }
@@ -288,4 +298,34 @@ fn bar(progress: f64) -> String {
         ".".repeat(20 - filled),
         progress * 100.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plumbing::config::Overrides;
+
+    fn settings(toml: &str) -> Settings {
+        let dir = std::env::temp_dir().join(format!("backfilld-remote-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{}.toml", toml.len()));
+        std::fs::write(&file, toml).unwrap();
+        Settings::load(&Overrides {
+            config_file: Some(file),
+            ..Overrides::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_url_follows_the_configs_listen_and_tls() {
+        let url = |toml: &str| url_of(&settings(toml)).unwrap();
+        assert_eq!(url("listen = \"0.0.0.0:9781\""), "http://127.0.0.1:9781");
+        assert_eq!(url("listen = \"[::]:9781\""), "http://[::1]:9781");
+        assert_eq!(url("listen = \"localhost:9799\""), "http://localhost:9799");
+        assert_eq!(
+            url("listen = \"10.0.0.5:443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\""),
+            "https://10.0.0.5:443"
+        );
+    }
 }

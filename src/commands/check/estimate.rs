@@ -40,7 +40,7 @@ impl Rows {
         match self {
             Rows::Exact(n) => format!("{} (counted)", text::signed_count(n)),
             Rows::Estimated(n) => format!(
-                "about {} (the planner's estimate: the table has {} rows or more, too many to count here)",
+                "about {} (the planner's estimate; tables of {} rows or more are not counted)",
                 text::signed_count(n),
                 text::count(EXACT_BELOW as u64)
             ),
@@ -163,7 +163,7 @@ pub fn duration(spec: &JobSpec, keys: i64, sample: &Result<Sample, String>) -> S
     };
     match (limited, sampled) {
         (Some(limit), Some(fast)) if limit >= fast => format!(
-            "about {} for the first pass, set by the rate limit of {} rows/s ({sample_words}, so the database alone would allow about {})",
+            "about {} for the first pass, set by the rate limit of {} rows/s ({sample_words}, so without the limit it would take about {})",
             secs(limit),
             text::count(u64::from(spec.rows_per_second.unwrap_or(0))),
             secs(fast)
@@ -206,7 +206,7 @@ mod tests {
             text.starts_with("about 1m for the first pass, set by the rate limit of 1,000 rows/s"),
             "{text}"
         );
-        assert!(text.contains("about 600ms"), "{text}");
+        assert!(text.contains("it would take about 600ms"), "{text}");
     }
 
     #[test]

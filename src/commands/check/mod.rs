@@ -59,13 +59,9 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
         None => line("where", "none: every row is updated"),
     }
     line("rows in the table", &sizes.table.describe());
-    line(
-        "rows pending",
-        &match spec.filter {
-            Some(_) => format!("{} still match `where`", sizes.pending.describe()),
-            None => format!("{} (no `where`: every row)", sizes.pending.describe()),
-        },
-    );
+    if spec.filter.is_some() {
+        line("rows pending", &sizes.pending.describe());
+    }
 
     println!("\nHow it runs");
     for (label, value) in settings::lines(&spec, &server) {
