@@ -339,3 +339,114 @@ fn every_argument_is_described_and_run_check_verify_list_exit_codes_and_an_examp
         );
     }
 }
+
+/// The last progress line of a run's log (stderr without a TTY).
+fn last_progress_line(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(" rows/s · "))
+        .unwrap_or_else(|| panic!("no progress line in\n{log}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn run_without_a_terminal_ends_with_a_summary_line_counting_this_runs_rows() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 6_000).await;
+    let path = db.write_job(
+        "hits.toml",
+        &job_toml(
+            "hits",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "rows_per_second = 3000\nbatch_size = 100",
+        ),
+    );
+    let path = path.to_str().unwrap();
+    let mut first = common::spawn(&db.url, &["run", path]);
+    common::wait_for_progress(&db, 1_500, Duration::from_secs(30)).await;
+    common::signal(first.id(), "INT");
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", text(&output));
+    let line = last_progress_line(&stderr(&output));
+    assert!(line.contains("interrupted after"), "{line}");
+    assert!(!line.contains("ETA"), "{line}");
+    let done_before = common::checkpointed(&db.pool).await;
+    assert!(done_before < 6_000, "the first run finished: {line}");
+
+    // The resumed run takes under 5 s: its only progress line is the summary.
+    let started = Instant::now();
+    let output = db.cli(&["run", path]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let line = last_progress_line(&stderr(&output));
+    assert!(
+        line.contains("6,000 / 6,000 rows (100%) · 6,000 updated · ")
+            && line.contains("completed in"),
+        "{line}"
+    );
+    // The rate is this run's rows over this run's time, within the limit: counting the first
+    // run's rows too would put it near 6,000 / elapsed.
+    let rate: f64 = line
+        .split(" rows/s")
+        .next()
+        .and_then(|before| before.rsplit(" · ").next())
+        .map(|r| r.replace(',', "").parse().unwrap())
+        .unwrap_or_else(|| panic!("{line}"));
+    let this_run = (6_000 - done_before) as f64;
+    assert!(
+        rate <= 3_000.0 * 1.2 && rate >= this_run / elapsed.as_secs_f64() * 0.8,
+        "rate {rate} in {line} ({this_run} rows in {elapsed:?})"
+    );
+    assert!(
+        stdout(&output).contains("completed — 6,000 rows scanned, 6,000 updated"),
+        "{}",
+        text(&output)
+    );
+    common::assert_each_hit_once(&db.pool, "t", 6_000).await;
+}
+
+#[tokio::test]
+async fn serve_accepts_a_host_name_to_listen_on() {
+    let db = TestDb::new().await;
+    let port = common::free_port();
+    let config = db.dir.join("named.toml");
+    std::fs::write(&config, format!("listen = \"localhost:{port}\"\n")).unwrap();
+    let jobs = api::jobs_dir(&db);
+    let mut child = common::command(
+        &db.url,
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--jobs-dir",
+            jobs.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    common::signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("backfilld listening on http://127.0.0.1:{port}")
+    );
+    assert_eq!(status.code(), Some(0));
+    // A name that does not resolve is an error naming the key.
+    std::fs::write(&config, "listen = \"no-such-host.invalid:9780\"\n").unwrap();
+    let output = db.cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        stderr(&output).contains("config: listen: cannot resolve \"no-such-host.invalid:9780\""),
+        "{}",
+        text(&output)
+    );
+}
