@@ -364,7 +364,7 @@ async fn run_without_a_terminal_ends_with_a_summary_line_counting_this_runs_rows
         ),
     );
     let path = path.to_str().unwrap();
-    let mut first = common::spawn(&db.url, &["run", path]);
+    let first = common::spawn(&db.url, &["run", path]);
     common::wait_for_progress(&db, 1_500, Duration::from_secs(30)).await;
     common::signal(first.id(), "INT");
     let output = first.wait_with_output().unwrap();

@@ -8,7 +8,7 @@ pub fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -76,8 +76,8 @@ mod tests {
         assert_eq!(rate(0.25), "0.2");
         assert_eq!(rate(9.94), "9.9");
         assert_eq!(rate(9.96), "10");
-        assert_eq!(rate(19_999.6789), "20,000");
-        assert_eq!(rate(28_091.1234), "28,091");
+        assert_eq!(rate(19_999.678_9), "20,000");
+        assert_eq!(rate(28_091.123_4), "28,091");
     }
 
     #[test]
