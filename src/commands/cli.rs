@@ -7,6 +7,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands;
 use crate::commands::error::CliError;
+use crate::commands::remote::Remote;
 use crate::plumbing::config::{Overrides, Role, Settings};
 
 const RUN_HELP: &str = "Exit codes:
@@ -52,28 +53,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the client commands find the daemon: flags, then the environment, then the config
-/// file (`--config` or $BACKFILLD_CONFIG: its `listen` and a token of the role the command needs).
-#[derive(Debug, clap::Args)]
-pub struct Remote {
-    /// The daemon's URL, with its scheme (http:// or https://) [default: from the config
-    /// file's listen and tls_cert, else http://127.0.0.1:9780].
-    #[arg(long, env = "BACKFILLD_URL", value_name = "URL")]
-    pub url: Option<String>,
-    /// Bearer token [default: the config file's first token with the role the command needs].
-    #[arg(
-        long,
-        env = "BACKFILLD_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: Option<String>,
-    /// A PEM file of certificate authorities to trust for an https:// URL, besides the
-    /// system's: the private CA that signed the daemon's certificate.
-    #[arg(long, env = "BACKFILLD_CACERT", value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: runs submitted jobs and serves the HTTP API until SIGTERM.
@@ -81,7 +60,7 @@ pub enum Command {
         /// Address the API listens on, such as 127.0.0.1:9780 or localhost:9780.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// PostgreSQL URL; defaults to database_url in the config file, then $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Directory of job files (*.toml) submitted at start-up [default: jobs].
@@ -93,7 +72,7 @@ pub enum Command {
     Run {
         /// The job definition (TOML).
         job: PathBuf,
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Also serve the HTTP API (status, pause, metrics) while the job runs.
@@ -105,7 +84,7 @@ pub enum Command {
     Check {
         /// The job definition (TOML).
         job: PathBuf,
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Also print the batch statement the job runs.
@@ -117,7 +96,7 @@ pub enum Command {
     Verify {
         /// The job definition (TOML); it must have `where`.
         job: PathBuf,
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
@@ -128,13 +107,13 @@ pub enum Command {
     },
     /// Apply backfilld's own migrations to its schema.
     Migrate {
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },
     /// Create demo tables and run the example jobs with visible progress.
     Demo {
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
         /// Rows per demo table.
@@ -230,7 +209,7 @@ pub enum SyncAction {
     Remove {
         /// The job definition (TOML) whose trigger to drop.
         job: PathBuf,
-        /// PostgreSQL URL; defaults to $DATABASE_URL.
+        /// PostgreSQL URL [default: database_url in the config file, else $DATABASE_URL].
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },

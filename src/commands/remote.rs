@@ -4,17 +4,38 @@
 //! not be reached (its certificate did not verify, say) or the input is invalid.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
 use crate::commands::api_client::{Client, ClientError};
-use crate::commands::cli::Remote;
 use crate::commands::error::CliError;
 use crate::plumbing::config::{Role, Settings};
 use crate::spec::JobSpec;
 use crate::status::text;
 use crate::status::view::JobView;
+
+/// Where the client commands find the daemon: flags, then the environment, then the config
+/// file (`--config` or $BACKFILLD_CONFIG: its `listen` and a token of the role the command needs).
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// The daemon's URL, with its scheme (http:// or https://) [default: from the config
+    /// file's listen and tls_cert, else http://127.0.0.1:9780].
+    #[arg(long, env = "BACKFILLD_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Bearer token [default: the config file's first token with the role the command needs].
+    #[arg(
+        long,
+        env = "BACKFILLD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A PEM file of certificate authorities to trust for an https:// URL, besides the
+    /// system's: the private CA that signed the daemon's certificate.
+    #[arg(long, env = "BACKFILLD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+}
 
 /// The client for a command needing `role`: `--url`/`$BACKFILLD_URL`, else the daemon the
 /// config's `listen` (and `tls_cert`) describe; `--token`/`$BACKFILLD_TOKEN`, else the
