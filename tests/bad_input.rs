@@ -204,16 +204,38 @@ async fn every_bad_job_exits_2_naming_the_problem_and_changes_nothing() {
 async fn an_unreachable_database_exits_2() {
     let db = TestDb::new().await;
     let path = db.write_job("ok.toml", &valid("", "email = \"customer_email\""));
-    // Port 1 on loopback: nothing listens there.
-    let output = cli_with_url(
-        "postgres://postgres@127.0.0.1:1/postgres",
-        &["run", path.to_str().unwrap()],
-    );
+    // Port 1 on loopback: nothing listens there. Said at once, not after the pool's timeout.
+    for command in ["run", "check", "verify"] {
+        let started = std::time::Instant::now();
+        let output = cli_with_url(
+            "postgres://postgres@127.0.0.1:1/postgres",
+            &[command, path.to_str().unwrap()],
+        );
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{command} took {:?}",
+            started.elapsed()
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if command == "verify" {
+            continue; // the job has no `where`: refused before connecting
+        }
+        assert!(
+            stderr.contains(
+                "cannot connect to the database at postgres://postgres@127.0.0.1:1/postgres: connection refused"
+            ),
+            "{stderr}"
+        );
+    }
+    // A database that does not exist is named, without sqlx's source line.
+    let nowhere = common::with_database(&common::server_url(), "backfilld_nowhere");
+    let output = cli_with_url(&nowhere, &["check", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr
-            .contains("cannot connect to the database at postgres://postgres@127.0.0.1:1/postgres"),
+        stderr.contains("database \"backfilld_nowhere\" does not exist")
+            && !stderr.contains(" at line "),
         "{stderr}"
     );
     let missing = db.cli(&["run", db.dir.join("missing.toml").to_str().unwrap()]);
@@ -231,22 +253,36 @@ async fn check_reports_the_plan_and_writes_nothing() {
         "ok.toml",
         &valid("where = \"email IS NULL\"", "email = \"customer_email\""),
     );
-    let output = db.cli(&["check", path.to_str().unwrap()]);
+    let output = db.cli(&["check", path.to_str().unwrap(), "--sql"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     for expected in [
         "job copy_email: OK",
         "public.users",
-        "about 50 rows",
-        "users_pkey",
+        "rows in the table  50 (counted)",
+        "rows pending       50 (counted)",
+        "batch size         1,000 keys per batch",
+        "rate limit         none",
+        "pause              none",
+        "lock timeout",
+        "statement timeout",
+        "synchronous_commit off",
+        "window             none",
+        "throttles          none",
+        "passes             up to 2",
+        "sync trigger       none",
         "key walk",
-        "prepared",
+        "the index users_pkey",
+        "duration           at least",
+        "a read-only sample walked 50 keys",
+        "UPDATE \"public\".\"users\" SET \"email\"",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in\n{stdout}"
         );
     }
+    assert!(!stdout.contains("variants"), "{stdout}");
     assert_eq!(db.fingerprint().await, before);
     let schema = db
         .scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'backfilld'")
@@ -291,4 +327,118 @@ async fn database_messages_carry_no_source_line() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(stderr.contains("permission denied"), "{stderr}");
     assert!(!stderr.contains(" at line "), "{stderr}");
+}
+
+/// What the database finds wrong with a job names the job file, in every command that reads one.
+#[tokio::test]
+async fn errors_found_against_the_database_name_the_file() {
+    let db = TestDb::new().await;
+    db.exec(SETUP).await;
+    let path = db.write_job(
+        "typo.toml",
+        &valid("where = \"email IS NULL\"", "emial = \"customer_email\""),
+    );
+    for command in ["check", "run", "verify"] {
+        let output = db.cli(&[command, path.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            text(&output)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("error: {}: set: column \"emial\"", path.display())),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_log_format_names_the_key_and_the_choices() {
+    let db = TestDb::new().await;
+    let config = db.dir.join("config.toml");
+    std::fs::write(&config, "log_format = \"xml\"\n").unwrap();
+    let path = db.write_job("ok.toml", &valid("", "email = \"customer_email\""));
+    let from_file = db.cli(&[
+        "check",
+        path.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let from_flag = db.cli(&["check", path.to_str().unwrap(), "--log-format", "yaml"]);
+    for (output, value) in [(from_file, "xml"), (from_flag, "yaml")] {
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "log_format: \"{value}\" is not a log format: use text or json"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+/// A table of 100,000 rows or more is not counted: the planner estimates it and what matches
+/// `where`. The duration comes from the rate limit; the timed sample evaluates `set` in a
+/// read-only transaction, so an expression that would write (nextval) gives no sample and
+/// changes nothing.
+#[tokio::test]
+async fn check_estimates_a_large_table_and_its_sample_writes_nothing() {
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v int);
+         INSERT INTO big SELECT i, CASE WHEN i % 4 = 0 THEN NULL ELSE 1 END FROM generate_series(1, 120000) i;
+         ANALYZE big;
+         CREATE SEQUENCE counter;",
+    )
+    .await;
+    let before = db.fingerprint().await;
+    let path = db.write_job(
+        "big.toml",
+        &job_toml(
+            "big",
+            "big",
+            "\"id\"",
+            "v = \"nextval('counter')\"",
+            "where = \"v IS NULL\"\nrows_per_second = 10000",
+        ),
+    );
+    let output = db.cli(&["check", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let value = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} in\n{stdout}"))
+            .trim()
+            .to_string()
+    };
+    let table = value("rows in the table");
+    assert!(
+        table.starts_with("about 12") && table.contains("planner's estimate"),
+        "{table}"
+    );
+    // The planner's estimate of `v IS NULL` is near the 30,000 true rows.
+    let pending = value("rows pending");
+    let estimate: i64 = pending
+        .strip_prefix("about ")
+        .and_then(|p| p.split_whitespace().next())
+        .map(|n| n.replace(',', "").parse().unwrap())
+        .unwrap_or_else(|| panic!("{pending}"));
+    assert!((20_000..=40_000).contains(&estimate), "{pending}");
+    let duration = value("duration");
+    assert!(
+        duration.starts_with("about 12s for the first pass, set by the rate limit"),
+        "{duration}"
+    );
+    assert!(duration.contains("read-only transaction"), "{duration}");
+    assert_eq!(db.fingerprint().await, before);
+    assert_eq!(
+        db.scalar_i64("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM counter")
+            .await,
+        0,
+        "the sample advanced the sequence"
+    );
 }

@@ -1,5 +1,6 @@
-//! The HTTP client behind `submit`, `status`, `pause`, `resume`, `cancel` and `delete`: HTTP or HTTPS
-//! (rustls), trusting the system's certificate authorities plus any given with `--cacert`.
+//! The HTTP client behind the client commands (`submit`, `status`, `pause`, `resume`,
+//! `cancel`, `events`, `tune`, `delete`): HTTP or HTTPS (rustls), trusting the system's certificate
+//! authorities plus any given with `--cacert`.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::plumbing::tls;
-use crate::status::view::{JobList, JobView};
+use crate::status::view::{EventList, JobList, JobView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -19,7 +20,7 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     /// The daemon answered with an error.
-    #[error("{status}: {message}")]
+    #[error("{status}: {message}{hint}", hint = hint(*.status))]
     Refused { status: StatusCode, message: String },
     /// The TLS handshake failed, most often because the daemon's certificate did not verify.
     #[error("cannot reach backfilld at {url}: {message}")]
@@ -29,6 +30,16 @@ pub enum ClientError {
     Config(String),
     #[error("unexpected answer from backfilld: {0}")]
     Protocol(String),
+}
+
+/// What to do about a refusal that the client, not the request, can fix.
+fn hint(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            " (give a token with --token or $BACKFILLD_TOKEN, or point --config at a file with [[tokens]])"
+        }
+        _ => "",
+    }
 }
 
 pub struct Client {
@@ -46,6 +57,11 @@ impl Client {
         cacert: Option<&Path>,
     ) -> Result<Client, ClientError> {
         tls::install_crypto_provider();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "the daemon's URL {base:?} has no scheme: add http:// or https:// (e.g. http://{base})"
+            )));
+        }
         let mut builder = reqwest::Client::builder();
         if let Some(path) = cacert {
             let pem = std::fs::read(path).map_err(|e| {
@@ -173,6 +189,26 @@ impl Client {
     pub async fn job(&self, name: &str) -> Result<JobView, ClientError> {
         self.call(Method::GET, &format!("/api/v1/jobs/{}", encode(name)), None)
             .await
+    }
+
+    pub async fn events(&self, name: &str) -> Result<EventList, ClientError> {
+        let path = format!("/api/v1/jobs/{}/events", encode(name));
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// PATCHes the job's tunables; `tuning` is the JSON body (absent fields stay as they are).
+    pub async fn tune(
+        &self,
+        name: &str,
+        tuning: serde_json::Value,
+    ) -> Result<JobView, ClientError> {
+        let path = format!("/api/v1/jobs/{}", encode(name));
+        self.call(
+            Method::PATCH,
+            &path,
+            Some(("application/json", tuning.to_string())),
+        )
+        .await
     }
 
     /// `action` is `pause`, `resume` or `cancel`.

@@ -6,6 +6,10 @@ pub enum CliError {
     /// Invalid job, config or connection: exit 2.
     #[error("{0}")]
     Invalid(String),
+    /// What the database found wrong with a job definition (a missing column, an expression
+    /// that does not prepare): exit 2, and the message names the file once it is known.
+    #[error("{0}")]
+    Job(String),
     /// Anything else that stopped the command: exit 1.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -16,9 +20,22 @@ impl CliError {
         CliError::Invalid(error.to_string())
     }
 
+    /// A job definition the database refused.
+    pub fn job(error: impl std::fmt::Display) -> CliError {
+        CliError::Job(error.to_string())
+    }
+
+    /// Names the job file in front of what the database found wrong with it.
+    pub fn in_file(self, path: &std::path::Path) -> CliError {
+        match self {
+            CliError::Job(message) => CliError::Job(format!("{}: {message}", path.display())),
+            other => other,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Invalid(_) => 2,
+            CliError::Invalid(_) | CliError::Job(_) => 2,
             CliError::Other(_) => 1,
         }
     }

@@ -13,6 +13,7 @@ pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod sync;
 pub(crate) mod verify;
+pub(crate) mod watch;
 
 use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::commands::display::{Baseline, Display};
+use crate::commands::display::{Baseline, Display, Ending};
 use crate::commands::error::CliError;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
@@ -18,6 +18,7 @@ use crate::plumbing::db::{Db, Schema};
 use crate::plumbing::pool::Budget;
 use crate::plumbing::shutdown::Shutdown;
 use crate::spec::{JobSpec, Tunables};
+use crate::status::text;
 use crate::store::{definition, events, jobs, progress, JobState};
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +40,9 @@ pub struct Options {
 pub async fn execute(settings: &Settings, path: &Path, options: Options) -> Result<i32, CliError> {
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
-    run_job(settings, &spec, &shutdown, options).await
+    run_job(settings, &spec, &shutdown, options)
+        .await
+        .map_err(|e| e.in_file(path))
 }
 
 /// Runs `spec` to its end (or until `shutdown`); returns the exit code.
@@ -54,7 +57,7 @@ pub async fn run_job(
     let pool = super::connect(settings, budget.engine).await?;
     let submit_error = |e: SubmitError| match e {
         SubmitError::Database(e) => CliError::from(e),
-        other => CliError::invalid(other),
+        other => CliError::job(other),
     };
     let resolved = submit::resolve(&pool, spec).await.map_err(submit_error)?;
     let schema = super::migrate(settings, &pool).await?;
@@ -104,7 +107,7 @@ pub async fn run_job(
             println!(
                 "job {} is already completed ({} rows updated); nothing to do",
                 job.name,
-                updated_rows(&pool, &schema, job.id).await?
+                text::signed_count(updated_rows(&pool, &schema, job.id).await?)
             );
             return Ok(0);
         }
@@ -186,7 +189,16 @@ pub async fn run_job(
     .only(runtime)
     .register_in(local);
     let exit = scheduler.run(shutdown.token()).await;
-    display.finish().await;
+    display
+        .finish(match &exit {
+            Ok(SchedulerExit::Shutdown) => Ending::Interrupted,
+            Ok(SchedulerExit::Replaced) => Ending::Replaced,
+            Ok(SchedulerExit::JobEnded(JobState::Completed)) => Ending::Completed,
+            Ok(SchedulerExit::JobEnded(JobState::Cancelled)) => Ending::Cancelled,
+            Ok(SchedulerExit::JobEnded(JobState::Paused | JobState::Queued)) => Ending::Paused,
+            Ok(SchedulerExit::JobEnded(_)) | Err(_) => Ending::Failed,
+        })
+        .await;
     http_stop.cancel();
     if let Some(http) = http {
         http.join(settings.shutdown_timeout).await;
@@ -197,10 +209,9 @@ pub async fn run_job(
         .await?
         .ok_or_else(|| anyhow::anyhow!("job {} disappeared", spec.name))?;
     let partitions = progress::list(&pool, &schema, job.id).await?;
-    let scanned: i64 = partitions.iter().map(|p| p.rows_scanned).sum();
-    let updated: i64 = partitions.iter().map(|p| p.rows_updated).sum();
-    let elapsed =
-        humantime::format_duration(std::time::Duration::from_secs(started.elapsed().as_secs()));
+    let scanned = text::signed_count(partitions.iter().map(|p| p.rows_scanned).sum());
+    let updated = text::signed_count(partitions.iter().map(|p| p.rows_updated).sum());
+    let elapsed = text::duration(started.elapsed());
     let code = match exit {
         SchedulerExit::Shutdown => {
             let signal = shutdown

@@ -184,9 +184,7 @@ pub async fn start_http(
 ) -> Result<Http, CliError> {
     let auth = Auth::from_config(&settings.tokens).map_err(CliError::invalid)?;
     let tls = settings.server_tls().map_err(CliError::invalid)?;
-    let address: SocketAddr = settings.listen.parse().map_err(|_| {
-        CliError::invalid(format!("listen: {:?} is not an address", settings.listen))
-    })?;
+    let address: SocketAddr = settings.listen_address().map_err(CliError::invalid)?;
     if auth.is_open() {
         if !address.ip().is_loopback() {
             return Err(CliError::invalid(format!(

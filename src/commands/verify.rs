@@ -29,7 +29,7 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
         let mut pinned = pool.pinned().await.map_err(CliError::invalid)?;
         let resolved = catalog::resolve(&mut pinned, &spec).await;
         pinned.rollback().await?;
-        resolved.map_err(CliError::invalid)?
+        resolved.map_err(|e| CliError::job(e).in_file(path))?
     };
     // Short transactions of its own, one per chunk: no snapshot lives long.
     let mut conn = pool.acquire_for_own_transactions().await?;

@@ -225,7 +225,7 @@ impl Scheduler {
             tracing::info!(
                 job = %runtime.name,
                 partition = claim.partition_index,
-                cursor = ?claim.cursor,
+                cursor = %crate::status::text::cursor(claim.cursor.as_deref()),
                 "claimed partition"
             );
             let token = claim.lease_token;

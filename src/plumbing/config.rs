@@ -22,6 +22,20 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// `text` or `json`; anything else is an error naming the key and the choices.
+    pub fn parse(value: &str) -> Result<LogFormat, ConfigError> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::Invalid {
+                key: "log_format".into(),
+                message: format!("{other:?} is not a log format: use text or json"),
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -147,9 +161,15 @@ impl Settings {
             .map(Path::display)
             .map(|d| d.to_string())
             .unwrap_or_else(|| "defaults and environment".into());
-        let mut settings: Settings = builder
+        let built = builder
             .build()
-            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(format!("{origin}: {e}")))?;
+        // Said before deserializing, which would name the Rust enum rather than the choices.
+        if let Ok(format) = built.get_string("log_format") {
+            LogFormat::parse(&format)?;
+        }
+        let mut settings: Settings = built
+            .try_deserialize()
             .map_err(|e| ConfigError::Load(format!("{origin}: {e}")))?;
         settings.validate()?;
         settings.config_file = file;
@@ -170,12 +190,7 @@ impl Settings {
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(invalid("lease_ttl", "must be at least 1s"));
         }
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "listen",
-                "must be an address and port such as 127.0.0.1:9780",
-            ));
-        }
+        self.listen_address()?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -255,6 +270,40 @@ impl Settings {
             self.pool_mode,
             serves_api,
         )
+    }
+
+    /// The address `listen` names: an IP address and port, or a host name and port
+    /// (`localhost:9780`), resolved now so a name that does not resolve is an error at start-up.
+    pub fn listen_address(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "listen".into(),
+            message,
+        };
+        if let Ok(address) = self.listen.parse() {
+            return Ok(address);
+        }
+        if self
+            .listen
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid(format!(
+                "{:?} is not a host and port: write it as 127.0.0.1:9780 or localhost:9780",
+                self.listen
+            )));
+        }
+        let mut found = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| invalid(format!("cannot resolve {:?}: {e}", self.listen)))?;
+        // IPv4 first: `localhost` is 127.0.0.1 for most clients, whatever the resolver's order.
+        let all: Vec<_> = found.by_ref().collect();
+        all.iter()
+            .find(|a| a.is_ipv4())
+            .or(all.first())
+            .copied()
+            .ok_or_else(|| invalid(format!("{:?} resolves to no address", self.listen)))
     }
 
     /// The database URL, or an error saying how to give one.

@@ -76,17 +76,26 @@ pub struct ConnectError {
     reason: String,
 }
 
-/// Opens a pool of `size` connections and one connection of it, so a bad URL, password or
-/// certificate fails here.
+/// Opens a pool of `size` connections after one direct connection, so a bad URL, password or
+/// certificate, a missing database or a server that refuses connections fails here at once.
+/// (The pool itself retries a connection it cannot open until its acquire timeout, which would
+/// turn "connection refused" into "pool timed out" ten seconds later.)
 pub async fn connect(url: &str, size: u32, mode: PoolMode) -> Result<Db, ConnectError> {
+    use sqlx::ConnectOptions;
     let options = connect_options(url)?;
     let host = options.get_host().to_string();
-    Db::connect(options, size, mode)
-        .await
-        .map_err(|error| ConnectError {
-            target: redact(url),
-            reason: describe(&error, &host),
-        })
+    let port = options.get_port();
+    let first = options.connect().await.map_err(|error| ConnectError {
+        target: redact(url),
+        reason: match &error {
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("connection refused: nothing accepts connections at {host}:{port} (is PostgreSQL running there?)")
+            }
+            other => describe(other, &host),
+        },
+    })?;
+    let _ = sqlx::Connection::close(first).await;
+    Ok(Db::lazy(options, size, mode))
 }
 
 /// The options every connection of this process is opened with — the pool's, each worker's

@@ -6,6 +6,7 @@
 //! batches in [`metrics`], and nothing here reaches back into it.
 
 pub mod metrics;
+pub mod text;
 pub mod view;
 
 /// Why a job is held back. The first is the rate limiter's; the others are the throttle

@@ -327,6 +327,35 @@ impl BatchSql {
         )
     }
 
+    /// The rows matching `where` (every row without it), for `check` to estimate or count.
+    pub fn matching_rows(&self) -> String {
+        match &self.filter {
+            Some(filter) => format!("SELECT 1 FROM {} WHERE {}", self.table, wrap(filter)),
+            None => format!("SELECT 1 FROM {}", self.table),
+        }
+    }
+
+    /// The first `keys` keys in walk order with `where` and every `set` expression evaluated,
+    /// as the batches would, but updating nothing: `check` times it (in a read-only
+    /// transaction) to estimate the job's speed.
+    pub fn sample_walk(&self, keys: u64) -> String {
+        let mut values = vec![self.key_list()];
+        let expressions = self.filter.iter().chain(self.set.iter().map(|(_, e)| e));
+        values.extend(
+            expressions
+                .enumerate()
+                .map(|(i, e)| format!("{} AS \"v{i}\"", wrap(e))),
+        );
+        // `count(sample)` takes the whole row, so the planner cannot drop the expressions as
+        // unused outputs of the subquery: they are evaluated as a batch would evaluate them.
+        format!(
+            "SELECT count(sample) FROM (SELECT {} FROM {} ORDER BY {} LIMIT {keys}) AS sample",
+            values.join(", "),
+            self.table,
+            self.key_list()
+        )
+    }
+
     /// The first batch's key walk without the update, for `check` to EXPLAIN.
     pub fn key_walk(&self, batch_size: u32) -> String {
         format!(
