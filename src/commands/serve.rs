@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::server::{self, Limits};
 use crate::api::{self, auth::Auth, AppState};
 use crate::commands::error::CliError;
+use crate::engine::notify::Notifier;
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
-use crate::plumbing::config::Settings;
+use crate::plumbing::config::{NotifyTarget, Settings};
 use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
@@ -34,6 +35,7 @@ pub const ACTOR: &str = "daemon";
 pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let url = settings.require_database_url().map_err(CliError::invalid)?;
+    let notify = settings.notify_targets().map_err(CliError::invalid)?;
     let pool = lazy_pool(url, settings.workers as u32 + 4)?;
     let schema = Schema::new(&settings.schema);
     let local = LocalJobs::default();
@@ -61,7 +63,10 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             let _ = signalled.set(Instant::now());
         }
     });
+    let mut notifier = None;
     if migrate_with_backoff(&pool, &schema, &root).await {
+        // Its endpoints start from the events after this point, before the jobs directory's.
+        notifier = start_notifier(&pool, &schema, &notify, &root).await;
         crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
         http.loading.store(false, Ordering::Release);
         let scheduler = Scheduler::new(
@@ -97,6 +102,15 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             }
         }
     }
+    if let Some(mut notifier) = notifier {
+        // Its round in flight finishes, so what it sent is also marked sent.
+        if tokio::time::timeout(Duration::from_secs(15), &mut notifier)
+            .await
+            .is_err()
+        {
+            notifier.abort();
+        }
+    }
     http_stop.cancel();
     let left = signalled
         .get()
@@ -107,6 +121,22 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     pool.close().await;
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Starts the `[[notify]]` deliveries in a task of their own, off every batch's path, once
+/// their endpoints are registered (or the database did not take that yet: the first round
+/// retries it). `None` without endpoints.
+async fn start_notifier(
+    pool: &PgPool,
+    schema: &Schema,
+    targets: &[NotifyTarget],
+    stop: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let mut notifier = Notifier::new(pool.clone(), schema.clone(), targets)?;
+    if let Err(e) = notifier.register().await {
+        tracing::warn!(error = %db::message(&e), "notification endpoints not registered yet");
+    }
+    Some(tokio::spawn(notifier.run(stop.clone())))
 }
 
 /// A pool that connects on first use, so the daemon starts (and answers `/healthz`) while the

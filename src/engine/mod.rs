@@ -7,6 +7,7 @@ pub(crate) mod batch;
 pub mod catalog;
 pub mod completion;
 pub mod lease;
+pub mod notify;
 pub(crate) mod limiter;
 pub(crate) mod partition;
 pub(crate) mod rates;

@@ -63,3 +63,32 @@ pub async fn list<'e>(
     .fetch_all(executor)
     .await
 }
+
+/// Records that job `job_id` is being held back by a throttle signal, unless a `throttled`
+/// event was recorded within `quiet` (by this or another replica): a signal that flaps, or a
+/// window that closes every night, makes one entry (and one notification) per episode, not one
+/// per check. True if it recorded one.
+pub async fn record_throttled<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+    detail: &str,
+    quiet: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let s = &schema.q;
+    let done = sqlx::query(sql(format!(
+        "INSERT INTO {s}.events (job_id, actor, kind, detail)
+         SELECT $1, $2, 'throttled', $3
+          WHERE NOT EXISTS (SELECT 1 FROM {s}.events
+                             WHERE job_id = $1 AND kind = 'throttled'
+                               AND at > clock_timestamp() - make_interval(secs => $4))"
+    )))
+    .bind(job_id)
+    .bind(actor)
+    .bind(detail)
+    .bind(quiet.as_secs_f64())
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,6 +1,7 @@
 //! The daemon's own tables, one module per table; each function takes an executor so callers
 //! choose the transaction.
 
+pub mod deliveries;
 pub mod events;
 pub mod jobs;
 pub mod migrate;
