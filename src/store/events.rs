@@ -67,9 +67,11 @@ pub async fn list<'e>(
 /// Records that job `job_id` is being held back by a throttle signal, unless a `throttled`
 /// event was recorded within `quiet` (by this or another replica): a signal that flaps, or a
 /// window that closes every night, makes one entry (and one notification) per episode, not one
-/// per check. True if it recorded one.
-pub async fn record_throttled<'e>(
-    executor: impl PgExecutor<'e>,
+/// per check. The job row is locked first, so replicas throttled at the same moment record one
+/// between them: the check after the lock sees what the other committed. True if it recorded
+/// one.
+pub async fn record_throttled(
+    pool: &sqlx::PgPool,
     schema: &Schema,
     job_id: i64,
     actor: &str,
@@ -77,6 +79,13 @@ pub async fn record_throttled<'e>(
     quiet: std::time::Duration,
 ) -> Result<bool, sqlx::Error> {
     let s = &schema.q;
+    let mut tx = pool.begin().await?;
+    sqlx::query(sql(format!(
+        "SELECT 1 FROM {s}.jobs WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
     let done = sqlx::query(sql(format!(
         "INSERT INTO {s}.events (job_id, actor, kind, detail)
          SELECT $1, $2, 'throttled', $3
@@ -88,7 +97,8 @@ pub async fn record_throttled<'e>(
     .bind(actor)
     .bind(detail)
     .bind(quiet.as_secs_f64())
-    .execute(executor)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
