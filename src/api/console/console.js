@@ -120,7 +120,6 @@
     card.batch = fact(facts, "Batch size");
     card.throttled = fact(facts, "Throttled");
     card.error = fact(facts, "Last error");
-    card.error.classList.add("error-text");
     card.root.appendChild(facts);
 
     if (mayOperate()) card.root.appendChild(controls(card));
@@ -207,6 +206,7 @@
       ? job.throttled + (job.throttle_detail ? ": " + job.throttle_detail : "")
       : "no";
     card.error.textContent = job.last_error || "—";
+    card.error.classList.toggle("error-text", Boolean(job.last_error));
 
     if (card.pause) {
       card.pause.hidden = !["queued", "running"].includes(job.state);
