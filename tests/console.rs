@@ -38,8 +38,9 @@ impl Drop for Driver {
 
 /// A headless Chromium session through a chromedriver this test starts.
 async fn browser() -> (Driver, Client) {
-    let chromedriver = common::on_path("chromedriver")
-        .expect("chromedriver is missing: install Debian's chromium and chromium-driver (.ci/run does)");
+    let chromedriver = common::on_path("chromedriver").expect(
+        "chromedriver is missing: install Debian's chromium and chromium-driver (.ci/run does)",
+    );
     let port = free_port();
     let child = Command::new(chromedriver)
         .arg(format!("--port={port}"))
@@ -80,11 +81,15 @@ async fn find(page: &Client, css: &str) -> fantoccini::elements::Element {
 
 /// Waits until `css`'s text contains `text` (its DOM text: the style sheet upper-cases some).
 async fn wait_text(page: &Client, css: &str, text: &str) -> String {
-    eventually(Duration::from_secs(10), &format!("{css} to say {text:?}"), || async {
-        let element = page.find(Locator::Css(css)).await.ok()?;
-        let shown = element.prop("textContent").await.ok()??;
-        shown.contains(text).then_some(shown)
-    })
+    eventually(
+        Duration::from_secs(10),
+        &format!("{css} to say {text:?}"),
+        || async {
+            let element = page.find(Locator::Css(css)).await.ok()?;
+            let shown = element.prop("textContent").await.ok()??;
+            shown.contains(text).then_some(shown)
+        },
+    )
     .await
 }
 
@@ -105,9 +110,11 @@ async fn scanned_in_db(db: &TestDb, job: &str) -> i64 {
 }
 
 async fn wait_state_in_db(db: &TestDb, job: &str, state: &str) {
-    eventually(Duration::from_secs(5), &format!("{job} {state}"), || async {
-        (state_in_db(db, job).await == state).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        &format!("{job} {state}"),
+        || async { (state_in_db(db, job).await == state).then_some(()) },
+    )
     .await
 }
 
@@ -159,17 +166,25 @@ async fn the_console_drives_jobs_with_an_operate_token_and_only_shows_a_read_tok
     find(&page, "section.job[data-job='broken']").await;
     let slow = "section.job[data-job='slow']";
     wait_text(&page, &format!("{slow} .state"), "running").await;
-    eventually(Duration::from_secs(10), "a progress bar above 0", || async {
-        let script = format!("return document.querySelector(\"{slow} progress\").value");
-        let value = page.execute(&script, vec![]).await.ok()?.as_f64()?;
-        (value > 0.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a progress bar above 0",
+        || async {
+            let script = format!("return document.querySelector(\"{slow} progress\").value");
+            let value = page.execute(&script, vec![]).await.ok()?.as_f64()?;
+            (value > 0.0).then_some(())
+        },
+    )
     .await;
     wait_text(&page, &format!("{slow} .facts"), "of 40 limit").await;
 
     // The hostile error text is there, as text; nothing of it ran or became an element.
     wait_text(&page, "section.job[data-job='broken'] .error-text", HOSTILE).await;
-    click(&page, "section.job[data-job='broken'] details.events summary").await;
+    click(
+        &page,
+        "section.job[data-job='broken'] details.events summary",
+    )
+    .await;
     wait_text(&page, "section.job[data-job='broken'] .events", HOSTILE).await;
     let verdict = page
         .execute(
@@ -178,7 +193,11 @@ async fn the_console_drives_jobs_with_an_operate_token_and_only_shows_a_read_tok
         )
         .await
         .unwrap();
-    assert_eq!(verdict, json!(["undefined", 0]), "the job's text ran as markup");
+    assert_eq!(
+        verdict,
+        json!(["undefined", 0]),
+        "the job's text ran as markup"
+    );
 
     if let Ok(path) = std::env::var("BACKFILLD_CONSOLE_SCREENSHOT") {
         std::fs::write(path, page.screenshot().await.unwrap()).unwrap();
@@ -190,15 +209,21 @@ async fn the_console_drives_jobs_with_an_operate_token_and_only_shows_a_read_tok
     let at_pause = scanned_in_db(&db, "slow").await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // six batches' time at 40 keys/s
     let after = scanned_in_db(&db, "slow").await;
-    assert!(after - at_pause <= 10, "{} keys walked after the pause", after - at_pause);
+    assert!(
+        after - at_pause <= 10,
+        "{} keys walked after the pause",
+        after - at_pause
+    );
     wait_text(&page, &format!("{slow} .state"), "paused").await;
 
     // Resume: running again, from the checkpoint.
     click(&page, &format!("{slow} button.resume")).await;
     wait_state_in_db(&db, "slow", "running").await;
-    eventually(Duration::from_secs(10), "progress after the resume", || async {
-        (scanned_in_db(&db, "slow").await > after).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "progress after the resume",
+        || async { (scanned_in_db(&db, "slow").await > after).then_some(()) },
+    )
     .await;
 
     // The rate field PATCHes the limit.
@@ -208,7 +233,9 @@ async fn the_console_drives_jobs_with_an_operate_token_and_only_shows_a_read_tok
     click(&page, &format!("{slow} .set-rate")).await;
     eventually(Duration::from_secs(5), "the new limit", || async {
         let limit = db
-            .scalar_i64("SELECT coalesce(rows_per_second, 0)::int8 FROM backfilld.jobs WHERE name = 'slow'")
+            .scalar_i64(
+                "SELECT coalesce(rows_per_second, 0)::int8 FROM backfilld.jobs WHERE name = 'slow'",
+            )
             .await;
         (limit == 25).then_some(())
     })
@@ -263,7 +290,10 @@ async fn without_tokens_the_console_works_on_loopback() {
     hits_table(&db.pool, "t", "bigint", "i", 5_000).await;
     let daemon = Daemon::start(&db.url, &db.dir, "", &jobs_dir(&db));
     Api::new(&daemon, None)
-        .submit(hits_job("open", json!({"batch_size": 10, "rows_per_second": 50})))
+        .submit(hits_job(
+            "open",
+            json!({"batch_size": 10, "rows_per_second": 50}),
+        ))
         .await;
     let (_driver, page) = browser().await;
     page.goto(&daemon.base).await.unwrap();
@@ -271,7 +301,10 @@ async fn without_tokens_the_console_works_on_loopback() {
     let job = "section.job[data-job='open']";
     wait_text(&page, &format!("{job} .state"), "running").await;
     let form_hidden = page
-        .execute("return document.getElementById('token-form').hidden", vec![])
+        .execute(
+            "return document.getElementById('token-form').hidden",
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(form_hidden, json!(true));

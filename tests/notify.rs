@@ -64,7 +64,10 @@ fn summary(received: &Received) -> (Vec<(String, String)>, Vec<i64>) {
         })
         .collect();
     pairs.sort();
-    let ids = bodies.iter().map(|b| b["event_id"].as_i64().unwrap()).collect();
+    let ids = bodies
+        .iter()
+        .map(|b| b["event_id"].as_i64().unwrap())
+        .collect();
     (pairs, ids)
 }
 
@@ -102,12 +105,18 @@ async fn two_replicas_send_each_event_exactly_once() {
         json!({"throttle_query": "SELECT true", "partitions": 2}),
     ))
     .await;
-    api.submit(hits_job("stopped", json!({"rows_per_second": 50, "batch_size": 10})))
-        .await;
+    api.submit(hits_job(
+        "stopped",
+        json!({"rows_per_second": 50, "batch_size": 10}),
+    ))
+    .await;
     api.wait_state("stopped", "running", Duration::from_secs(10))
         .await;
     let (status, body) = api
-        .post("/api/v1/jobs/stopped/pause", Some(json!({"reason": "checking"})))
+        .post(
+            "/api/v1/jobs/stopped/pause",
+            Some(json!({"reason": "checking"})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = api.post("/api/v1/jobs/stopped/cancel", None).await;
@@ -147,14 +156,23 @@ async fn two_replicas_send_each_event_exactly_once() {
     assert_eq!(completed["actor"], "daemon");
     assert!(completed["duration_seconds"].as_f64().unwrap() >= 0.0);
     let text = completed["text"].as_str().unwrap();
-    assert!(text.contains("`done` completed") && text.contains("3000"), "{text}");
+    assert!(
+        text.contains("`done` completed") && text.contains("3000"),
+        "{text}"
+    );
     let paused = bodies.iter().find(|b| b["event"] == "paused").unwrap();
-    assert_eq!((&paused["actor"], &paused["detail"]), (&json!("admin"), &json!("checking")));
+    assert_eq!(
+        (&paused["actor"], &paused["detail"]),
+        (&json!("admin"), &json!("checking"))
+    );
     let failed = bodies.iter().find(|b| b["event"] == "failed").unwrap();
     let error = failed["detail"].as_str().unwrap();
     assert!(error.contains("<b>boom</b>"), "{error}");
     let text = failed["text"].as_str().unwrap();
-    assert!(text.contains("&lt;b&gt;boom") && !text.contains("<b>"), "{text}");
+    assert!(
+        text.contains("&lt;b&gt;boom") && !text.contains("<b>"),
+        "{text}"
+    );
 
     let undelivered = db
         .scalar_i64("SELECT count(*) FROM backfilld.deliveries WHERE delivered_at IS NULL")
@@ -215,7 +233,9 @@ async fn a_receiver_that_was_down_gets_each_event_once_it_listens() {
         ]
     );
     assert!(
-        api.metric("backfill_notifications_sent_total", &label).await >= 2.0,
+        api.metric("backfill_notifications_sent_total", &label)
+            .await
+            >= 2.0,
         "{}",
         api.metrics().await
     );

@@ -25,7 +25,10 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
         .route(
             "/console.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
@@ -59,8 +62,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::tests::offline_router_with;
     use crate::api::auth::Auth;
+    use crate::api::tests::offline_router_with;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use tower::ServiceExt;
@@ -105,7 +108,10 @@ mod tests {
         assert!(!page.contains(" style="), "inline style attribute");
         let handler = page.match_indices(" on").any(|(at, _)| {
             let rest = &page[at + 3..];
-            let name = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+            let name = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .len();
             name > 0 && rest[name..].starts_with('=')
         });
         assert!(!handler, "inline event handler");
@@ -123,10 +129,7 @@ mod tests {
     async fn another_site_cannot_load_the_console_into_its_page() {
         let response = get(
             "/console.js",
-            &[
-                ("host", "127.0.0.1:9780"),
-                ("sec-fetch-site", "cross-site"),
-            ],
+            &[("host", "127.0.0.1:9780"), ("sec-fetch-site", "cross-site")],
         )
         .await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);

@@ -13,8 +13,8 @@ use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::Sizer;
 use crate::plumbing::db::{self, Schema};
 use crate::plumbing::retry::{backoff, ErrorKind};
-use crate::store::progress::Claim;
 use crate::status::Throttle;
+use crate::store::progress::Claim;
 use crate::store::{events, jobs, JobState};
 
 /// How a worker's run ended.

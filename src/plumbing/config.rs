@@ -267,7 +267,10 @@ impl Settings {
             };
             let (text, field) = match (&entry.url, &entry.url_env) {
                 (Some(_), Some(_)) => {
-                    return Err(invalid("url", "give either url or url_env, not both".into()))
+                    return Err(invalid(
+                        "url",
+                        "give either url or url_env, not both".into(),
+                    ))
                 }
                 (None, None) => return Err(invalid("url", "url or url_env is required".into())),
                 (Some(url), None) => (url.clone(), "url"),
@@ -278,8 +281,8 @@ impl Settings {
                 ),
             };
             // The parser's message never repeats the URL, so it may be shown.
-            let url = url::Url::parse(&text)
-                .map_err(|e| invalid(field, format!("not a URL: {e}")))?;
+            let url =
+                url::Url::parse(&text).map_err(|e| invalid(field, format!("not a URL: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(invalid(
                     field,
@@ -412,12 +415,21 @@ mod tests {
         assert_eq!(targets[0].redacted(), "https://hooks.example:8443");
         assert!(!format!("{:?}", targets[0]).contains("SECRET"));
         for (toml, key) in [
-            ("[[notify]]\nurl = \"http://h/x\"\nevents = [\"done\"]\n", "notify[0].events"),
-            ("[[notify]]\nurl = \"http://h/x\"\nevents = []\n", "notify[0].events"),
+            (
+                "[[notify]]\nurl = \"http://h/x\"\nevents = [\"done\"]\n",
+                "notify[0].events",
+            ),
+            (
+                "[[notify]]\nurl = \"http://h/x\"\nevents = []\n",
+                "notify[0].events",
+            ),
             ("[[notify]]\nurl = \"ftp://h/x\"\n", "notify[0].url"),
             ("[[notify]]\nurl = \"not a url\"\n", "notify[0].url"),
             ("[[notify]]\nevents = [\"failed\"]\n", "notify[0].url"),
-            ("[[notify]]\nurl_env = \"BACKFILLD_TEST_UNSET_HOOK\"\n", "notify[0].url_env"),
+            (
+                "[[notify]]\nurl_env = \"BACKFILLD_TEST_UNSET_HOOK\"\n",
+                "notify[0].url_env",
+            ),
         ] {
             let err = load(toml).unwrap_err().to_string();
             assert!(err.starts_with(&format!("config: {key}:")), "{toml}: {err}");

@@ -121,8 +121,15 @@ mod tests {
         assert_eq!(n.state, "completed");
         let body = serde_json::to_value(&n).unwrap();
         for key in [
-            "event", "job", "state", "rows_scanned", "rows_updated", "duration_seconds", "actor",
-            "time", "text",
+            "event",
+            "job",
+            "state",
+            "rows_scanned",
+            "rows_updated",
+            "duration_seconds",
+            "actor",
+            "time",
+            "text",
         ] {
             assert!(body.get(key).is_some(), "{key}: {body}");
         }
@@ -132,7 +139,8 @@ mod tests {
     fn markup_in_an_error_is_shown_not_obeyed() {
         let n = Notification::of(&claimed("failed", Some("<!channel> & <http://x|y>")));
         assert!(
-            n.text.ends_with("(&lt;!channel&gt; &amp; &lt;http://x|y&gt;)"),
+            n.text
+                .ends_with("(&lt;!channel&gt; &amp; &lt;http://x|y&gt;)"),
             "{}",
             n.text
         );

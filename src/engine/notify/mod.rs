@@ -99,8 +99,12 @@ impl Notifier {
             .expect("a client with the process's crypto provider builds");
         let endpoints: Vec<Endpoint> = targets.iter().map(Endpoint::new).collect();
         for endpoint in &endpoints {
-            METRICS.notifications_failed.with_label_values(&[&endpoint.label]);
-            METRICS.notifications_sent.with_label_values(&[&endpoint.label]);
+            METRICS
+                .notifications_failed
+                .with_label_values(&[&endpoint.label]);
+            METRICS
+                .notifications_sent
+                .with_label_values(&[&endpoint.label]);
         }
         Some(Notifier {
             pool,
