@@ -308,6 +308,26 @@ async fn without_tokens_the_console_works_on_loopback() {
         .await
         .unwrap();
     assert_eq!(form_hidden, json!(true));
+
+    // A page of another site (another port is another origin) in the same browser tries to
+    // pause the job: JSON needs a CORS preflight, which the daemon refuses; a simple text/plain
+    // POST reaches it and is refused as cross-site.
+    let evil = cross_site_page(&daemon.base).await;
+    page.goto(&evil).await.unwrap();
+    let tried = eventually(
+        Duration::from_secs(10),
+        "the other site's attempts",
+        || async {
+            let results = page.execute("return window.results", vec![]).await.ok()?;
+            (results.as_array()?.len() == 2).then_some(results)
+        },
+    )
+    .await;
+    assert_eq!(tried[0], "json: blocked", "{tried}");
+    assert_eq!(state_in_db(&db, "open").await, "running");
+    assert!(daemon.log().contains("a web page could have forged"));
+
+    page.goto(&daemon.base).await.unwrap();
     click(&page, &format!("{job} button.pause")).await;
     wait_state_in_db(&db, "open", "paused").await;
     let events = Api::new(&daemon, None).events("open").await;
@@ -315,4 +335,33 @@ async fn without_tokens_the_console_works_on_loopback() {
         .iter()
         .any(|e| e["kind"] == "paused" && e["actor"] == "anonymous"));
     page.close().await.unwrap();
+}
+
+/// Serves, from another origin, a page whose script tries to pause job `open` on `daemon`
+/// and records what happened in `window.results`; returns its address.
+async fn cross_site_page(daemon: &str) -> String {
+    let html = format!(
+        r#"<!doctype html><title>elsewhere</title><script>
+window.results = [];
+const url = "{daemon}/api/v1/jobs/open/pause";
+(async () => {{
+  try {{
+    await fetch(url, {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: "{{}}"}});
+    results.push("json: sent");
+  }} catch (e) {{ results.push("json: blocked"); }}
+  try {{
+    await fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: "{{}}"}});
+    results.push("plain: sent");
+  }} catch (e) {{ results.push("plain: failed"); }}
+}})();
+</script>"#
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(html) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/")
 }
