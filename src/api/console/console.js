@@ -6,7 +6,8 @@
 (() => {
   const TOKEN_KEY = "backfilld.token";
   const REFRESH_MS = 2500;
-  const LIVE = ["queued", "running", "paused"];
+  // The states in which a job can be re-tuned (the API refuses completed and cancelled ones).
+  const LIVE = ["queued", "running", "paused", "failed"];
 
   const $ = (id) => document.getElementById(id);
   /** The role of the token in use ("read", "operate", "admin"), once the daemon said it. */
