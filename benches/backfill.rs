@@ -24,7 +24,7 @@ use backfilld::commands::demo;
 use backfilld::engine::runtime::JobRuntime;
 use backfilld::engine::scheduler::{Scheduler, SchedulerExit};
 use backfilld::engine::submit;
-use backfilld::plumbing::db::{self, quote_ident, sql, Schema};
+use backfilld::plumbing::db::{self, quote_ident, sql, Db, PoolMode, Schema};
 use backfilld::spec::{JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
 use clap::{Parser, ValueEnum};
@@ -186,8 +186,12 @@ async fn main() -> Result<()> {
 }
 
 async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
-    let pool = db::connect(&scratch.url, 2).await?;
-    backfilld::store::migrate::run(&pool, &Schema::new("backfilld")).await?;
+    let pool = raw_pool(&scratch.url, 2).await?;
+    backfilld::store::migrate::run(
+        &Db::from_pool(pool.clone(), PoolMode::Session),
+        &Schema::new("backfilld"),
+    )
+    .await?;
     let ticks = clock_ticks();
     println!(
         "backfilld benchmark in scratch database {} ({} cores); batch size {BATCH_SIZE}",
@@ -496,7 +500,7 @@ async fn run_backfilld(
     spec: &JobSpec,
     ticks: f64,
 ) -> Result<(Duration, Vec<Duration>, Option<Duration>, i64)> {
-    let pool = db::connect(&scratch.url, spec.partitions + 3).await?;
+    let pool = db::connect(&scratch.url, spec.partitions + 3, PoolMode::Session).await?;
     let schema = Schema::new("backfilld");
     let cpu_before = cpu_time(ticks)?;
     let started = Instant::now();
@@ -718,10 +722,19 @@ struct Scratch {
     url: String,
 }
 
+/// A plain sqlx pool (named, cached statements; no transaction around each): what the
+/// baselines run on, and what maintenance (VACUUM, CREATE DATABASE) needs.
+async fn raw_pool(url: &str, size: u32) -> Result<PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(size)
+        .connect_with(db::connect_options(url)?)
+        .await?)
+}
+
 impl Scratch {
     async fn create(server: &str) -> Result<Scratch> {
         let name = format!("backfilld_bench_{}", std::process::id());
-        let admin = db::connect(server, 1)
+        let admin = raw_pool(server, 1)
             .await
             .context("connecting to --database-url")?;
         sqlx::raw_sql(sql(format!(
@@ -742,7 +755,7 @@ impl Scratch {
     }
 
     async fn drop_database(&self) -> Result<()> {
-        let admin = db::connect(&self.server, 1).await?;
+        let admin = raw_pool(&self.server, 1).await?;
         sqlx::raw_sql(sql(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(&self.name)

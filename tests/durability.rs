@@ -213,9 +213,11 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     let url = cluster::url(port);
     let schema = backfilld::plumbing::db::Schema::new("backfilld");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    backfilld::store::migrate::run(&pool, &schema)
-        .await
-        .unwrap();
+    let db = backfilld::plumbing::db::Db::from_pool(
+        pool.clone(),
+        backfilld::plumbing::db::PoolMode::Session,
+    );
+    backfilld::store::migrate::run(&db, &schema).await.unwrap();
     // A running job whose only partition reached its end: completing it is all that is left.
     let job: i64 = sqlx::query_scalar(
         "WITH job AS (INSERT INTO backfilld.jobs (name, spec, state, batch_size)
@@ -232,6 +234,7 @@ async fn a_job_completed_on_an_asynchronous_batch_session_stays_completed_after_
     backfilld::plumbing::db::apply_settings(
         &mut worker,
         &backfilld::plumbing::db::SessionSettings::default(),
+        backfilld::plumbing::db::SettingsScope::Session,
     )
     .await
     .unwrap();

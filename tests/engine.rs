@@ -355,7 +355,7 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
         Some(&schema),
     );
     // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = db.pool.begin().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SET plan_cache_mode = force_generic_plan; PREPARE batch AS {statement}"
     )))

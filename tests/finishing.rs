@@ -11,7 +11,10 @@ use std::time::Duration;
 use common::{cli_with_url, eventually, text, TestDb};
 
 /// Keeps inserting rows with random uuid keys (so most land behind the cursor) until `stop`.
-fn insert_random_keys(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<i64> {
+fn insert_random_keys(
+    pool: backfilld::plumbing::db::Db,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<i64> {
     tokio::spawn(async move {
         let mut inserted = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -121,7 +124,10 @@ async fn users(db: &TestDb) {
 }
 
 /// The old code: keeps rewriting `customer_email` only, until `stop`, then 200 writes more.
-fn old_code(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn old_code(
+    pool: backfilld::plumbing::db::Db,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut round = 0;
         let mut after = 0;

@@ -201,3 +201,45 @@ fn the_scanner_sees_imports() {
     assert!(graph["commands::run"].contains("commands"), "{graph:#?}");
     assert!(layer("commands::cli") > layer("spec"));
 }
+
+/// Every statement the daemon sends is built by `plumbing::db::{query, query_as, query_scalar}`,
+/// which make it unnamed, so a transaction pooler never carries a named statement of ours to
+/// another client (docs/architecture.md, "Connections"). The batch statement is the exception
+/// its module documents: kept prepared on the worker's session, unless the pool mode says
+/// sessions do not last.
+#[test]
+fn every_statement_is_built_unnamed() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let allowed = [
+        "plumbing/pool.rs",
+        "engine/batch.rs",
+        "engine/statement/tests.rs",
+    ];
+    let mut named = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if allowed.contains(&relative.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if ["sqlx::query(", "sqlx::query_as", "sqlx::query_scalar"]
+                .iter()
+                .any(|builder| line.contains(builder))
+            {
+                named.push(format!("src/{relative}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "use plumbing::db::query* instead:\n{}",
+        named.join("\n")
+    );
+}

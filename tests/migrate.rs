@@ -100,11 +100,14 @@ async fn a_database_the_old_runner_migrated_upgrades_keeping_its_rows() {
 async fn another_schema_gets_everything_and_the_pool_keeps_its_search_path() {
     let db = TestDb::new().await;
     // One connection: if migrating handed its connection back, the next query would get it.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
+    let pool = backfilld::plumbing::db::Db::from_pool(
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.url)
+            .await
+            .unwrap(),
+        backfilld::plumbing::db::PoolMode::Session,
+    );
     let show = || async {
         sqlx::query_scalar::<_, String>("SHOW search_path")
             .fetch_one(&pool)

@@ -260,11 +260,14 @@ async fn active_sessions_that_cannot_be_seen_hold_the_job() {
         ),
     )
     .await;
-    env.pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&db.url.replacen("postgres@", &format!("{role}@"), 1))
-        .await
-        .unwrap();
+    env.pool = backfilld::plumbing::db::Db::from_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&db.url.replacen("postgres@", &format!("{role}@"), 1))
+            .await
+            .unwrap(),
+        backfilld::plumbing::db::PoolMode::Session,
+    );
     let step = step_in_background(Worker::new(env, runtime.clone(), positions.remove(0)));
     // Polled without panicking, so that the role is dropped whatever happens.
     let mut throttle = None;

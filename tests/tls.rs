@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use backfilld::plumbing::db::{Db, PoolMode};
 use common::api::{assert_no_panic, Api};
 use common::cluster::ScratchDir;
 use common::{assert_each_hit_once, cli_with_url, command, free_port, hits_table, job_toml};
 use common::{text, Daemon};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
-use sqlx::PgPool;
 
 /// A certificate authority whose certificate is a PEM file, and what it signs.
 struct Authority {
@@ -124,14 +124,14 @@ impl TlsPostgres {
     }
 
     /// A pool of the test's own (through TLS, as the server wants).
-    async fn pool(&self) -> PgPool {
-        backfilld::plumbing::db::connect(&self.verified_url(), 2)
+    async fn pool(&self) -> Db {
+        backfilld::plumbing::db::connect(&self.verified_url(), 2, PoolMode::Session)
             .await
             .unwrap()
     }
 
     /// A hits job over `table` of `rows` rows, as a file.
-    async fn hits_job(&self, pool: &PgPool, name: &str, table: &str, rows: i64) -> PathBuf {
+    async fn hits_job(&self, pool: &Db, name: &str, table: &str, rows: i64) -> PathBuf {
         hits_table(pool, table, "bigint", "i", rows).await;
         let path = self.scratch.path.join(format!("{name}.toml"));
         let set = "hits = \"hits + 1\"";

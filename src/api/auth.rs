@@ -293,6 +293,7 @@ mod tests {
         ("POST", "/api/v1/jobs/{name}/resume", Role::Operate),
         ("POST", "/api/v1/jobs/{name}/cancel", Role::Operate),
         ("GET", "/api/v1/jobs/{name}/events", Role::Read),
+        ("DELETE", "/api/v1/jobs/{name}", Role::Admin),
         ("GET", "/api/v1/whoami", Role::Read),
     ];
 

@@ -1,8 +1,9 @@
-//! `/api/v1/jobs`: list, submit, inspect, re-tune, pause, resume, cancel, and the event log.
+//! `/api/v1/jobs`: list, submit (or replace), inspect, re-tune, pause, resume, cancel, delete,
+//! and the event log.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use utoipa_axum::routes;
@@ -11,10 +12,12 @@ use crate::api::auth::{Actor, Auth, GuardedRouter};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::guard::{self, Format};
 use crate::api::{AppState, MAX_BODY_BYTES};
-use crate::engine::submit::{self, SubmitError};
+use crate::engine::submit::{self, Replaced, SubmitError};
+use crate::engine::sync;
 use crate::plumbing::config::Role;
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::status::view::{EventList, JobList, JobView};
+use crate::store::definition::{self, Deleted};
 use crate::store::{events, jobs, progress, JobState};
 
 /// The job routes, each registered with the role it needs: that one call serves the handler
@@ -30,6 +33,7 @@ pub fn router(auth: &Auth) -> GuardedRouter<AppState> {
         .routes(Role::Operate, routes!(resume_job))
         .routes(Role::Operate, routes!(cancel_job))
         .routes(Role::Read, routes!(job_events))
+        .routes(Role::Admin, routes!(delete_job))
 }
 
 /// The job's row, or 404; names that cannot be job names are simply unknown.
@@ -88,20 +92,36 @@ pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
     Ok(views)
 }
 
+/// How a submission treats a job of the same name.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubmitOptions {
+    /// Give an existing `failed`, `paused` or `cancelled` job of that name this definition
+    /// (same `table`, `key` and `partitions`), keeping its checkpoint; the event log keeps
+    /// both definitions. Without a job of that name, submit as usual.
+    #[serde(default)]
+    pub replace: bool,
+}
+
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
+    params(SubmitOptions),
     request_body(content = JobSpec, description = "A job definition as JSON, or as TOML with Content-Type: application/toml",
                  content_type = "application/json"),
     responses((status = 201, description = "Submitted", body = JobView),
+              (status = 200, description = "With replace=true: the existing job took the definition (or already had it)", body = JobView),
               (status = 400, description = "Invalid definition, with the reason", body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, description = "A job of that name exists", body = ErrorBody),
+              (status = 409, description = "A job of that name exists; with replace=true, it cannot take this definition (its state, or another table, key or partitions), and the message says what to do", body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn submit_job(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
+    options: Result<Query<SubmitOptions>, QueryRejection>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let Query(options) =
+        options.map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))?;
     let bytes = body(bytes)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
@@ -124,11 +144,24 @@ pub async fn submit_job(
     let resolved = submit::resolve(&state.pool, &spec)
         .await
         .map_err(submit_error)?;
-    let job = submit::submit_new(&state.pool, &state.schema, &spec, &resolved, &actor)
-        .await
-        .map_err(submit_error)?;
-    tracing::info!(job = %spec.name, actor = %actor, "job submitted over the API");
-    Ok((StatusCode::CREATED, Json(view(&state, &job).await?)))
+    let (status, job) = if options.replace {
+        match submit::replace(&state.pool, &state.schema, &spec, &resolved, &actor)
+            .await
+            .map_err(submit_error)?
+        {
+            Replaced::Created(job) => (StatusCode::CREATED, job),
+            Replaced::Replaced(job) | Replaced::Unchanged(job) => (StatusCode::OK, job),
+        }
+    } else {
+        let job = submit::submit_new(&state.pool, &state.schema, &spec, &resolved, &actor)
+            .await
+            .map_err(submit_error)?;
+        (StatusCode::CREATED, job)
+    };
+    if status == StatusCode::CREATED {
+        tracing::info!(job = %spec.name, actor = %actor, "job submitted over the API");
+    }
+    Ok((status, Json(view(&state, &job).await?)))
 }
 
 fn submit_error(error: SubmitError) -> ApiError {
@@ -140,7 +173,9 @@ fn submit_error(error: SubmitError) -> ApiError {
         SubmitError::NameTaken(name) => ApiError::Conflict(format!(
             "job {name:?} already exists; submit under a new name"
         )),
-        SubmitError::Conflict { .. } => ApiError::Conflict(error.to_string()),
+        SubmitError::Conflict { .. }
+        | SubmitError::ReplaceTarget { .. }
+        | SubmitError::ReplaceState { .. } => ApiError::Conflict(error.to_string()),
         SubmitError::Stored(message) => {
             tracing::error!("{message}");
             ApiError::Internal
@@ -297,11 +332,17 @@ async fn change_state(
     let job = find_job(state, name).await?;
     let mut tx = state.pool.begin().await?;
     let reason = action.reason.as_deref();
-    let outcome = jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?;
+    let outcome = match to {
+        JobState::Running => jobs::resume(&mut tx, &state.schema, job.id, actor, reason).await?,
+        _ => jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?,
+    };
     tx.commit().await?;
     match outcome {
-        jobs::Transition::Done { from } => {
-            tracing::info!(job = %name, actor = %actor, from = %from, to = %to, "state changed");
+        // `transition` logged the change with the job's numbers.
+        jobs::Transition::Done { .. } => {}
+        // Runbook scripts may ask twice: the job is where they want it, so this is success.
+        jobs::Transition::Already { current } => {
+            tracing::info!(job = %name, actor = %actor, state = %current, "already {current}; nothing to do");
         }
         jobs::Transition::NotAllowed { current } => {
             return Err(ApiError::Conflict(format!(
@@ -389,4 +430,43 @@ pub async fn job_events(
     let job = find_job(&state, &path_name(path)?).await?;
     let events = events::list(&state.pool, &state.schema, job.id).await?;
     Ok(Json(EventList { events }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/jobs/{name}", tag = "jobs",
+    params(("name" = String, Path, description = "Job name")),
+    responses((status = 204, description = "Deleted with its partitions and events; the name is free"),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "The job has not ended (only completed, cancelled or failed jobs can be deleted), or its sync trigger is still installed", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete_job(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let name = path_name(path)?;
+    let job = find_job(&state, &name).await?;
+    if !job.state.can_be_deleted() {
+        return Err(not_deletable(&name, job.state));
+    }
+    // The trigger is found by the job's name: a new job of the same name would take it over,
+    // and without the job nothing would show it is still there.
+    if let Some(trigger) = sync::installed(&state.pool, &name).await? {
+        return Err(ApiError::Conflict(format!(
+            "job {name:?} still has its sync trigger {trigger}; drop it with `backfilld sync remove JOB.toml` once the application no longer needs it, then delete the job"
+        )));
+    }
+    let mut tx = state.pool.begin().await?;
+    let outcome = definition::delete(&mut tx, &state.schema, job.id, &actor).await?;
+    tx.commit().await?;
+    match outcome {
+        Deleted::Done => Ok(StatusCode::NO_CONTENT),
+        Deleted::NotAllowed { current } => Err(not_deletable(&name, current)),
+        Deleted::Unknown => Err(ApiError::unknown_job(&name)),
+    }
+}
+
+fn not_deletable(name: &str, state: JobState) -> ApiError {
+    ApiError::Conflict(format!(
+        "job {name:?} is {state}; only a completed, cancelled or failed job can be deleted (cancel it first: `backfilld cancel {name}`)"
+    ))
 }

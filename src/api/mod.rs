@@ -22,14 +22,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
-use sqlx::PgPool;
 
 use utoipa_axum::routes;
 
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::plumbing::config::Role;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{Db, Schema};
 use crate::status::metrics::METRICS;
 use auth::Auth;
 use error::{ApiError, ErrorBody};
@@ -45,7 +44,7 @@ pub const MAX_BODY_BYTES: usize = crate::spec::MAX_DOCUMENT_BYTES;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub schema: Schema,
     pub auth: Auth,
     pub rates: Rates,
@@ -153,6 +152,7 @@ async fn method_not_allowed() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plumbing::db::PoolMode;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
@@ -170,7 +170,7 @@ mod tests {
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
         router(AppState {
-            pool,
+            pool: Db::from_pool(pool, PoolMode::Session),
             schema: Schema::new("backfilld"),
             auth,
             rates: Rates::default(),
@@ -224,7 +224,7 @@ mod tests {
             .connect_lazy(&url)
             .unwrap();
         let router = router(AppState {
-            pool,
+            pool: Db::from_pool(pool, PoolMode::Session),
             schema: Schema::new("backfilld"),
             auth: Auth::from_config(&[]).unwrap(),
             rates: Rates::default(),

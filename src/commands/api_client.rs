@@ -1,4 +1,4 @@
-//! The HTTP client behind `submit`, `status`, `pause`, `resume` and `cancel`: HTTP or HTTPS
+//! The HTTP client behind `submit`, `status`, `pause`, `resume`, `cancel` and `delete`: HTTP or HTTPS
 //! (rustls), trusting the system's certificate authorities plus any given with `--cacert`.
 
 use std::path::Path;
@@ -103,6 +103,17 @@ impl Client {
         path: &str,
         body: Option<(&'static str, String)>,
     ) -> Result<T, ClientError> {
+        let text = self.send(method, path, body).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The request's answer as text when it succeeded, else the daemon's error.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, String)>,
+    ) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -129,16 +140,30 @@ impl Client {
                 .unwrap_or(text);
             return Err(ClientError::Refused { status, message });
         }
-        serde_json::from_str(&text).map_err(|e| ClientError::Protocol(e.to_string()))
+        Ok(text)
     }
 
-    pub async fn submit_toml(&self, toml: String) -> Result<JobView, ClientError> {
-        self.call(
-            Method::POST,
-            "/api/v1/jobs",
-            Some(("application/toml", toml)),
+    /// Submits a job; with `replace`, an existing stopped job of that name takes it.
+    pub async fn submit_toml(&self, toml: String, replace: bool) -> Result<JobView, ClientError> {
+        let path = if replace {
+            "/api/v1/jobs?replace=true"
+        } else {
+            "/api/v1/jobs"
+        };
+        self.call(Method::POST, path, Some(("application/toml", toml)))
+            .await
+    }
+
+    /// Deletes an ended job (204, no body).
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("/api/v1/jobs/{}", encode(name)),
+            // The explicit content type the daemon asks of every state change.
+            Some(("application/json", String::new())),
         )
         .await
+        .map(drop)
     }
 
     pub async fn jobs(&self) -> Result<JobList, ClientError> {

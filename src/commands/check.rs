@@ -13,11 +13,12 @@ use crate::store::jobs;
 pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> {
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
     let pool = super::connect(settings, 2).await?;
-    let mut conn = pool.acquire().await.map_err(CliError::invalid)?;
+    let mut conn = pool.pinned().await.map_err(CliError::invalid)?;
     let resolved = catalog::admit(&mut conn, &spec)
         .await
         .map_err(CliError::invalid)?;
     let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size).await?;
+    conn.rollback().await?;
 
     let key: Vec<String> = resolved
         .key

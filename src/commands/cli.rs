@@ -63,6 +63,13 @@ pub enum Command {
         /// Also serve the HTTP API (status, pause, metrics) while the job runs.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Give a failed, paused or cancelled job of this name the file's definition (same
+        /// table, key and partitions), keeping its checkpoint.
+        #[arg(long)]
+        replace: bool,
+        /// Resume the job if an operator paused it (recorded with your OS user name).
+        #[arg(long)]
+        resume: bool,
     },
     /// Check a job against the database without writing anything.
     Check {
@@ -100,6 +107,16 @@ pub enum Command {
     /// Submit a job file to a running daemon.
     Submit {
         job: PathBuf,
+        /// Give a failed, paused or cancelled job of this name the file's definition (same
+        /// table, key and partitions), keeping its checkpoint.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a completed, cancelled or failed job with its history, freeing its name.
+    Delete {
+        name: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -177,6 +194,7 @@ impl Cli {
                 overrides.database_url = database_url.clone();
             }
             Command::Submit { .. }
+            | Command::Delete { .. }
             | Command::Status { .. }
             | Command::Pause { .. }
             | Command::Resume { .. }
@@ -196,8 +214,19 @@ impl Cli {
         };
         match self.command {
             Command::Serve { .. } => commands::serve::execute(&settings).await,
-            Command::Run { job, listen, .. } => {
-                commands::run::execute(&settings, &job, listen.is_some()).await
+            Command::Run {
+                job,
+                listen,
+                replace,
+                resume,
+                ..
+            } => {
+                let options = commands::run::Options {
+                    serve_api: listen.is_some(),
+                    replace,
+                    resume,
+                };
+                commands::run::execute(&settings, &job, options).await
             }
             Command::Check { job, .. } => commands::check::execute(&settings, &job).await,
             Command::Verify { job, .. } => commands::verify::execute(&settings, &job).await,
@@ -208,8 +237,13 @@ impl Cli {
             Command::Demo {
                 rows, setup_only, ..
             } => commands::demo::execute(&settings, rows, setup_only).await,
-            Command::Submit { job, remote } => {
-                commands::remote::submit(&client(&remote)?, &job).await
+            Command::Submit {
+                job,
+                replace,
+                remote,
+            } => commands::remote::submit(&client(&remote)?, &job, replace).await,
+            Command::Delete { name, remote } => {
+                commands::remote::delete(&client(&remote)?, &name).await
             }
             Command::Status { name, json, remote } => {
                 commands::remote::status(&client(&remote)?, name.as_deref(), json).await

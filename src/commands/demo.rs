@@ -7,13 +7,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::error::CliError;
 use crate::engine::{catalog, sync, verify};
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 use crate::plumbing::shutdown::Shutdown;
 use crate::spec::JobSpec;
 use crate::store::jobs;
@@ -103,7 +102,7 @@ pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let [products, users] = &jobs;
     println!("▶ {} — {}", products.name, products.table);
-    let code = super::run::run_job(settings, products, &shutdown, false).await?;
+    let code = super::run::run_job(settings, products, &shutdown, Default::default()).await?;
     if code != 0 {
         return Ok(code);
     }
@@ -125,7 +124,7 @@ pub async fn execute(settings: &Settings, rows: u64, setup_only: bool) -> Result
 /// in step, `verify` says it is safe to contract, and the trigger is removed.
 async fn expand_contract(
     settings: &Settings,
-    pool: &PgPool,
+    pool: &Db,
     spec: &JobSpec,
     shutdown: &Shutdown,
 ) -> Result<i32, CliError> {
@@ -135,7 +134,7 @@ async fn expand_contract(
     );
     let stop = CancellationToken::new();
     let old_code = tokio::spawn(write_the_old_way(pool.clone(), stop.clone()));
-    let code = super::run::run_job(settings, spec, shutdown, false).await?;
+    let code = super::run::run_job(settings, spec, shutdown, Default::default()).await?;
     // The old code goes on a little after the backfill, as it does until the next deploy.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
@@ -143,13 +142,19 @@ async fn expand_contract(
     if code != 0 {
         return Ok(code);
     }
+    let resolved = {
+        let mut pinned = pool.pinned().await.map_err(|e| CliError::Other(e.into()))?;
+        let resolved = catalog::resolve(&mut pinned, spec).await;
+        pinned
+            .rollback()
+            .await
+            .map_err(|e| CliError::Other(e.into()))?;
+        resolved.map_err(CliError::invalid)?
+    };
     let mut conn = pool
-        .acquire()
+        .acquire_for_own_transactions()
         .await
         .map_err(|e| CliError::Other(e.into()))?;
-    let resolved = catalog::resolve(&mut conn, spec)
-        .await
-        .map_err(CliError::invalid)?;
     let pending = verify::count_pending(&mut conn, &resolved.sql)
         .await
         .map_err(|e| CliError::Other(e.into()))?
@@ -169,12 +174,12 @@ async fn expand_contract(
 
 /// The old code: rewrites a few users' `customer_email` every few milliseconds; returns how
 /// many rows it wrote.
-async fn write_the_old_way(pool: PgPool, stop: CancellationToken) -> u64 {
+async fn write_the_old_way(pool: Db, stop: CancellationToken) -> u64 {
     let mut written = 0;
     let mut round = 0u64;
     while !stop.is_cancelled() {
         round += 1;
-        let result = sqlx::query(
+        let result = db::query(
             "UPDATE public.users SET customer_email = 'moved' || $1 || '.' || id || '@example.com'
               WHERE id IN (SELECT (random() * (SELECT max(id) - 1 FROM public.users))::int8 + 1
                              FROM generate_series(1, 5))",
@@ -199,14 +204,14 @@ fn load_job(dir: &Path, (file, builtin): (&str, &str)) -> Result<JobSpec, CliErr
 }
 
 async fn create_tables(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     jobs: &[JobSpec],
     rows: u64,
 ) -> Result<(), CliError> {
     let other = CliError::from;
     for table in ["products", "users"] {
-        let comment: Option<Option<String>> = sqlx::query_scalar(
+        let comment: Option<Option<String>> = db::query_scalar(
             "SELECT obj_description(to_regclass($1), 'pg_class')
               WHERE to_regclass($1) IS NOT NULL",
         )
@@ -243,13 +248,13 @@ async fn create_tables(
             .execute(&mut *tx)
             .await
             .map_err(other)?;
-        sqlx::query(sql(format!(
+        db::query(sql(format!(
             "COMMENT ON TABLE public.{table} IS '{DEMO_MARK}'"
         )))
         .execute(&mut *tx)
         .await
         .map_err(other)?;
-        sqlx::query(fill)
+        db::query(fill)
             .bind(rows as i64)
             .execute(&mut *tx)
             .await
@@ -264,20 +269,20 @@ async fn create_tables(
 }
 
 /// Checks the demo's promise in the database itself, not in the engine's own counters.
-async fn verify(pool: &PgPool) -> Result<(), CliError> {
+async fn verify(pool: &Db) -> Result<(), CliError> {
     let other = CliError::from;
     let (missing_search,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM public.products WHERE search_tsvector IS NULL")
+        db::query_as("SELECT count(*) FROM public.products WHERE search_tsvector IS NULL")
             .fetch_one(pool)
             .await
             .map_err(other)?;
-    let (wrong_email,): (i64,) = sqlx::query_as(
+    let (wrong_email,): (i64,) = db::query_as(
         "SELECT count(*) FROM public.users WHERE email IS DISTINCT FROM customer_email",
     )
     .fetch_one(pool)
     .await
     .map_err(other)?;
-    let (sample,): (String,) = sqlx::query_as(
+    let (sample,): (String,) = db::query_as(
         "SELECT name || ' → ' || left(search_tsvector::text, 60) FROM public.products ORDER BY id LIMIT 1",
     )
     .fetch_one(pool)

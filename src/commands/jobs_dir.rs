@@ -6,10 +6,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sqlx::PgPool;
-
 use crate::engine::submit::{self, SubmitError};
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{Db, Schema};
 use crate::spec::{JobSpec, MAX_DOCUMENT_BYTES};
 
 /// What loading one file did, for the log and for tests.
@@ -20,7 +18,7 @@ pub enum Loaded {
     Skipped { file: String, reason: String },
 }
 
-pub async fn load(pool: &PgPool, schema: &Schema, dir: &Path, actor: &str) -> Vec<Loaded> {
+pub async fn load(pool: &Db, schema: &Schema, dir: &Path, actor: &str) -> Vec<Loaded> {
     let listing = {
         let dir = dir.to_path_buf();
         // The file system is read off the async runtime: a slow or odd file never blocks it.
@@ -93,7 +91,7 @@ fn read(file: &Path) -> Result<JobSpec, String> {
     JobSpec::from_toml(&text, &file.display().to_string()).map_err(|e| e.summary())
 }
 
-async fn load_one(pool: &PgPool, schema: &Schema, file: &Path, actor: &str) -> Loaded {
+async fn load_one(pool: &Db, schema: &Schema, file: &Path, actor: &str) -> Loaded {
     let skipped = |reason: String| Loaded::Skipped {
         file: file.display().to_string(),
         reason,

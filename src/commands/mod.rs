@@ -14,23 +14,21 @@ pub(crate) mod serve;
 pub(crate) mod sync;
 pub(crate) mod verify;
 
-use sqlx::PgPool;
-
 use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 
 /// Connects: failures are exit-2 errors (config or connection).
-pub async fn connect(settings: &Settings, max_connections: u32) -> Result<PgPool, CliError> {
+pub async fn connect(settings: &Settings, size: u32) -> Result<Db, CliError> {
     let url = settings.require_database_url().map_err(CliError::invalid)?;
-    db::connect(url, max_connections)
+    db::connect(url, size, settings.pool_mode)
         .await
         .map_err(CliError::invalid)
 }
 
 /// Applies backfilld's migrations; every command that writes calls this once it knows its
 /// input is valid, so bad input leaves even the daemon's schema uncreated.
-pub async fn migrate(settings: &Settings, pool: &PgPool) -> Result<Schema, CliError> {
+pub async fn migrate(settings: &Settings, pool: &Db) -> Result<Schema, CliError> {
     let schema = Schema::new(&settings.schema);
     crate::store::migrate::run(pool, &schema)
         .await

@@ -1,4 +1,4 @@
-//! The client commands: `submit`, `status`, `pause`, `resume`, `cancel`, speaking HTTP to a
+//! The client commands: `submit`, `status`, `pause`, `resume`, `cancel`, `delete`, speaking HTTP to a
 //! running daemon. Exit codes: 0 done, 1 the daemon refused (its message is printed), 2 the
 //! daemon could not be reached (its certificate did not verify, say) or the job file is
 //! invalid.
@@ -22,12 +22,22 @@ fn failed(error: ClientError) -> Result<i32, CliError> {
     }
 }
 
-pub async fn submit(client: &Client, path: &Path) -> Result<i32, CliError> {
+pub async fn submit(client: &Client, path: &Path, replace: bool) -> Result<i32, CliError> {
     // Parse locally first so a typo is reported with the file name, before any request.
     JobSpec::from_file(path).map_err(CliError::invalid)?;
     let toml = std::fs::read_to_string(path)
         .map_err(|e| CliError::invalid(format!("cannot read {}: {e}", path.display())))?;
-    match client.submit_toml(toml).await {
+    match client.submit_toml(toml, replace).await {
+        Ok(job) if replace => {
+            println!(
+                "{}: {} with the new definition, from its checkpoint ({} rows scanned); follow it with `backfilld status {}`",
+                job.name,
+                job.state.as_str(),
+                job.rows_scanned,
+                job.name
+            );
+            Ok(0)
+        }
         Ok(job) => {
             println!(
                 "submitted {} ({} partition(s)); follow it with `backfilld status {}`",
@@ -70,6 +80,16 @@ pub async fn act(client: &Client, name: &str, action: &str) -> Result<i32, CliEr
     match client.act(name, action).await {
         Ok(job) => {
             println!("{}: {}", job.name, job.state.as_str());
+            Ok(0)
+        }
+        Err(e) => failed(e),
+    }
+}
+
+pub async fn delete(client: &Client, name: &str) -> Result<i32, CliError> {
+    match client.delete(name).await {
+        Ok(()) => {
+            println!("{name}: deleted; the name is free");
             Ok(0)
         }
         Err(e) => failed(e),

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +22,7 @@ use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
 use crate::plumbing::config::{NotifyTarget, Settings};
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
 use crate::store::migrate::MigrateError;
@@ -36,13 +34,23 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let url = settings.require_database_url().map_err(CliError::invalid)?;
     let notify = settings.notify_targets().map_err(CliError::invalid)?;
-    let pool = lazy_pool(url, settings.workers as u32 + 4)?;
+    let budget = settings
+        .budget(true)
+        .map_err(|m| CliError::invalid(format!("config: max_connections: {m}")))?;
+    // The same options as every other connection, TLS included; a bad URL or certificate
+    // file is a configuration error now, not a retry loop later.
+    let options = db::connect_options(url).map_err(CliError::invalid)?;
+    // Both connect on first use, so the daemon starts (and answers `/healthz`) while the
+    // database is still away.
+    let pool = Db::lazy(options, budget.engine, settings.pool_mode);
+    let api_pool = pool.sibling(budget.api);
+    tracing::info!(pool_mode = ?settings.pool_mode, "{budget}");
     let schema = Schema::new(&settings.schema);
     let local = LocalJobs::default();
     let http_stop = CancellationToken::new();
     let http = start_http(
         settings,
-        pool.clone(),
+        api_pool.clone(),
         schema.clone(),
         local.clone(),
         http_stop.clone(),
@@ -73,7 +81,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             pool.clone(),
             schema.clone(),
             settings.lease_ttl,
-            settings.workers,
+            budget.workers as usize,
             ACTOR,
         )
         .register_in(local);
@@ -119,6 +127,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         });
     http.join(left.max(Duration::from_secs(1))).await;
     pool.close().await;
+    api_pool.close().await;
     tracing::info!("stopped");
     Ok(0)
 }
@@ -127,7 +136,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
 /// their endpoints are registered (or the database did not take that yet: the first round
 /// retries it). `None` without endpoints.
 async fn start_notifier(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     targets: &[NotifyTarget],
     stop: &CancellationToken,
@@ -139,23 +148,9 @@ async fn start_notifier(
     Some(tokio::spawn(notifier.run(stop.clone())))
 }
 
-/// A pool that connects on first use, so the daemon starts (and answers `/healthz`) while the
-/// database is still away. It checks a connection before handing it out, so a request or a
-/// claim after a database restart gets a fresh one (batches run on the workers' own
-/// connections, so the check costs them nothing).
-fn lazy_pool(url: &str, max_connections: u32) -> Result<PgPool, CliError> {
-    // The same options as every other connection, TLS included; a bad URL or certificate
-    // file is a configuration error now, not a retry loop later.
-    let options = db::connect_options(url).map_err(CliError::invalid)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
-}
-
 /// Applies migrations, retrying with backoff until the database answers. False if shut down
 /// first.
-async fn migrate_with_backoff(pool: &PgPool, schema: &Schema, stop: &CancellationToken) -> bool {
+async fn migrate_with_backoff(pool: &Db, schema: &Schema, stop: &CancellationToken) -> bool {
     let mut attempt = 0;
     loop {
         let error = match crate::store::migrate::run(pool, schema).await {
@@ -211,7 +206,7 @@ impl Http {
 /// job rates meanwhile.
 pub async fn start_http(
     settings: &Settings,
-    pool: PgPool,
+    pool: Db,
     schema: Schema,
     local: LocalJobs,
     stop: CancellationToken,

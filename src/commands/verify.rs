@@ -25,10 +25,14 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
         )));
     }
     let pool = super::connect(settings, 2).await?;
-    let mut conn = pool.acquire().await.map_err(CliError::invalid)?;
-    let resolved = catalog::resolve(&mut conn, &spec)
-        .await
-        .map_err(CliError::invalid)?;
+    let resolved = {
+        let mut pinned = pool.pinned().await.map_err(CliError::invalid)?;
+        let resolved = catalog::resolve(&mut pinned, &spec).await;
+        pinned.rollback().await?;
+        resolved.map_err(CliError::invalid)?
+    };
+    // Short transactions of its own, one per chunk: no snapshot lives long.
+    let mut conn = pool.acquire_for_own_transactions().await?;
     let verified = verify::count_pending(&mut conn, &resolved.sql)
         .await
         .map_err(|e| CliError::Other(e.into()))?
@@ -48,8 +52,7 @@ pub async fn execute(settings: &Settings, path: &Path) -> Result<i32, CliError> 
     // database may be a read-only standby, or the daemon's schema may not exist).
     let schema = Schema::new(&settings.schema);
     if let Ok(Some(job)) = jobs::find_by_name(&pool, &schema, &spec.name).await {
-        if let Err(e) =
-            passes::record_pending(&mut conn, &schema, job.id, Some(verified.pending)).await
+        if let Err(e) = passes::record_pending(&pool, &schema, job.id, Some(verified.pending)).await
         {
             tracing::debug!(error = %e, "could not record the count in the job");
         }

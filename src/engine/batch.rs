@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::engine::statement::{BatchRow, BatchSql, Lower};
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Schema, SessionSettings, SettingsScope};
 use crate::plumbing::retry::ErrorKind;
 use crate::spec::Tunables;
 use crate::store::progress::Claim;
@@ -84,12 +84,17 @@ pub struct BatchContext<'a> {
     pub schema: &'a Schema,
     pub sql: &'a BatchSql,
     pub lease_ttl: Duration,
+    /// `Some` through a transaction pooler: the job's settings, applied inside each batch's
+    /// own transaction, whose statement is unnamed. `None`: the worker's session holds the
+    /// settings and keeps the statement prepared.
+    pub per_batch: Option<&'a SessionSettings>,
 }
 
-/// Runs one batch for `claim`, of `size` keys, on the worker's own connection: ONE autocommit
-/// statement that takes the partition's fence (lease token, job state, cursor), walks and
-/// updates the next keys, and moves the checkpoint, so the rows and the cursor commit together
-/// or not at all. On commit, `claim.cursor` moves to the last key taken.
+/// Runs one batch for `claim`, of `size` keys, on the worker's own connection: ONE statement
+/// that takes the partition's fence (lease token, job state, cursor), walks and updates the
+/// next keys, and moves the checkpoint, so the rows and the cursor commit together or not at
+/// all. It is autocommit, or (`per_batch`) in a transaction that first sets the job's
+/// settings. On commit, `claim.cursor` moves to the last key taken.
 pub async fn run(
     ctx: &BatchContext<'_>,
     conn: &mut PgConnection,
@@ -104,22 +109,31 @@ pub async fn run(
         (None, None) => (Lower::Unbounded, Vec::new()),
     };
     let statement = statements.batch(ctx, lower, claim.upper_bound.is_some());
-    let mut query = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(statement));
+    let mut query =
+        sqlx::query_as::<_, BatchRow>(AssertSqlSafe(statement)).persistent(ctx.per_batch.is_none());
     for value in binds {
         query = query.bind(value);
     }
     if let Some(upper) = &claim.upper_bound {
         query = query.bind(upper.clone());
     }
-    let row = query
+    let query = query
         .bind(limit)
         .bind(claim.job_id)
         .bind(claim.partition_index)
         .bind(claim.lease_token)
         .bind(ctx.lease_ttl.as_millis() as i64)
-        .bind(claim.cursor.as_deref())
-        .fetch_one(&mut *conn)
-        .await?;
+        .bind(claim.cursor.clone());
+    let row = match ctx.per_batch {
+        None => query.fetch_one(&mut *conn).await?,
+        Some(settings) => {
+            let mut tx = conn.begin().await?;
+            db::apply_settings(&mut tx, settings, SettingsScope::Transaction).await?;
+            let row = query.fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            row
+        }
+    };
     let (Some(job_state), Some(tunables)) = (row.job_state, row.tunables()) else {
         // No fence row: the lease token is not ours any more; nothing was written.
         return Ok(Outcome::LeaseLost);

@@ -106,7 +106,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         message,
     })?;
     // Unqualified names resolve through search_path, as PostgreSQL itself would.
-    let found: Option<(sqlx::postgres::types::Oid, String, String, f32)> = sqlx::query_as(
+    let found: Option<(sqlx::postgres::types::Oid, String, String, f32)> = db::query_as(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.reltuples
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relname = $2 AND c.relkind IN ('r', 'p')
@@ -124,7 +124,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
     };
     let display_table = format!("{schema}.{table}");
 
-    let columns: Vec<ColumnInfo> = sqlx::query(
+    let columns: Vec<ColumnInfo> = db::query(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
                 a.attnotnull, a.attgenerated <> ''
            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -264,7 +264,7 @@ async fn key_index(
     key: &[String],
     display_table: &str,
 ) -> Result<String, CheckError> {
-    let mut indexes: Vec<(String, bool, Vec<String>, bool)> = sqlx::query_as(
+    let mut indexes: Vec<(String, bool, Vec<String>, bool)> = db::query_as(
         "SELECT i.indexrelid::regclass::text, i.indisprimary,
                 ARRAY(SELECT a.attname::text
                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
@@ -382,7 +382,7 @@ async fn check_statements(
             message,
         })?;
         let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
                 .bind(&window.time_zone)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -462,7 +462,7 @@ pub async fn explain_walk(
     resolved: &ResolvedJob,
     batch_size: u32,
 ) -> Result<(bool, Vec<String>), sqlx::Error> {
-    let lines: Vec<String> = sqlx::query_scalar(sql(format!(
+    let lines: Vec<String> = db::query_scalar(sql(format!(
         "EXPLAIN {}",
         resolved.sql.key_walk(batch_size)
     )))

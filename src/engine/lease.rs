@@ -1,5 +1,7 @@
 //! This process's claim on partitions: a presence session whose existence proves the process is
-//! alive, and a heartbeat that extends the leases it holds until they are released.
+//! alive, and a heartbeat that extends the leases it holds until they are released. Through a
+//! transaction pooler there is no session of ours to point at, so there the leases' expiry
+//! alone tells a dead holder from a live one.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -7,26 +9,27 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, PoolMode, Schema};
 use crate::store::progress::{self, Holder};
 
 /// A dedicated connection held open for the life of the process. Other processes treat a lease
 /// whose presence session is gone as free at once, so a crashed `run` can be re-run immediately
 /// instead of waiting out its lease.
 pub struct Presence {
-    /// The pool's connect options (TLS included), so this session is opened like the others.
-    options: PgConnectOptions,
+    /// The pool's connect options (TLS included), so this session is opened like the others;
+    /// `None` when sessions do not outlive transactions (`pool_mode = "transaction"`).
+    options: Option<PgConnectOptions>,
     owner: String,
     /// The open session and who it is; replaced when the connection drops.
     session: tokio::sync::Mutex<Option<(PgConnection, Holder)>>,
 }
 
 impl Presence {
-    pub fn new(options: &PgConnectOptions) -> Presence {
+    pub fn new(options: &PgConnectOptions, mode: PoolMode) -> Presence {
         let host = std::env::var("HOSTNAME")
             .ok()
             .filter(|h| !h.is_empty())
@@ -37,7 +40,7 @@ impl Presence {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         Presence {
-            options: options.clone(),
+            options: mode.keeps_sessions().then(|| options.clone()),
             owner,
             session: tokio::sync::Mutex::new(None),
         }
@@ -49,22 +52,29 @@ impl Presence {
 
     /// The holder identity, reconnecting the presence session if it was lost.
     pub async fn holder(&self) -> Result<Holder, sqlx::Error> {
+        let Some(options) = &self.options else {
+            return Ok(Holder {
+                owner: self.owner.clone(),
+                backend_pid: None,
+                backend_start: None,
+            });
+        };
         let mut session = self.session.lock().await;
         if let Some((conn, holder)) = session.as_mut() {
             if conn.ping().await.is_ok() {
                 return Ok(holder.clone());
             }
         }
-        let mut conn = PgConnection::connect_with(&self.options).await?;
-        let (pid, started): (i32, DateTime<Utc>) = sqlx::query_as(
+        let mut conn = PgConnection::connect_with(options).await?;
+        let (pid, started): (i32, DateTime<Utc>) = db::query_as(
             "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
         .await?;
         let holder = Holder {
             owner: self.owner.clone(),
-            backend_pid: pid,
-            backend_start: started,
+            backend_pid: Some(pid),
+            backend_start: Some(started),
         };
         *session = Some((conn, holder.clone()));
         Ok(holder)
@@ -100,7 +110,7 @@ impl HeldLeases {
 
 /// Renews held leases every third of the TTL until `stop` fires.
 pub async fn heartbeat(
-    pool: PgPool,
+    pool: Db,
     schema: Schema,
     presence: Arc<Presence>,
     held: HeldLeases,

@@ -6,7 +6,7 @@
 use sqlx::PgConnection;
 
 use crate::engine::catalog::{KeyKind, ResolvedJob};
-use crate::plumbing::db::{quote_ident, sql};
+use crate::plumbing::db::{self, quote_ident, sql};
 
 /// `(lower, upper)` per partition; `None` is unbounded.
 pub type Ranges = Vec<(Option<String>, Option<String>)>;
@@ -33,7 +33,7 @@ pub async fn plan(
     let table = job.sql.table();
     let uppers: Vec<String> = match job.key_kind {
         KeyKind::Integer => {
-            let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql(format!(
+            let (min, max): (Option<i64>, Option<i64>) = db::query_as(sql(format!(
                 "SELECT min({first})::int8, max({first})::int8 FROM {table}"
             )))
             .fetch_one(&mut *conn)
@@ -58,7 +58,7 @@ async fn estimate_rows(conn: &mut PgConnection, job: &ResolvedJob) -> Result<i64
     if job.estimated_rows > 0 {
         return Ok(job.estimated_rows);
     }
-    sqlx::query_scalar(sql(format!("SELECT count(*) FROM {}", job.sql.table())))
+    db::query_scalar(sql(format!("SELECT count(*) FROM {}", job.sql.table())))
         .fetch_one(conn)
         .await
 }
@@ -104,7 +104,7 @@ async fn sampled_uppers(
         .map(|i| f64::from(i) / f64::from(partitions))
         .collect();
     let first = quote_ident(&job.key[0].name);
-    let sampled: Option<Vec<String>> = sqlx::query_scalar(sql(format!(
+    let sampled: Option<Vec<String>> = db::query_scalar(sql(format!(
         "SELECT (percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY {first}))::text[]
            FROM {} TABLESAMPLE SYSTEM ($2)",
         job.sql.table()

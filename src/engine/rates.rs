@@ -6,10 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 use crate::store::progress;
 
 /// How far back a rate looks.
@@ -61,7 +60,7 @@ impl Rates {
     }
 
     /// Samples until `stop`; database errors are skipped (the next sample retries).
-    pub async fn sample(self, pool: PgPool, schema: Schema, stop: CancellationToken) {
+    pub async fn sample(self, pool: Db, schema: Schema, stop: CancellationToken) {
         loop {
             match progress::scanned_by_running_job(&pool, &schema).await {
                 Ok(totals) => {

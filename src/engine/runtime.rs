@@ -43,6 +43,8 @@ struct JobStats {
 pub struct JobRuntime {
     pub id: i64,
     pub name: String,
+    /// The definition this runtime was built from: a replaced one needs a new runtime.
+    pub definition: JobSpec,
     pub sql: BatchSql,
     /// The settings of each worker's own connection.
     pub session: SessionSettings,
@@ -70,6 +72,7 @@ impl JobRuntime {
         JobRuntime {
             id,
             name: spec.name.clone(),
+            definition: spec.clone(),
             sql: resolved.sql.clone(),
             session: SessionSettings {
                 lock_timeout: spec.lock_timeout,

@@ -4,27 +4,34 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::engine::lease::{self, HeldLeases, Presence};
+use crate::engine::limiter::Share;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 use crate::store::{jobs, progress, JobState};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often each job's share of its rate limit is read again from the leases, so a replica
+/// that joins or dies moves the others' shares within a few seconds.
+const SHARE_EVERY: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchedulerExit {
     /// One-job mode: the job left `running` (completed, paused, cancelled, failed).
     JobEnded(JobState),
+    /// One-job mode: the job was given another definition (`--replace`) meanwhile, which
+    /// this runtime's statement does not run.
+    Replaced,
     /// The root token was cancelled and every in-flight batch has committed.
     Shutdown,
 }
@@ -46,18 +53,23 @@ pub struct Scheduler {
     root: CancellationToken,
     /// Which lease each worker task holds, so even a panicked worker's lease is released.
     tasks: HashMap<tokio::task::Id, Uuid>,
+    /// When the rate shares were last read; `None` asks for a read now (after a claim or a
+    /// release changed this process's leases).
+    shares_read: Option<Instant>,
+    /// One-job mode: the job's definition was replaced under this run.
+    replaced: bool,
 }
 
 impl Scheduler {
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         schema: Schema,
         lease_ttl: Duration,
         workers: usize,
         actor: &str,
     ) -> Scheduler {
         // The pool's options, so the presence session honours the same TLS settings.
-        let presence = Arc::new(Presence::new(&pool.connect_options()));
+        let presence = Arc::new(Presence::new(&pool.connect_options(), pool.mode()));
         Scheduler {
             env: WorkerEnv {
                 pool,
@@ -73,6 +85,8 @@ impl Scheduler {
             registry: LocalJobs::default(),
             root: CancellationToken::new(),
             tasks: HashMap::new(),
+            shares_read: None,
+            replaced: false,
         }
     }
 
@@ -133,6 +147,17 @@ impl Scheduler {
                 if let Err(e) = self.claim_and_spawn(free, &mut active).await {
                     tracing::warn!(error = %db::message(&e), "could not claim partitions; will retry");
                 }
+            }
+            if self
+                .shares_read
+                .is_none_or(|at| at.elapsed() >= SHARE_EVERY)
+            {
+                if let Err(e) = self.read_shares().await {
+                    tracing::warn!(error = %db::message(&e), "could not read the rate shares; will retry");
+                }
+            }
+            if active.is_empty() && self.replaced {
+                return Ok(SchedulerExit::Replaced);
             }
             if active.is_empty() {
                 if let Some(job_id) = self.only_job {
@@ -204,6 +229,7 @@ impl Scheduler {
                 "claimed partition"
             );
             let token = claim.lease_token;
+            self.shares_read = None;
             let worker = Worker::new(self.env.clone(), runtime, claim);
             let handle = active.spawn(worker.run(job_cancel));
             self.tasks.insert(handle.id(), token);
@@ -217,17 +243,29 @@ impl Scheduler {
         &mut self,
         job_id: i64,
     ) -> Result<Option<(Arc<JobRuntime>, CancellationToken)>, sqlx::Error> {
-        if let Some(entry) = self.runtimes.get(&job_id) {
-            return Ok(Some(entry.clone()));
-        }
         let Some(row) = jobs::find(&self.env.pool, &self.env.schema, job_id).await? else {
             return Ok(None);
         };
+        if let Some((runtime, token)) = self.runtimes.get(&job_id) {
+            // A definition replaced since (`--replace`) runs another statement: never the
+            // old one. (Its workers stopped: a replacement revokes the job's leases.)
+            let current = row.spec().ok();
+            if current.is_none_or(|spec| spec.same_work(&runtime.definition)) {
+                return Ok(Some((runtime.clone(), token.clone())));
+            }
+            if self.only_job == Some(job_id) {
+                self.replaced = true;
+                return Ok(None);
+            }
+            token.cancel();
+            self.runtimes.remove(&job_id);
+        }
         let resolved = match row.spec() {
             Ok(spec) => {
-                let mut conn = self.env.pool.acquire().await?;
-                catalog::resolve(&mut conn, &spec)
-                    .await
+                let mut conn = self.env.pool.pinned().await?;
+                let resolved = catalog::resolve(&mut conn, &spec).await;
+                conn.rollback().await?;
+                resolved
                     .map(|resolved| (spec, resolved))
                     .map_err(|e| e.to_string())
             }
@@ -311,7 +349,9 @@ impl Scheduler {
             let Some((runtime, _)) = self.runtime(id).await? else {
                 continue;
             };
-            let mut conn = self.env.pool.acquire().await?;
+            // Its steps are transactions of their own; counting what is pending walks the
+            // table in short ones.
+            let mut conn = self.env.pool.acquire_for_own_transactions().await?;
             completion::finish(
                 &mut conn,
                 &self.env.schema,
@@ -365,7 +405,47 @@ impl Scheduler {
         }
     }
 
+    /// Gives each job's limiter this process's share of the job's rate limit: its live
+    /// leases over all of the job's live leases, on every replica.
+    async fn read_shares(&mut self) -> Result<(), sqlx::Error> {
+        self.shares_read = Some(Instant::now());
+        let ids: Vec<i64> = self.runtimes.keys().copied().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let shares = progress::lease_shares(
+            &self.env.pool,
+            &self.env.schema,
+            &ids,
+            self.presence.owner(),
+        )
+        .await?;
+        for (job_id, mine, all) in shares {
+            // Holding none, this process runs no batch of the job: nothing to share.
+            let (Some((runtime, _)), Ok(mine @ 1..), Ok(all)) = (
+                self.runtimes.get(&job_id),
+                u32::try_from(mine),
+                u32::try_from(all),
+            ) else {
+                continue;
+            };
+            if runtime.limiter.set_share(Share { mine, all }) {
+                if let Some(rate) = runtime.limiter.local_rate() {
+                    tracing::info!(
+                        job = %runtime.name,
+                        partitions = mine,
+                        of = all,
+                        rows_per_second = rate,
+                        "rate share: {mine} of the job's {all} running partitions, {rate} rows/s here"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn release(&mut self, token: Uuid) {
+        self.shares_read = None;
         self.held.remove(&token);
         if let Err(e) = progress::release(&self.env.pool, &self.env.schema, token).await {
             // The lease expires on its own; nothing is lost, another process waits a TTL.

@@ -7,11 +7,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::AssertSqlSafe;
 
 use crate::engine::runtime::JobRuntime;
 use crate::engine::statement::SyncTrigger;
-use crate::plumbing::db::Schema;
+use crate::plumbing::db::{self, Db, Schema};
 use crate::plumbing::retry::{backoff, ErrorKind};
 use crate::store::passes;
 
@@ -21,7 +21,7 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Installs the runtime's trigger unless this process already has; `Err` with the reason
 /// when it could not (the caller fails the job).
 pub async fn ensure_installed(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     runtime: &JobRuntime,
     actor: &str,
@@ -51,7 +51,7 @@ pub async fn ensure_installed(
         tracing::warn!(job = %runtime.name, attempt, error = %error, retry_in = ?delay, "installing the sync trigger failed; retrying");
         tokio::time::sleep(delay).await;
     }
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let mut conn = pool.begin().await.map_err(|e| e.to_string())?;
     let detail = format!(
         "trigger and function {} keep written rows in step",
         trigger.name
@@ -62,17 +62,18 @@ pub async fn ensure_installed(
     {
         tracing::info!(job = %runtime.name, trigger = %trigger.name, "sync trigger installed");
     }
+    conn.commit().await.map_err(|e| e.to_string())?;
     runtime.sync_installed.store(true, Ordering::Release);
     Ok(())
 }
 
 async fn install(
-    pool: &PgPool,
+    pool: &Db,
     trigger: &SyncTrigger,
     lock_timeout: Duration,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+    db::query("SELECT set_config('lock_timeout', $1, true)")
         .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
         .execute(&mut *tx)
         .await?;
@@ -85,16 +86,28 @@ async fn install(
     tx.commit().await
 }
 
+/// The job's sync trigger as "NAME on TABLE", if one is installed in this database (found by
+/// name, like `remove`).
+pub async fn installed(pool: &Db, job: &str) -> Result<Option<String>, sqlx::Error> {
+    db::query_scalar(
+        "SELECT format('%I on %s', t.tgname, t.tgrelid::regclass)
+           FROM pg_trigger t WHERE t.tgname = $1 AND NOT t.tgisinternal LIMIT 1",
+    )
+    .bind(crate::engine::statement::sync_name(job))
+    .fetch_optional(pool)
+    .await
+}
+
 /// What `sync remove` dropped: the `DROP` statements it ran (none when nothing was installed).
 pub async fn remove(
-    pool: &PgPool,
+    pool: &Db,
     job: &str,
     lock_timeout: Option<Duration>,
 ) -> Result<Vec<String>, sqlx::Error> {
     let name = crate::engine::statement::sync_name(job);
     // Found by name, wherever they are: the table or a column the job used may be gone by
     // the time the contract step runs.
-    let drops: Vec<String> = sqlx::query_scalar(
+    let drops: Vec<String> = db::query_scalar(
         "SELECT format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, t.tgrelid::regclass)
            FROM pg_trigger t WHERE t.tgname = $1 AND NOT t.tgisinternal
          UNION ALL
@@ -113,7 +126,7 @@ pub async fn remove(
         attempt += 1;
         let result = async {
             let mut tx = pool.begin().await?;
-            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            db::query("SELECT set_config('lock_timeout', $1, true)")
                 .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
                 .execute(&mut *tx)
                 .await?;

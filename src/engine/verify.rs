@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::engine::statement::{BatchSql, Lower, VerifyRow};
+use crate::plumbing::db;
 
 /// Keys per chunk: a few milliseconds of reading each.
 pub const CHUNK: i64 = 10_000;
@@ -39,21 +40,25 @@ pub async fn count_pending(
     let mut verified = Verified::default();
     let mut cursor: Option<Vec<String>> = None;
     loop {
+        // A short transaction per chunk: no snapshot outlives it, and a transaction pooler
+        // keeps each chunk's statement on one server.
+        let mut tx = conn.begin().await?;
         let row: VerifyRow = match &cursor {
             None => {
-                sqlx::query_as(AssertSqlSafe(first.clone()))
+                db::query_as(AssertSqlSafe(first.clone()))
                     .bind(CHUNK)
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut *tx)
                     .await?
             }
             Some(cursor) => {
-                let mut query = sqlx::query_as(AssertSqlSafe(next.clone()));
+                let mut query = db::query_as(AssertSqlSafe(next.clone()));
                 for value in cursor {
                     query = query.bind(value.clone());
                 }
-                query.bind(CHUNK).fetch_one(&mut *conn).await?
+                query.bind(CHUNK).fetch_one(&mut *tx).await?
             }
         };
+        tx.commit().await?;
         verified.scanned += row.scanned;
         verified.pending += row.pending;
         let room = 10usize.saturating_sub(verified.samples.len());

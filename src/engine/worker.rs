@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::batch::{self, BatchContext, BatchError, Outcome, Statements};
 use crate::engine::completion;
 use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::Sizer;
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema, SettingsScope};
 use crate::plumbing::retry::{backoff, ErrorKind};
 use crate::status::Throttle;
 use crate::store::progress::Claim;
@@ -43,7 +43,7 @@ pub enum Step {
 /// Shared, process-wide things a worker needs.
 #[derive(Clone)]
 pub struct WorkerEnv {
-    pub pool: PgPool,
+    pub pool: Db,
     pub schema: Schema,
     pub lease_ttl: Duration,
     pub actor: String,
@@ -63,7 +63,7 @@ pub struct Worker {
     /// This worker's generated SQL, built once.
     statements: Statements,
     /// The worker's own connection, with the job's timeouts set for the session, so a batch is
-    /// one statement and one round trip.
+    /// one statement and one round trip (through a transaction pooler, a transaction each).
     conn: Option<PgConnection>,
 }
 
@@ -131,6 +131,7 @@ impl Worker {
             schema: &self.env.schema,
             sql: &self.job.sql,
             lease_ttl: self.env.lease_ttl,
+            per_batch: (!self.env.pool.mode().keeps_sessions()).then_some(&self.job.session),
         };
         let started = Instant::now();
         let result = batch::run(&ctx, &mut conn, &mut self.statements, &mut self.claim, size).await;
@@ -263,7 +264,9 @@ impl Worker {
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let options = self.env.pool.connect_options();
         let mut conn = PgConnection::connect_with(&options).await?;
-        db::apply_settings(&mut conn, &self.job.session).await?;
+        if self.env.pool.mode().keeps_sessions() {
+            db::apply_settings(&mut conn, &self.job.session, SettingsScope::Session).await?;
+        }
         Ok(conn)
     }
 

@@ -114,6 +114,14 @@ pub struct Settings {
     /// The private key (PEM) of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// How the database is reached: `session` (directly, or a pooler's session mode) or
+    /// `transaction` (PgBouncer's transaction mode and the like).
+    #[serde(default)]
+    pub pool_mode: crate::plumbing::pool::PoolMode,
+    /// The most database connections this process opens (default: workers + 4); see
+    /// `plumbing::pool::Budget` for how they are spent.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// Where job events are POSTed as JSON (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
@@ -348,6 +356,16 @@ impl Settings {
                 key: e.key.to_string(),
                 message: e.message,
             })
+    }
+
+    /// How this process spends its connections; `serves_api` for `serve` and `run --listen`.
+    pub fn budget(&self, serves_api: bool) -> Result<crate::plumbing::pool::Budget, String> {
+        crate::plumbing::pool::Budget::plan(
+            self.max_connections,
+            self.workers as u32,
+            self.pool_mode,
+            serves_api,
+        )
     }
 
     /// The database URL, or an error saying how to give one.

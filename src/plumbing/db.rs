@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, SqlSafeStr, SqlStr};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{AssertSqlSafe, PgConnection, SqlSafeStr, SqlStr};
 
+pub use crate::plumbing::pool::{query, query_as, query_scalar, Db, PoolMode};
 use crate::spec::SynchronousCommit;
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` always would.
@@ -75,15 +76,12 @@ pub struct ConnectError {
     reason: String,
 }
 
-/// Opens a pool and one connection of it, so a bad URL, password or certificate fails here.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
+/// Opens a pool of `size` connections and one connection of it, so a bad URL, password or
+/// certificate fails here.
+pub async fn connect(url: &str, size: u32, mode: PoolMode) -> Result<Db, ConnectError> {
     let options = connect_options(url)?;
     let host = options.get_host().to_string();
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+    Db::connect(options, size, mode)
         .await
         .map_err(|error| ConnectError {
             target: redact(url),
@@ -166,7 +164,24 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, ConnectError> {
         PgSslMode::Require if root.is_some() => PgSslMode::VerifyCa,
         other => other,
     };
-    Ok(options.ssl_mode(mode).application_name("backfilld"))
+    // No `extra_float_digits` startup parameter: PgBouncer refuses connections that send one
+    // unless told to ignore it, and the daemon reads floats in binary anyway.
+    Ok(quiet_statements(
+        options
+            .ssl_mode(mode)
+            .application_name("backfilld")
+            .extra_float_digits(None),
+    ))
+}
+
+/// Statements log at debug, slow ones too: a batch that takes its `target_batch_time` (seconds,
+/// by design) is not slow, and sqlx's default would print its whole statement as a WARN on
+/// every batch.
+fn quiet_statements(options: PgConnectOptions) -> PgConnectOptions {
+    use sqlx::ConnectOptions;
+    options
+        .log_statements(log::LevelFilter::Debug)
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// sqlx takes a value that looks like PEM text as the certificate itself, not a file name.
@@ -209,28 +224,38 @@ pub struct SessionSettings {
     pub synchronous_commit: SynchronousCommit,
 }
 
-/// Applies `settings` to a worker's connection for its whole life.
+/// How long settings last: the session's life, or the current transaction's (through a
+/// transaction pooler, where a session setting would stay on a server other clients use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsScope {
+    Session,
+    Transaction,
+}
+
+/// Applies `settings` to a worker's connection, for its session or its current transaction.
 pub async fn apply_settings(
     conn: &mut PgConnection,
     settings: &SessionSettings,
+    scope: SettingsScope,
 ) -> Result<(), sqlx::Error> {
     let millis = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis().max(1)));
-    sqlx::query(
-        "SELECT set_config('lock_timeout', coalesce($1, current_setting('lock_timeout')), false),
-                set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), false),
+    query(
+        "SELECT set_config('lock_timeout', coalesce($1, current_setting('lock_timeout')), $5),
+                set_config('statement_timeout', coalesce($2, current_setting('statement_timeout')), $5),
                 set_config('idle_in_transaction_session_timeout',
-                           coalesce($3, current_setting('idle_in_transaction_session_timeout')), false),
+                           coalesce($3, current_setting('idle_in_transaction_session_timeout')), $5),
                 -- The batch statement's generic plan is a bounded index range scan (a test
                 -- asserts it), so planning it again for every batch would only cost time.
-                set_config('plan_cache_mode', 'force_generic_plan', false),
+                set_config('plan_cache_mode', 'force_generic_plan', $5),
                 -- Off by default: a batch's rows and checkpoint are lost together or kept
                 -- together, so waiting for each batch's flush buys nothing (see `SynchronousCommit`).
-                set_config('synchronous_commit', $4, false)",
+                set_config('synchronous_commit', $4, $5)",
     )
     .bind(millis(settings.lock_timeout))
     .bind(millis(settings.statement_timeout))
     .bind(millis(settings.idle_in_transaction))
     .bind(settings.synchronous_commit.as_setting())
+    .bind(scope == SettingsScope::Transaction)
     .execute(conn)
     .await?;
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod db;
+pub mod pool;
 pub(crate) mod retry;
 pub(crate) mod shutdown;
 pub(crate) mod telemetry;

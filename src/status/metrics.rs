@@ -26,6 +26,8 @@ pub struct Metrics {
     pub job_state: IntGaugeVec,
     pub throttled: IntGaugeVec,
     pub rate_limit: GaugeVec,
+    /// The job's measured rate over every replica, from the database's counts.
+    pub rate: GaugeVec,
     pub pending_rows: IntGaugeVec,
     pub pass: IntGaugeVec,
     /// Notifications (`[[notify]]`) by endpoint, `scheme://host[:port]`: the only series
@@ -116,6 +118,14 @@ impl Metrics {
                 job,
             )
             .expect("valid metric"),
+            rate: GaugeVec::new(
+                Opts::new(
+                    "backfill_rate_rows_per_second",
+                    "Keys walked per second over the last 15 seconds, by every replica together",
+                ),
+                job,
+            )
+            .expect("valid metric"),
             pending_rows: IntGaugeVec::new(
                 Opts::new(
                     "backfill_pending_rows",
@@ -161,6 +171,7 @@ impl Metrics {
             Box::new(m.job_state.clone()),
             Box::new(m.throttled.clone()),
             Box::new(m.rate_limit.clone()),
+            Box::new(m.rate.clone()),
             Box::new(m.pending_rows.clone()),
             Box::new(m.pass.clone()),
             Box::new(m.notifications_sent.clone()),
@@ -218,6 +229,9 @@ impl Metrics {
                 let _ = self.pending_rows.remove_label_values(&[job]);
             }
         }
+        self.rate
+            .with_label_values(&[job])
+            .set(view.rate_rows_per_second);
         match view.rate_limit_rows_per_second {
             Some(limit) => self
                 .rate_limit

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Schema};
 
 /// Makes `endpoint` known, starting after the newest event: a newly configured endpoint is
 /// told of what happens from now on, not of the whole history. A known one keeps its start.
@@ -19,7 +19,7 @@ pub async fn register<'e>(
     endpoint: &str,
 ) -> Result<(), sqlx::Error> {
     let s = &schema.q;
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "INSERT INTO {s}.notify_endpoints (endpoint, since_event_id)
          VALUES ($1, (SELECT coalesce(max(id), 0) FROM {s}.events))
          ON CONFLICT (endpoint) DO NOTHING"
@@ -44,7 +44,7 @@ pub async fn enqueue<'e>(
     backlog: i64,
 ) -> Result<u64, sqlx::Error> {
     let s = &schema.q;
-    let done = sqlx::query(sql(format!(
+    let done = db::query(sql(format!(
         "INSERT INTO {s}.deliveries (event_id, endpoint)
          SELECT e.id, n.endpoint
            FROM {s}.notify_endpoints n
@@ -97,7 +97,7 @@ pub async fn claim<'e>(
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "WITH due AS (
              SELECT event_id, endpoint FROM {s}.deliveries
               WHERE endpoint = ANY ($1) AND delivered_at IS NULL AND next_attempt_at <= now()
@@ -140,7 +140,7 @@ pub async fn delivered<'e>(
     endpoint: &str,
     token: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql(format!(
+    let done = db::query(sql(format!(
         "UPDATE {}.deliveries
             SET delivered_at = now(), claimed_until = NULL, last_error = NULL
           WHERE event_id = $1 AND endpoint = $2 AND claim_token = $3 AND delivered_at IS NULL",
@@ -164,7 +164,7 @@ pub async fn retry_later<'e>(
     delay: Duration,
     error: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.deliveries
             SET claimed_until = NULL, next_attempt_at = now() + make_interval(secs => $4),
                 last_error = $5

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 use crate::store::JobState;
 
 /// One entry of a job's event log, as stored and as the API returns it.
@@ -33,7 +33,7 @@ pub async fn record<'e>(
         Some((from, to)) => (from.map(JobState::as_str), Some(to.as_str())),
         None => (None, None),
     };
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "INSERT INTO {}.events (job_id, actor, kind, from_state, to_state, detail)
          VALUES ($1, $2, $3, $4, $5, $6)",
         schema.q
@@ -54,7 +54,7 @@ pub async fn list<'e>(
     schema: &Schema,
     job_id: i64,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT id, at, actor, kind, from_state, to_state, detail
            FROM {}.events WHERE job_id = $1 ORDER BY id",
         schema.q
@@ -64,6 +64,28 @@ pub async fn list<'e>(
     .await
 }
 
+/// The state job `id` was in when it was last paused (`queued` or `running`), if ever.
+pub async fn paused_from<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<Option<JobState>, sqlx::Error> {
+    let from: Option<Option<String>> = db::query_scalar(sql(format!(
+        "SELECT from_state FROM {}.events
+          WHERE job_id = $1 AND to_state = 'paused' AND from_state IS DISTINCT FROM 'paused'
+          ORDER BY id DESC LIMIT 1",
+        schema.q
+    )))
+    .bind(job_id)
+    .fetch_optional(executor)
+    .await?;
+    Ok(match from.flatten().as_deref() {
+        Some("queued") => Some(JobState::Queued),
+        Some("running") => Some(JobState::Running),
+        _ => None,
+    })
+}
+
 /// Records that job `job_id` is being held back by a throttle signal, unless a `throttled`
 /// event was recorded within `quiet` (by this or another replica): a signal that flaps, or a
 /// window that closes every night, makes one entry (and one notification) per episode, not one
@@ -71,7 +93,7 @@ pub async fn list<'e>(
 /// between them: the check after the lock sees what the other committed. True if it recorded
 /// one.
 pub async fn record_throttled(
-    pool: &sqlx::PgPool,
+    pool: &Db,
     schema: &Schema,
     job_id: i64,
     actor: &str,
@@ -80,13 +102,13 @@ pub async fn record_throttled(
 ) -> Result<bool, sqlx::Error> {
     let s = &schema.q;
     let mut tx = pool.begin().await?;
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "SELECT 1 FROM {s}.jobs WHERE id = $1 FOR UPDATE"
     )))
     .bind(job_id)
     .execute(&mut *tx)
     .await?;
-    let done = sqlx::query(sql(format!(
+    let done = db::query(sql(format!(
         "INSERT INTO {s}.events (job_id, actor, kind, detail)
          SELECT $1, $2, 'throttled', $3
           WHERE NOT EXISTS (SELECT 1 FROM {s}.events

@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 use crate::spec::{JobSpec, Tunables};
 use crate::store::{events, JobState};
 
@@ -30,6 +30,8 @@ pub struct JobRow {
     pub pending_rows: Option<i64>,
     pub verified_at: Option<DateTime<Utc>>,
     pub sync_installed_at: Option<DateTime<Utc>>,
+    /// The definition as its author last gave it, before any PATCH (`store::definition`).
+    pub authored_spec: Option<Json<serde_json::Value>>,
 }
 
 impl JobRow {
@@ -46,14 +48,15 @@ impl JobRow {
 }
 
 const COLUMNS: &str = "id, name, spec, state, estimated_rows, last_error, created_at, started_at,
-     finished_at, pass, scanned_before_pass, updated_before_pass, pending_rows, verified_at, sync_installed_at";
+     finished_at, pass, scanned_before_pass, updated_before_pass, pending_rows, verified_at, sync_installed_at,
+     authored_spec";
 
 pub async fn find_by_name<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
     name: &str,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE name = $1",
         schema.q
     )))
@@ -67,7 +70,7 @@ pub async fn find<'e>(
     schema: &Schema,
     id: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE id = $1",
         schema.q
     )))
@@ -80,7 +83,7 @@ pub async fn list<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs ORDER BY id",
         schema.q
     )))
@@ -97,9 +100,10 @@ pub async fn insert(
 ) -> Result<Option<i64>, sqlx::Error> {
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
-    sqlx::query_scalar(sql(format!(
-        "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us)
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6)
+    db::query_scalar(sql(format!(
+        "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us,
+                              authored_spec)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $2)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         schema.q
     )))
@@ -152,8 +156,17 @@ impl From<LiveTunables> for Tunables {
 /// The result of asking for a state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Done { from: JobState },
-    NotAllowed { current: JobState },
+    Done {
+        from: JobState,
+        to: JobState,
+    },
+    /// The job already is where the request would put it: nothing changed, no event.
+    Already {
+        current: JobState,
+    },
+    NotAllowed {
+        current: JobState,
+    },
     Unknown,
 }
 
@@ -167,7 +180,7 @@ pub async fn transition(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
-    let current: Option<JobState> = sqlx::query_scalar(sql(format!(
+    let current: Option<JobState> = db::query_scalar(sql(format!(
         "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
     )))
@@ -177,11 +190,14 @@ pub async fn transition(
     let Some(current) = current else {
         return Ok(Transition::Unknown);
     };
+    if current == to {
+        return Ok(Transition::Already { current });
+    }
     if !current.can_become(to) {
         return Ok(Transition::NotAllowed { current });
     }
     // A failure's message stays in last_error; anything else clears it.
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.jobs
             SET state = $2,
                 started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
@@ -206,7 +222,88 @@ pub async fn transition(
         detail,
     )
     .await?;
-    Ok(Transition::Done { from: current })
+    tell_story(conn, schema, id, current, to, actor, detail).await?;
+    Ok(Transition::Done { from: current, to })
+}
+
+/// Resumes job `id`: a paused job returns to where it was paused from (`queued` or
+/// `running`), a failed one runs again from its checkpoints; a job already running or queued
+/// is left as it is.
+pub async fn resume(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: i64,
+    actor: &str,
+    detail: Option<&str>,
+) -> Result<Transition, sqlx::Error> {
+    let current: Option<JobState> = db::query_scalar(sql(format!(
+        "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        schema.q
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let to = match current {
+        None => return Ok(Transition::Unknown),
+        Some(JobState::Queued) => {
+            return Ok(Transition::Already {
+                current: JobState::Queued,
+            })
+        }
+        Some(JobState::Paused) => match events::paused_from(&mut *conn, schema, id).await? {
+            Some(JobState::Queued) => JobState::Queued,
+            _ => JobState::Running,
+        },
+        Some(_) => JobState::Running,
+    };
+    transition(conn, schema, id, to, actor, detail).await
+}
+
+/// One log line per state change, with the job's rows, how long it has run and its rate, so
+/// the daemon's log (`kubectl logs`) tells each job's story.
+pub(super) async fn tell_story(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: i64,
+    from: JobState,
+    to: JobState,
+    actor: &str,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let s = &schema.q;
+    let (name, scanned, updated, seconds): (String, i64, i64, Option<f64>) =
+        db::query_as(sql(format!(
+            "SELECT j.name, coalesce(sum(p.rows_scanned), 0)::int8, coalesce(sum(p.rows_updated), 0)::int8,
+                    extract(epoch FROM now() - j.started_at)::float8
+               FROM {s}.jobs j LEFT JOIN {s}.progress p ON p.job_id = j.id
+              WHERE j.id = $1 GROUP BY j.id"
+        )))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let seconds = seconds.unwrap_or(0.0).max(0.0);
+    let rate = if seconds > 0.0 {
+        (scanned as f64 / seconds).round()
+    } else {
+        0.0
+    };
+    let word = match (from, to) {
+        (JobState::Paused, JobState::Running | JobState::Queued)
+        | (JobState::Failed, JobState::Running) => "resumed",
+        (JobState::Queued, JobState::Running) => "started",
+        (JobState::Failed | JobState::Cancelled, JobState::Queued) => "replaced",
+        (_, to) => to.as_str(),
+    };
+    let duration = humantime::format_duration(std::time::Duration::from_secs(seconds as u64));
+    let detail = detail.unwrap_or("");
+    if to == JobState::Failed {
+        tracing::error!(job = %name, %actor, %from, %to, rows_scanned = scanned, rows_updated = updated,
+            duration = %duration, rows_per_second = rate, detail, "job {word}");
+    } else {
+        tracing::info!(job = %name, %actor, %from, %to, rows_scanned = scanned, rows_updated = updated,
+            duration = %duration, rows_per_second = rate, detail, "job {word}");
+    }
+    Ok(())
 }
 
 /// Job `id`, its row locked until the caller's transaction ends: a read-modify-write of the
@@ -217,7 +314,7 @@ pub async fn lock(
     schema: &Schema,
     id: i64,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT {COLUMNS} FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
     )))
@@ -239,7 +336,7 @@ pub async fn replace_spec(
 ) -> Result<(), sqlx::Error> {
     let spec_json = serde_json::to_value(spec).expect("a JobSpec always serializes");
     let live = LiveTunables::from(spec.tunables());
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.jobs
             SET spec = $2, batch_size = $3, rows_per_second = $4, pause_us = $5, updated_at = now()
           WHERE id = $1",
@@ -269,7 +366,7 @@ pub async fn queued<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "SELECT id FROM {}.jobs WHERE state = 'queued' ORDER BY id",
         schema.q
     )))
@@ -283,7 +380,7 @@ pub async fn states<'e>(
     schema: &Schema,
     ids: &[i64],
 ) -> Result<Vec<(i64, JobState)>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT id, state FROM {}.jobs WHERE id = ANY ($1)",
         schema.q
     )))
@@ -299,7 +396,7 @@ pub async fn finished_but_running<'e>(
     schema: &Schema,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "SELECT j.id FROM {s}.jobs j
           WHERE j.state = 'running'
             AND NOT EXISTS (SELECT 1 FROM {s}.progress p WHERE p.job_id = j.id AND p.state <> 'done')"
@@ -310,7 +407,7 @@ pub async fn finished_but_running<'e>(
 
 /// Records a failure: `failed` with the message, in the event log too.
 pub async fn fail(
-    pool: &PgPool,
+    pool: &Db,
     schema: &Schema,
     job_id: i64,
     actor: &str,
@@ -338,7 +435,7 @@ pub async fn delete_named_on_table(
     name: &str,
     table: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "DELETE FROM {}.jobs WHERE name = $1 AND spec ->> 'table' = $2",
         schema.q
     )))

@@ -5,15 +5,22 @@
 //! never sees them. A new migration is just a new file in `migrations/`.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use sqlx::migrate::Migrator;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
-use crate::plumbing::db::{self, sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 
 /// Every migration, read from `migrations/` at compile time so the binary carries its schema
 /// (`build.rs` makes a new file there trigger a rebuild).
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// Its own session lock is off: [`run`] takes a transaction's lock instead, which a transaction
+/// pooler cannot strand on a server.
+static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    migrator
+});
 
 /// The history table sqlx's migrator keeps; created unqualified, so in the daemon's schema.
 const HISTORY: &str = "_sqlx_migrations";
@@ -64,36 +71,44 @@ impl From<sqlx::migrate::MigrateError> for MigrateError {
 }
 
 /// Applies what is missing and returns how many migrations this call applied.
-pub async fn run(pool: &PgPool, schema: &Schema) -> Result<usize, MigrateError> {
-    let mut conn = pool.acquire().await?;
-    // This connection's search_path is about to change, and other code resolves the
-    // application's unqualified table names through the pool's: it must never go back to the
-    // pool, even if this future is dropped half-way.
-    conn.close_on_drop();
-    let applied = apply(&mut conn, schema).await;
-    // Closing also ends the session, which releases its advisory locks on every path (sqlx's
-    // migrator does not release its own when it fails). A failure to close changes nothing
-    // about what was applied, so it is not reported as a failed migration.
-    if let Err(error) = conn.close().await {
-        tracing::debug!(%error, "closing the migration connection");
+///
+/// Everything happens in one transaction (sqlx's migrator makes each migration a savepoint of
+/// it), so it holds through a transaction pooler, and a failure leaves the schema as it was.
+/// Replicas starting together serialize on a transaction-scoped advisory lock, so the schema
+/// is created once (concurrent CREATE SCHEMA IF NOT EXISTS can still fail on the catalog's
+/// unique index) and the count below is what this call applied.
+pub async fn run(pool: &Db, schema: &Schema) -> Result<usize, MigrateError> {
+    let mut conn = pool.pinned().await?;
+    let applied = apply(&mut conn, schema).await?;
+    conn.commit().await?;
+    for migration in MIGRATOR.iter().filter(|m| applied.contains(&m.version)) {
+        tracing::info!(
+            version = migration.version,
+            name = %migration.description,
+            schema = %schema.name,
+            "applied migration"
+        );
     }
-    applied
+    Ok(applied.len())
 }
 
-async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<usize, MigrateError> {
-    // Replicas starting together serialize here, so the schema is created once (concurrent
-    // CREATE SCHEMA IF NOT EXISTS can still fail on the catalog's unique index) and the count
-    // below is what this call applied. A session lock rather than a transaction's, because it
-    // must span the migrator's own transactions; the connection is closed afterwards, which
-    // releases it. The key is the one the earlier runner locked, so it serializes with that too.
-    sqlx::query("SELECT pg_advisory_lock(hashtext('backfilld.migrate:' || $1))")
+/// The versions this call applied, inside the caller's transaction.
+async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<BTreeSet<i64>, MigrateError> {
+    // The key is the one earlier versions locked for the session, so it serializes with them.
+    db::query("SELECT pg_advisory_xact_lock(hashtext('backfilld.migrate:' || $1))")
         .bind(&schema.name)
         .execute(&mut *conn)
         .await?;
+    // Up to date: nothing to create, so nothing that needs CREATE on the schema (the
+    // migrator's `CREATE TABLE IF NOT EXISTS` checks it even when the table exists). A role
+    // given only DML on a schema an administrator migrated starts here.
+    if up_to_date(conn, schema).await? {
+        return Ok(BTreeSet::new());
+    }
     // Only when missing: even CREATE SCHEMA IF NOT EXISTS needs CREATE on the database, which
     // a role given a schema made for it by an administrator does not have.
     let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        db::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
             .bind(&schema.name)
             .fetch_one(&mut *conn)
             .await?;
@@ -102,13 +117,14 @@ async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<usize, Migrat
             .execute(&mut *conn)
             .await?;
     }
-    // The schema alone: the migrations use unqualified names, and nothing they create or drop
-    // may resolve to the application's tables (pg_catalog is always searched anyway). Notices
-    // are muted: the migrations are idempotent (IF [NOT] EXISTS), and their "already exists,
-    // skipping" would otherwise be logged on every upgrade as if something were wrong.
-    sqlx::query(
-        "SELECT set_config('search_path', $1, false),
-                set_config('client_min_messages', 'warning', false)",
+    // The schema alone, for this transaction: the migrations use unqualified names, and
+    // nothing they create or drop may resolve to the application's tables (pg_catalog is
+    // always searched anyway). Notices are muted: the migrations are idempotent (IF [NOT]
+    // EXISTS), and their "already exists, skipping" would otherwise be logged on every
+    // upgrade as if something were wrong.
+    db::query(
+        "SELECT set_config('search_path', $1, true),
+                set_config('client_min_messages', 'warning', true)",
     )
     .bind(&schema.q)
     .execute(&mut *conn)
@@ -119,25 +135,50 @@ async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<usize, Migrat
     // and callers may spawn this one. It is public, hidden, and kept by sqlx for this purpose.
     MIGRATOR.run_direct(None, conn, false).await?;
     let after = applied_versions(conn, schema).await?;
-    let mut count = 0;
-    for migration in MIGRATOR.iter() {
-        if after.contains(&migration.version) && !before.contains(&migration.version) {
-            tracing::info!(
-                version = migration.version,
-                name = %migration.description,
-                schema = %schema.name,
-                "applied migration"
-            );
-            count += 1;
+    Ok(after.difference(&before).copied().collect())
+}
+
+/// True when the history records every migration this binary knows, as this binary knows it;
+/// an edited, unknown or half-applied one is the error the migrator would give.
+async fn up_to_date(conn: &mut PgConnection, schema: &Schema) -> Result<bool, MigrateError> {
+    let table = format!("{}.{HISTORY}", schema.q);
+    let exists: bool = db::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> = db::query_as(sql(format!(
+        "SELECT version, checksum, success FROM {table} ORDER BY version"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (version, checksum, success) in &applied {
+        let Some(known) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            return Err(MigrateError::Unknown { version: *version });
+        };
+        if !success {
+            return Err(MigrateError::Dirty { version: *version });
+        }
+        if *known.checksum != checksum[..] {
+            return Err(MigrateError::Changed {
+                version: *version,
+                name: name_of(*version),
+            });
         }
     }
-    Ok(count)
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.iter().any(|(v, _, _)| *v == m.version)))
 }
 
 /// Whether every migration this binary knows is applied: what `/readyz` asks.
-pub async fn is_current(pool: &PgPool, schema: &Schema) -> Result<bool, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let applied = applied_versions(&mut conn, schema).await?;
+pub async fn is_current(pool: &Db, schema: &Schema) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let applied = applied_versions(&mut tx, schema).await?;
+    tx.commit().await?;
     Ok(MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
@@ -151,7 +192,7 @@ async fn applied_versions(
     schema: &Schema,
 ) -> Result<BTreeSet<i64>, sqlx::Error> {
     let table = format!("{}.{HISTORY}", schema.q);
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+    let exists: bool = db::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&table)
         .fetch_one(&mut *conn)
         .await?;
@@ -159,7 +200,7 @@ async fn applied_versions(
         return Ok(BTreeSet::new());
     }
     let versions: Vec<i64> =
-        sqlx::query_scalar(sql(format!("SELECT version FROM {table} WHERE success")))
+        db::query_scalar(sql(format!("SELECT version FROM {table} WHERE success")))
             .fetch_all(&mut *conn)
             .await?;
     Ok(versions.into_iter().collect())

@@ -1,6 +1,7 @@
 //! The daemon's own tables, one module per table; each function takes an executor so callers
 //! choose the transaction.
 
+pub mod definition;
 pub mod deliveries;
 pub mod events;
 pub mod jobs;
@@ -45,18 +46,37 @@ impl JobState {
         }
     }
 
-    /// Whether an operator (or the daemon) may move a job from `self` to `to`.
+    /// Whether an operator (or the daemon) may move a job from `self` to `to`. A paused job
+    /// that was paused while `queued` returns to `queued` on resume; a `failed` or `cancelled`
+    /// job whose definition is replaced is `queued` again (it keeps its checkpoint).
     pub fn can_become(self, to: JobState) -> bool {
         use JobState::*;
         matches!(
             (self, to),
             (Queued, Running)
                 | (Running, Completed)
-                | (Running, Paused)
-                | (Paused, Running)
+                | (Queued | Running, Paused)
+                | (Paused, Running | Queued)
                 | (Running, Failed)
                 | (Failed, Running)
+                | (Failed | Cancelled, Queued)
                 | (Queued | Running | Paused | Failed, Cancelled)
+        )
+    }
+
+    /// Whether the job may be deleted (its name freed): it has ended.
+    pub fn can_be_deleted(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Cancelled | JobState::Failed
+        )
+    }
+
+    /// Whether the job may take a new definition (`--replace`): it is stopped, not done.
+    pub fn can_be_replaced(self) -> bool {
+        matches!(
+            self,
+            JobState::Failed | JobState::Paused | JobState::Cancelled
         )
     }
 
@@ -85,5 +105,13 @@ mod tests {
         assert!(!Cancelled.can_become(Running));
         assert!(!Paused.can_become(Completed));
         assert!(!Completed.can_become(Cancelled));
+        assert!(Queued.can_become(Paused));
+        assert!(Paused.can_become(Queued));
+        assert!(!Completed.can_become(Queued));
+        assert!(!Running.can_become(Queued));
+        assert!(Failed.can_be_deleted() && !Running.can_be_deleted() && !Paused.can_be_deleted());
+        assert!(
+            Paused.can_be_replaced() && !Completed.can_be_replaced() && !Queued.can_be_replaced()
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use sqlx::{Acquire, PgConnection};
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Schema};
 use crate::spec::JobSpec;
 use crate::store::jobs::{self, Transition};
 use crate::store::{events, progress, JobState};
@@ -35,7 +35,7 @@ pub async fn finish_pass(
     let mut tx = conn.begin().await?;
     // A worker's session may commit batches asynchronously (`synchronous_commit`); the end of
     // a pass waits for its flush, and with it for every batch's WAL before it.
-    sqlx::query(
+    db::query(
         "SELECT set_config('synchronous_commit', 'on', true)
           WHERE current_setting('synchronous_commit') = 'off'",
     )
@@ -47,7 +47,7 @@ pub async fn finish_pass(
     if job.state != JobState::Running || !progress::all_done(&mut *tx, schema, job_id).await? {
         return Ok(Finish::NotYet);
     }
-    let (scanned, updated): (i64, i64) = sqlx::query_as(sql(format!(
+    let (scanned, updated): (i64, i64) = db::query_as(sql(format!(
         "SELECT coalesce(sum(rows_scanned), 0)::int8, coalesce(sum(rows_updated), 0)::int8
            FROM {}.progress WHERE job_id = $1",
         schema.q
@@ -78,7 +78,7 @@ pub async fn finish_pass(
     }
     if job.pass < max_passes {
         let next = job.pass + 1;
-        sqlx::query(sql(format!(
+        db::query(sql(format!(
             "UPDATE {}.jobs SET pass = $2, scanned_before_pass = $3, updated_before_pass = $4,
                     updated_at = now()
               WHERE id = $1",
@@ -90,7 +90,7 @@ pub async fn finish_pass(
         .bind(updated)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(sql(format!(
+        db::query(sql(format!(
             "UPDATE {}.progress SET state = 'pending', cursor = NULL, finished_at = NULL,
                     updated_at = now()
               WHERE job_id = $1",
@@ -174,14 +174,14 @@ async fn complete(
 }
 
 /// Records what a pass or `verify` found still pending (`None` leaves it unknown).
-pub async fn record_pending(
-    conn: &mut PgConnection,
+pub async fn record_pending<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
     schema: &Schema,
     job_id: i64,
     pending: Option<i64>,
 ) -> Result<(), sqlx::Error> {
     if let Some(pending) = pending {
-        sqlx::query(sql(format!(
+        db::query(sql(format!(
             "UPDATE {}.jobs SET pending_rows = $2, verified_at = now() WHERE id = $1",
             schema.q
         )))
@@ -202,7 +202,7 @@ pub async fn mark_sync_installed(
     detail: &str,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    let first: Option<i64> = sqlx::query_scalar(sql(format!(
+    let first: Option<i64> = db::query_scalar(sql(format!(
         "UPDATE {}.jobs SET sync_installed_at = now()
           WHERE id = $1 AND sync_installed_at IS NULL RETURNING id",
         schema.q

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::plumbing::db::{sql, Schema};
+use crate::plumbing::db::{self, sql, Schema};
 
 /// A partition's stored state, as the API and the planner see it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -44,8 +44,10 @@ pub struct Claim {
 #[derive(Debug, Clone)]
 pub struct Holder {
     pub owner: String,
-    pub backend_pid: i32,
-    pub backend_start: DateTime<Utc>,
+    /// The presence session's backend, whose end frees the holder's leases at once; `None`
+    /// through a transaction pooler (no session is ours there): the leases then expire.
+    pub backend_pid: Option<i32>,
+    pub backend_start: Option<DateTime<Utc>>,
 }
 
 pub async fn insert_partitions(
@@ -55,7 +57,7 @@ pub async fn insert_partitions(
     ranges: &[(Option<String>, Option<String>)],
 ) -> Result<(), sqlx::Error> {
     for (index, (lower, upper)) in ranges.iter().enumerate() {
-        sqlx::query(sql(format!(
+        db::query(sql(format!(
             "INSERT INTO {}.progress (job_id, partition_index, lower_bound, upper_bound)
              VALUES ($1, $2, $3, $4)",
             schema.q
@@ -75,7 +77,7 @@ pub async fn list<'e>(
     schema: &Schema,
     job_id: i64,
 ) -> Result<Vec<PartitionRow>, sqlx::Error> {
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT job_id, partition_index, lower_bound, upper_bound, cursor, state, rows_scanned,
                 rows_updated, batches, lease_owner, lease_expires_at
            FROM {}.progress WHERE job_id = $1 ORDER BY partition_index",
@@ -85,6 +87,17 @@ pub async fn list<'e>(
     .fetch_all(executor)
     .await
 }
+
+/// A lease (of progress row `p`) that no one holds any more: none, expired, or its holder's
+/// presence session is gone. Claims take such partitions; the others are live.
+/// A holder without a presence session (through a transaction pooler) is live until its
+/// lease expires.
+const LEASE_IS_FREE: &str = "(p.lease_token IS NULL
+                     OR p.lease_expires_at < now()
+                     OR (p.lease_backend_pid IS NOT NULL
+                         AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                          WHERE a.pid = p.lease_backend_pid
+                                            AND a.backend_start = p.lease_backend_start)))";
 
 /// Leases up to `limit` pending partitions of running jobs (only of `job_id` when given) whose
 /// lease is free, expired, or held by a session that no longer exists.
@@ -97,17 +110,13 @@ pub async fn claim<'e>(
     limit: i64,
 ) -> Result<Vec<Claim>, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "WITH candidate AS (
              SELECT p.job_id, p.partition_index
                FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
               WHERE j.state = 'running' AND p.state = 'pending'
                 AND ($1::int8 IS NULL OR p.job_id = $1)
-                AND (p.lease_token IS NULL
-                     OR p.lease_expires_at < now()
-                     OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                                     WHERE a.pid = p.lease_backend_pid
-                                       AND a.backend_start = p.lease_backend_start))
+                AND {LEASE_IS_FREE}
               ORDER BY p.job_id, p.partition_index
               LIMIT $2
               FOR UPDATE OF p SKIP LOCKED
@@ -144,7 +153,7 @@ pub async fn renew<'e>(
     ttl: Duration,
 ) -> Result<i64, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "WITH free AS (
              SELECT job_id, partition_index FROM {s}.progress
               WHERE lease_token = ANY ($1)
@@ -173,7 +182,7 @@ pub async fn release<'e>(
     schema: &Schema,
     token: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sql(format!(
+    db::query(sql(format!(
         "UPDATE {}.progress
             SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
                 lease_backend_pid = NULL, lease_backend_start = NULL, updated_at = now()
@@ -192,7 +201,7 @@ pub async fn all_done<'e>(
     schema: &Schema,
     job_id: i64,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(sql(format!(
+    db::query_scalar(sql(format!(
         "SELECT NOT EXISTS (SELECT 1 FROM {}.progress WHERE job_id = $1 AND state <> 'done')",
         schema.q
     )))
@@ -208,12 +217,33 @@ pub async fn scanned_by_running_job<'e>(
     schema: &Schema,
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let s = &schema.q;
-    sqlx::query_as(sql(format!(
+    db::query_as(sql(format!(
         "SELECT p.job_id, sum(p.rows_scanned)::int8
            FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
           WHERE j.state = 'running'
           GROUP BY p.job_id"
     )))
+    .fetch_all(executor)
+    .await
+}
+
+/// For each of `job_ids` with live leases: how many of its pending partitions `owner` holds,
+/// and how many any process holds. A process takes that share of the job's rate limit.
+pub async fn lease_shares<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_ids: &[i64],
+    owner: &str,
+) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+    db::query_as(sql(format!(
+        "SELECT p.job_id, count(*) FILTER (WHERE p.lease_owner = $2)::int8, count(*)::int8
+           FROM {}.progress p
+          WHERE p.job_id = ANY ($1) AND p.state = 'pending' AND NOT {LEASE_IS_FREE}
+          GROUP BY p.job_id",
+        schema.q
+    )))
+    .bind(job_ids)
+    .bind(owner)
     .fetch_all(executor)
     .await
 }

@@ -2,17 +2,19 @@
 //! temporary directory, and the real binary; jobs driven step by step through the library; the
 //! hits table that a non-idempotent job (`hits = hits + 1`) runs over, with its checks (each
 //! row once, the table against the checkpoints) and what tests wait for (progress, a batch
-//! waiting on a lock, leases released). api.rs: the HTTP side; cluster.rs: throwaway servers.
+//! waiting on a lock, leases released). api.rs: the HTTP side; cluster.rs: throwaway servers; pgbouncer.rs: a pooler in front.
 #![allow(dead_code)]
 
 pub mod api;
 pub mod cluster;
+pub mod pgbouncer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use backfilld::plumbing::db::{Db, PoolMode};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{AssertSqlSafe, PgExecutor, PgPool};
+use sqlx::{AssertSqlSafe, PgExecutor};
 
 /// The shared server, over plain connections unless DATABASE_URL names an sslmode: sqlx 0.9.0
 /// leaves Nagle's algorithm on, so a TLS handshake waits out two delayed ACKs (~90 ms on
@@ -31,7 +33,9 @@ pub fn server_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
-    pub pool: PgPool,
+    /// The test database through the daemon's own pool type: every statement its own
+    /// transaction, unnamed, as the daemon runs them.
+    pub pool: Db,
     pub dir: PathBuf,
 }
 
@@ -60,6 +64,7 @@ impl TestDb {
             .connect(&url)
             .await
             .unwrap();
+        let pool = Db::from_pool(pool, PoolMode::Session);
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         TestDb {
@@ -422,7 +427,7 @@ pub async fn start_job(
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let presence = Presence::new(&db.pool.connect_options());
+    let presence = Presence::new(&db.pool.connect_options(), db.pool.mode());
     let holder = presence.holder().await.unwrap();
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
         .await

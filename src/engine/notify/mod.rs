@@ -13,13 +13,12 @@ pub mod message;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::plumbing::config::NotifyTarget;
-use crate::plumbing::db::{self, Schema};
+use crate::plumbing::db::{self, Db, Schema};
 use crate::plumbing::retry::backoff;
 use crate::status::metrics::METRICS;
 use crate::store::deliveries::{self, Claimed};
@@ -74,7 +73,7 @@ impl Endpoint {
 }
 
 pub struct Notifier {
-    pool: PgPool,
+    pool: Db,
     schema: Schema,
     endpoints: Vec<Endpoint>,
     http: reqwest::Client,
@@ -86,7 +85,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// A notifier for `targets`; `None` when there are none.
-    pub fn new(pool: PgPool, schema: Schema, targets: &[NotifyTarget]) -> Option<Notifier> {
+    pub fn new(pool: Db, schema: Schema, targets: &[NotifyTarget]) -> Option<Notifier> {
         if targets.is_empty() {
             return None;
         }

@@ -1,10 +1,8 @@
 //! `max_active_sessions`: wait while more backends than this are active in the database,
 //! backfilld's own sessions not counted.
 
-use sqlx::PgPool;
-
 use super::{blind, Check, Signal, SEES_STATS};
-use crate::plumbing::db::sql;
+use crate::plumbing::db::{self, sql, Db};
 use crate::spec::JobSpec;
 use crate::status::Reason;
 
@@ -22,11 +20,11 @@ impl Signal for ActiveSessions {
         Reason::ActiveSessions
     }
 
-    fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
+    fn check<'a>(&'a self, pool: &'a Db) -> Check<'a> {
         Box::pin(async move {
             // Other roles' sessions have a NULL state for a role that may not see them: they
             // would all count as idle.
-            let (active, sees, role): (i64, bool, String) = sqlx::query_as(sql(format!(
+            let (active, sees, role): (i64, bool, String) = db::query_as(sql(format!(
                 "SELECT (SELECT count(*) FROM pg_stat_activity
                           WHERE state = 'active' AND datname = current_database()
                             AND pid <> pg_backend_pid() AND application_name <> 'backfilld'),

@@ -14,9 +14,9 @@ mod window;
 use std::future::Future;
 use std::pin::Pin;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
-use crate::plumbing::db::quote_ident;
+use crate::plumbing::db::{self, quote_ident, Db};
 use crate::spec::JobSpec;
 use crate::status::{Reason, Throttle};
 
@@ -29,7 +29,7 @@ pub trait Signal: Send + Sync {
     fn reason(&self) -> Reason;
     /// `Some(detail)` when the job should wait now, saying what the signal saw; an error when
     /// it could not be evaluated (which throttles too).
-    fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a>;
+    fn check<'a>(&'a self, pool: &'a Db) -> Check<'a>;
 }
 
 /// The signals a job asked for, checked in order; the first that says wait is reported.
@@ -51,7 +51,7 @@ impl Signals {
     }
 
     /// The first signal that says wait, or `None` when every check passes.
-    pub async fn check(&self, pool: &PgPool) -> Option<Throttle> {
+    pub async fn check(&self, pool: &Db) -> Option<Throttle> {
         for signal in &self.0 {
             let reason = signal.reason();
             match signal.check(pool).await {
@@ -105,7 +105,7 @@ pub(crate) async fn refuse_blind(
     .next() else {
         return Ok(None);
     };
-    let (sees, role): (bool, String) = sqlx::query_as(crate::plumbing::db::sql(format!(
+    let (sees, role): (bool, String) = db::query_as(crate::plumbing::db::sql(format!(
         "SELECT {SEES_STATS}, current_user::text"
     )))
     .fetch_one(conn)

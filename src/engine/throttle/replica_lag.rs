@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
-
 use super::{blind, Check, Signal, SEES_STATS};
-use crate::plumbing::db::sql;
+use crate::plumbing::db::{self, sql, Db};
 use crate::spec::JobSpec;
 use crate::status::Reason;
 
@@ -23,7 +21,7 @@ impl Signal for ReplicaLag {
         Reason::ReplicaLag
     }
 
-    fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
+    fn check<'a>(&'a self, pool: &'a Db) -> Check<'a> {
         Box::pin(async move {
             let (lag, sees, role) = replica_lag(pool).await?;
             if !sees {
@@ -44,8 +42,8 @@ impl Signal for ReplicaLag {
 /// with whether this role may see the standbys' lag, and the role. A standby's `replay_lag`
 /// is NULL when it has replayed everything and nothing new was written, hence the coalesce,
 /// which is sound only for a role that sees it.
-async fn replica_lag(pool: &PgPool) -> Result<(f64, bool, String), sqlx::Error> {
-    sqlx::query_as(sql(format!(
+async fn replica_lag(pool: &Db) -> Result<(f64, bool, String), sqlx::Error> {
+    db::query_as(sql(format!(
         "SELECT greatest(
              (SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) FROM pg_stat_replication),
              CASE WHEN pg_is_in_recovery()

@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
-
 use super::{Check, Signal};
-use crate::plumbing::db::sql;
+use crate::plumbing::db::{self, sql, Db};
 use crate::spec::JobSpec;
 use crate::status::Reason;
 
@@ -26,17 +24,17 @@ impl Signal for ThrottleQuery {
         Reason::ThrottleQuery
     }
 
-    fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
+    fn check<'a>(&'a self, pool: &'a Db) -> Check<'a> {
         Box::pin(async move {
             let mut tx = pool.begin().await?;
-            sqlx::query("SET TRANSACTION READ ONLY")
+            db::query("SET TRANSACTION READ ONLY")
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            db::query("SELECT set_config('statement_timeout', $1, true)")
                 .bind(format!("{}ms", TIMEOUT.as_millis()))
                 .execute(&mut *tx)
                 .await?;
-            let answer = sqlx::query_scalar::<_, Option<bool>>(sql(self.0.clone()))
+            let answer = db::query_scalar::<Option<bool>>(sql(self.0.clone()))
                 .fetch_optional(&mut *tx)
                 .await?;
             tx.rollback().await?;

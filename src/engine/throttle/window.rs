@@ -1,9 +1,8 @@
 //! `window`: the job runs only within its daily hours, in the database's clock and the named
 //! time zone.
 
-use sqlx::PgPool;
-
 use super::{Check, Signal};
+use crate::plumbing::db::{self, Db};
 use crate::spec::{JobSpec, Window};
 use crate::status::Reason;
 
@@ -17,9 +16,9 @@ impl Signal for Window {
         Reason::Window
     }
 
-    fn check<'a>(&'a self, pool: &'a PgPool) -> Check<'a> {
+    fn check<'a>(&'a self, pool: &'a Db) -> Check<'a> {
         Box::pin(async move {
-            let minute: i32 = sqlx::query_scalar(
+            let minute: i32 = db::query_scalar(
                 "SELECT (extract(hour FROM now() AT TIME ZONE $1) * 60
                          + extract(minute FROM now() AT TIME ZONE $1))::int4",
             )
