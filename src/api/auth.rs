@@ -25,6 +25,11 @@ pub const BEARER_SCHEME: &str = "bearer";
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
+/// The role of the token a request came with (every role, `admin`, when no tokens are
+/// configured), for handlers that tell the caller what it may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Granted(pub Role);
+
 /// The actor recorded when no tokens are configured (loopback-only operation).
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -92,7 +97,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-fn role_name(role: Role) -> &'static str {
+pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Read => "read",
         Role::Operate => "operate",
@@ -190,8 +195,8 @@ async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let auth = &guard.auth;
-    let actor = if auth.is_open() {
-        ANONYMOUS.to_string()
+    let (actor, granted) = if auth.is_open() {
+        (ANONYMOUS.to_string(), Role::Admin)
     } else {
         let presented = request
             .headers()
@@ -205,9 +210,10 @@ async fn require_token(
         if role < guard.role {
             return Err(ApiError::Forbidden(name, role_name(guard.role)));
         }
-        name
+        (name, role)
     };
     request.extensions_mut().insert(Actor(actor));
+    request.extensions_mut().insert(Granted(granted));
     Ok(next.run(request).await)
 }
 
@@ -288,6 +294,7 @@ mod tests {
         ("POST", "/api/v1/jobs/{name}/cancel", Role::Operate),
         ("GET", "/api/v1/jobs/{name}/events", Role::Read),
         ("DELETE", "/api/v1/jobs/{name}", Role::Admin),
+        ("GET", "/api/v1/whoami", Role::Read),
     ];
 
     async fn call(router: &Router, method: &str, path: &str, token: Option<&str>) -> Response {

@@ -4,11 +4,13 @@
 //! OpenAPI document are open.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod guard;
 pub mod jobs;
 pub mod openapi;
 pub mod server;
+pub mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +23,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Json, Router};
 
+use utoipa_axum::routes;
+
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
+use crate::plumbing::config::Role;
 use crate::plumbing::db::{Db, Schema};
 use crate::status::metrics::METRICS;
 use auth::Auth;
@@ -53,7 +58,9 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (api, declared) = jobs::router(&state.auth).split_for_parts();
+    let (api, declared) = jobs::router(&state.auth)
+        .routes(Role::Read, routes!(whoami::whoami))
+        .split_for_parts();
     let guard = guard::Guard {
         tokenless: state.auth.is_open(),
         listen: state.listen,
@@ -67,6 +74,7 @@ pub fn router(state: AppState) -> Router {
             openapi::serve(openapi::document(declared)),
         )
         .merge(api)
+        .merge(console::router())
         // On every route, before its token check; a request for no route does nothing anyway.
         .route_layer(middleware::from_fn_with_state(
             guard,

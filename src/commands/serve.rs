@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::server::{self, Limits};
 use crate::api::{self, auth::Auth, AppState};
 use crate::commands::error::CliError;
+use crate::engine::notify::Notifier;
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
-use crate::plumbing::config::Settings;
+use crate::plumbing::config::{NotifyTarget, Settings};
 use crate::plumbing::db::{self, Db, Schema};
 use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
@@ -32,6 +33,7 @@ pub const ACTOR: &str = "daemon";
 pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     let url = settings.require_database_url().map_err(CliError::invalid)?;
+    let notify = settings.notify_targets().map_err(CliError::invalid)?;
     let budget = settings
         .budget(true)
         .map_err(|m| CliError::invalid(format!("config: max_connections: {m}")))?;
@@ -69,7 +71,10 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             let _ = signalled.set(Instant::now());
         }
     });
+    let mut notifier = None;
     if migrate_with_backoff(&pool, &schema, &root).await {
+        // Its endpoints start from the events after this point, before the jobs directory's.
+        notifier = start_notifier(&pool, &schema, &notify, &root).await;
         crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
         http.loading.store(false, Ordering::Release);
         let scheduler = Scheduler::new(
@@ -105,6 +110,15 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             }
         }
     }
+    if let Some(mut notifier) = notifier {
+        // Its round in flight finishes, so what it sent is also marked sent.
+        if tokio::time::timeout(Duration::from_secs(15), &mut notifier)
+            .await
+            .is_err()
+        {
+            notifier.abort();
+        }
+    }
     http_stop.cancel();
     let left = signalled
         .get()
@@ -116,6 +130,22 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     api_pool.close().await;
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Starts the `[[notify]]` deliveries in a task of their own, off every batch's path, once
+/// their endpoints are registered (or the database did not take that yet: the first round
+/// retries it). `None` without endpoints.
+async fn start_notifier(
+    pool: &Db,
+    schema: &Schema,
+    targets: &[NotifyTarget],
+    stop: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let mut notifier = Notifier::new(pool.clone(), schema.clone(), targets)?;
+    if let Err(e) = notifier.register().await {
+        tracing::warn!(error = %db::message(&e), "notification endpoints not registered yet");
+    }
+    Some(tokio::spawn(notifier.run(stop.clone())))
 }
 
 /// Applies migrations, retrying with backoff until the database answers. False if shut down

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod completion;
 pub mod lease;
 pub(crate) mod limiter;
+pub mod notify;
 pub(crate) mod partition;
 pub(crate) mod rates;
 pub mod runtime;

@@ -13,8 +13,9 @@ use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::Sizer;
 use crate::plumbing::db::{self, Db, Schema, SettingsScope};
 use crate::plumbing::retry::{backoff, ErrorKind};
+use crate::status::Throttle;
 use crate::store::progress::Claim;
-use crate::store::{jobs, JobState};
+use crate::store::{events, jobs, JobState};
 
 /// How a worker's run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -285,6 +286,7 @@ impl Worker {
             };
             if changed {
                 tracing::warn!(job = %self.job.name, reason = %throttle.reason, "throttled: {}", throttle.detail);
+                self.record_throttled(&throttle).await;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return false,
@@ -293,6 +295,30 @@ impl Worker {
         }
     }
 }
+
+impl Worker {
+    /// Puts the start of a throttle episode in the event log (where notifications pick it up),
+    /// at most once per job per [`THROTTLED_EVENT_QUIET`]. A database that cannot take it now
+    /// only costs the entry: the worker waits for the signal either way.
+    async fn record_throttled(&self, throttle: &Throttle) {
+        let detail = format!("{}: {}", throttle.reason, throttle.detail);
+        let recorded = events::record_throttled(
+            &self.env.pool,
+            &self.env.schema,
+            self.job.id,
+            &self.env.actor,
+            &detail,
+            THROTTLED_EVENT_QUIET,
+        )
+        .await;
+        if let Err(e) = recorded {
+            tracing::debug!(job = %self.job.name, error = %db::message(&e), "could not record the throttled event");
+        }
+    }
+}
+
+/// A job throttled again within this time of its last `throttled` event records no new one.
+const THROTTLED_EVENT_QUIET: Duration = Duration::from_secs(300);
 
 /// How often a throttled worker looks again.
 const HEALTH_RECHECK: Duration = Duration::from_secs(1);

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub rate: GaugeVec,
     pub pending_rows: IntGaugeVec,
     pub pass: IntGaugeVec,
+    /// Notifications (`[[notify]]`) by endpoint, `scheme://host[:port]`: the only series
+    /// without a `job` label.
+    pub notifications_sent: IntCounterVec,
+    pub notifications_failed: IntCounterVec,
 }
 
 /// The process's metrics. One registry per process, like the process itself.
@@ -138,6 +142,22 @@ impl Metrics {
                 job,
             )
             .expect("valid metric"),
+            notifications_sent: IntCounterVec::new(
+                Opts::new(
+                    "backfill_notifications_sent_total",
+                    "Notifications this process delivered, by endpoint",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+            notifications_failed: IntCounterVec::new(
+                Opts::new(
+                    "backfill_notifications_failed_total",
+                    "Notification attempts that failed (retried with backoff), by endpoint",
+                ),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -154,6 +174,8 @@ impl Metrics {
             Box::new(m.rate.clone()),
             Box::new(m.pending_rows.clone()),
             Box::new(m.pass.clone()),
+            Box::new(m.notifications_sent.clone()),
+            Box::new(m.notifications_failed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for collector in collectors {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 
-use crate::plumbing::db::{self, sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 use crate::store::JobState;
 
 /// One entry of a job's event log, as stored and as the API returns it.
@@ -84,4 +84,43 @@ pub async fn paused_from<'e>(
         Some("running") => Some(JobState::Running),
         _ => None,
     })
+}
+
+/// Records that job `job_id` is being held back by a throttle signal, unless a `throttled`
+/// event was recorded within `quiet` (by this or another replica): a signal that flaps, or a
+/// window that closes every night, makes one entry (and one notification) per episode, not one
+/// per check. The job row is locked first, so replicas throttled at the same moment record one
+/// between them: the check after the lock sees what the other committed. True if it recorded
+/// one.
+pub async fn record_throttled(
+    pool: &Db,
+    schema: &Schema,
+    job_id: i64,
+    actor: &str,
+    detail: &str,
+    quiet: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let s = &schema.q;
+    let mut tx = pool.begin().await?;
+    db::query(sql(format!(
+        "SELECT 1 FROM {s}.jobs WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(job_id)
+    .execute(&mut *tx)
+    .await?;
+    let done = db::query(sql(format!(
+        "INSERT INTO {s}.events (job_id, actor, kind, detail)
+         SELECT $1, $2, 'throttled', $3
+          WHERE NOT EXISTS (SELECT 1 FROM {s}.events
+                             WHERE job_id = $1 AND kind = 'throttled'
+                               AND at > clock_timestamp() - make_interval(secs => $4))"
+    )))
+    .bind(job_id)
+    .bind(actor)
+    .bind(detail)
+    .bind(quiet.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -2,6 +2,7 @@
 //! choose the transaction.
 
 pub mod definition;
+pub mod deliveries;
 pub mod events;
 pub mod jobs;
 pub mod migrate;
