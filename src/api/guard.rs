@@ -5,7 +5,8 @@
 //! - a cross-site `Origin` (or `null`) or `Sec-Fetch-Site` other than `same-origin`/`none` → 403;
 //! - without tokens, a `Host` that is not a loopback name or the listen address → 403;
 //! - a state-changing request without an explicit JSON or TOML content type → 415 (a browser
-//!   cannot send those cross-site without a CORS preflight, which the daemon never grants).
+//!   cannot send those cross-site without a CORS preflight, which the daemon never grants);
+//!   DELETE is exempt: it has no body, and a browser preflights it anyway.
 //!
 //! Every response also says `X-Content-Type-Options: nosniff` ([`nosniff`]).
 
@@ -103,7 +104,12 @@ fn check(guard: &Guard, method: &Method, headers: &HeaderMap) -> Result<(), ApiE
             }
         }
     }
-    let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // DELETE has no body to type, and no page can send it cross-site without the CORS
+    // preflight the daemon never grants; a body-less POST (pause) can be sent by a form.
+    let changes_state = !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    );
     if changes_state && format(headers).is_none() {
         let given = headers
             .get(header::CONTENT_TYPE)
@@ -216,6 +222,12 @@ mod tests {
                 403,
             ),
             (
+                "cross-site delete",
+                Method::DELETE,
+                headers(&[host, ("origin", "https://evil.example")]),
+                403,
+            ),
+            (
                 "rebinding",
                 Method::GET,
                 headers(&[("host", "rebind.evil.example:9780")]),
@@ -244,6 +256,7 @@ mod tests {
             ),
             ("plain get", Method::GET, headers(&[host])),
             ("no host (HTTP/1.0)", Method::GET, headers(&[])),
+            ("body-less delete", Method::DELETE, headers(&[host])),
         ] {
             assert!(check(&OPEN, &method, &given).is_ok(), "{case}");
         }
