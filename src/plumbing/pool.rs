@@ -157,23 +157,13 @@ pub struct Db {
 
 impl Db {
     /// A pool of at most `size` connections that connects on first use, so a daemon starts
-    /// (and answers `/healthz`) while the database is still away.
+    /// (and answers `/healthz`) while the database is still away; `db::connect` opens one
+    /// connection first, for the commands that should fail at once.
     pub fn lazy(options: PgConnectOptions, size: u32, mode: PoolMode) -> Db {
         Db {
             pool: pool_options(size).connect_lazy_with(options),
             mode,
         }
-    }
-
-    /// A pool of at most `size` connections, one of them opened now so that a bad URL,
-    /// password or certificate fails here.
-    pub async fn connect(
-        options: PgConnectOptions,
-        size: u32,
-        mode: PoolMode,
-    ) -> Result<Db, sqlx::Error> {
-        let pool = pool_options(size).connect_with(options).await?;
-        Ok(Db { pool, mode })
     }
 
     /// An existing sqlx pool (tests and benchmarks build their own).
