@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod databases;
+pub use databases::{select, DatabaseConfig, TargetDatabase, DEFAULT_DATABASE};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config: {0}")]
@@ -139,6 +142,9 @@ pub struct Settings {
     /// Where job events are POSTed as JSON (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
+    /// Target databases besides `database_url` (`[[databases]]`, `config/databases.rs`).
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
     /// The file these settings were read from, if any.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -276,6 +282,7 @@ impl Settings {
             }
         }
         self.notify_targets()?;
+        self.target_databases()?;
         Ok(())
     }
 
