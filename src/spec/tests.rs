@@ -181,7 +181,10 @@ fn databases_default_to_none_and_refuse_repeats_and_blanks() {
     let text = format!("{MINIMAL_HEAD}databases = [\"shard-*\", \"eu\"]\n{MINIMAL_SET}");
     let spec = JobSpec::from_toml(&text, "t.toml").unwrap();
     assert_eq!(spec.databases, ["shard-*", "eu"]);
-    for (list, words) in [("[\"a\", \"a\"]", "listed twice"), ("[\" \"]", "empty name")] {
+    for (list, words) in [
+        ("[\"a\", \"a\"]", "listed twice"),
+        ("[\" \"]", "empty name"),
+    ] {
         let text = format!("{MINIMAL_HEAD}databases = {list}\n{MINIMAL_SET}");
         let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("databases") && err.contains(words), "{err}");

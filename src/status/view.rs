@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::spec::JobSpec;
+use crate::status::fleet::DatabaseView;
 use crate::status::{Reason, RuntimeSnapshot};
 use crate::store::events::Event;
 use crate::store::jobs::JobRow;
@@ -57,6 +58,14 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub partitions: Vec<PartitionView>,
+    /// A job over several databases: each one's part (the fields above are the totals);
+    /// absent for a job on the daemon's own database alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<DatabaseView>>,
+    /// Keys walked in the current pass and the rows expected in it, for progress over
+    /// several databases.
+    #[serde(skip)]
+    pub pass_rows: (i64, i64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -73,6 +82,9 @@ pub struct PartitionView {
     /// Keys in (lower_bound, upper_bound] of the first key column; null is unbounded.
     pub lower_bound: Option<String>,
     pub upper_bound: Option<String>,
+    /// The target database of the partition (jobs over several databases only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -170,8 +182,11 @@ impl JobView {
                     owner: p.lease_owner.clone(),
                     lower_bound: p.lower_bound.clone(),
                     upper_bound: p.upper_bound.clone(),
+                    database: None,
                 })
                 .collect(),
+            databases: None,
+            pass_rows: (pass_scanned, expected),
         }
     }
 }
