@@ -22,7 +22,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Where a job lives.
 pub enum Found {
     /// A job without `databases`, on the daemon's own database: as it always was.
-    Single(jobs::JobRow),
+    Single(Box<jobs::JobRow>),
     /// A job over several databases: each target it names, with its row there or why not.
     Spanning(Vec<Member>),
 }
@@ -69,7 +69,7 @@ pub async fn find(state: &AppState, name: &str) -> Result<Option<Found>, ApiErro
         ApiError::Internal
     })?;
     if !spans_databases(&spec) && first_target.name == targets[0].name {
-        return Ok(Some(Found::Single(first.clone())));
+        return Ok(Some(Found::Single(Box::new(first.clone()))));
     }
     let members = state
         .fleet

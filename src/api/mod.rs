@@ -4,6 +4,7 @@
 //! OpenAPI document are open.
 
 pub mod auth;
+mod changes;
 pub mod console;
 pub mod error;
 mod fleet;

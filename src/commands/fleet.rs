@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::error::CliError;
-use crate::commands::serve::{migrate_with_backoff, ACTOR};
 use crate::engine::fleet::shares::FleetShares;
 use crate::engine::fleet::{Fleet, Target};
 use crate::engine::rates::Rates;
@@ -19,6 +18,8 @@ use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::plumbing::config::{Settings, DEFAULT_DATABASE};
 use crate::plumbing::db::{self, Db, Schema};
 use crate::plumbing::pool::Budget;
+use crate::plumbing::retry::backoff;
+use crate::store::migrate::MigrateError;
 
 /// How long the jobs directory waits for the other targets' first migration: a target that
 /// is away then does not hold up the jobs of the others (its jobs are skipped, saying why).
@@ -76,6 +77,7 @@ pub fn start_others(
     settings: &Settings,
     workers: usize,
     root: &CancellationToken,
+    actor: &str,
 ) -> Others {
     let shares = FleetShares::default();
     let mut migrated = Vec::new();
@@ -91,7 +93,7 @@ pub fn start_others(
             schema.clone(),
             settings.lease_ttl,
             workers,
-            ACTOR,
+            actor,
         )
         .register_in(target.local.clone())
         .in_fleet(shares.clone(), &target.name);
@@ -142,5 +144,32 @@ impl Others {
     /// Stops them (the daemon is shutting down before its own database answered).
     pub fn abort(self) {
         self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// Applies migrations to the target `database`, retrying with backoff until it answers (a
+/// schema newer than this binary is refused, naming the database, and retried the same way,
+/// for a rollback to end). False if shut down first.
+pub async fn migrate_with_backoff(
+    pool: &Db,
+    schema: &Schema,
+    stop: &CancellationToken,
+    database: &str,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        let error = match crate::store::migrate::run(pool, schema).await {
+            Ok(_) => return true,
+            // In words: a certificate that does not verify says whose and why.
+            Err(MigrateError::Database(e)) => db::describe(&e, pool.connect_options().get_host()),
+            Err(other) => other.to_string(),
+        };
+        attempt += 1;
+        let delay = backoff(attempt);
+        tracing::warn!(database, error = %error, retry_in = ?delay, "database not ready");
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }

@@ -24,9 +24,7 @@ use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
 use crate::plumbing::config::{NotifyTarget, Settings, DEFAULT_DATABASE};
 use crate::plumbing::db::{self, Db, Schema};
-use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
-use crate::store::migrate::MigrateError;
 
 /// Recorded as the actor of what the daemon does on its own.
 pub const ACTOR: &str = "daemon";
@@ -75,8 +73,15 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     let mut notifier = None;
     // The other targets migrate (each retrying on its own) and start their schedulers while
     // the daemon's own database is still being waited for.
-    let others = fleet::start_others(&fleet, &schema, settings, budget.workers as usize, &root);
-    if migrate_with_backoff(&pool, &schema, &root, DEFAULT_DATABASE).await {
+    let others = fleet::start_others(
+        &fleet,
+        &schema,
+        settings,
+        budget.workers as usize,
+        &root,
+        ACTOR,
+    );
+    if fleet::migrate_with_backoff(&pool, &schema, &root, DEFAULT_DATABASE).await {
         // Its endpoints start from the events after this point, before the jobs directory's.
         notifier = start_notifier(&pool, &schema, &notify, &root).await;
         others.wait_migrated().await;
@@ -158,33 +163,6 @@ async fn start_notifier(
         tracing::warn!(error = %db::message(&e), "notification endpoints not registered yet");
     }
     Some(tokio::spawn(notifier.run(stop.clone())))
-}
-
-/// Applies migrations to the target `database`, retrying with backoff until it answers (a
-/// schema newer than this binary is refused, naming the database, and retried the same way,
-/// for a rollback to end). False if shut down first.
-pub(crate) async fn migrate_with_backoff(
-    pool: &Db,
-    schema: &Schema,
-    stop: &CancellationToken,
-    database: &str,
-) -> bool {
-    let mut attempt = 0;
-    loop {
-        let error = match crate::store::migrate::run(pool, schema).await {
-            Ok(_) => return true,
-            // In words: a certificate that does not verify says whose and why.
-            Err(MigrateError::Database(e)) => db::describe(&e, pool.connect_options().get_host()),
-            Err(other) => other.to_string(),
-        };
-        attempt += 1;
-        let delay = backoff(attempt);
-        tracing::warn!(database, error = %error, retry_in = ?delay, "database not ready");
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
 }
 
 /// The API running in the background, with the rate sampler its job views read.

@@ -1,35 +1,9 @@
 //! A job over several target databases seen as one: each database's part
 //! ([`DatabaseView`]) and the totals over them ([`JobView::combine`]).
 
-use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use crate::status::view::JobView;
+use crate::status::view::{DatabaseView, JobView};
 use crate::store::JobState;
-
-/// One target database's part of a job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DatabaseView {
-    /// `default` (the daemon's own database) or a `[[databases]]` name.
-    pub database: String,
-    /// The job's state there; null while the database cannot be read.
-    #[schema(value_type = Option<String>, example = "running")]
-    pub state: Option<JobState>,
-    pub rows_scanned: i64,
-    pub rows_updated: i64,
-    pub progress: f64,
-    pub pass: i32,
-    pub pending_rows: Option<i64>,
-    pub eta_seconds: Option<f64>,
-    pub rate_rows_per_second: f64,
-    pub throttled: Option<String>,
-    /// The job's last error there.
-    pub last_error: Option<String>,
-    /// Why the database cannot be read now (unreachable, or the job is missing there); it is
-    /// retried with backoff meanwhile and the other databases go on.
-    pub error: Option<String>,
-}
+use chrono::Utc;
 
 /// Which state the whole job shows, most urgent first: a failure anywhere needs a person;
 /// work still going on anywhere means the job is not done.

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::spec::JobSpec;
-use crate::status::fleet::DatabaseView;
 use crate::status::{Reason, RuntimeSnapshot};
 use crate::store::events::Event;
 use crate::store::jobs::JobRow;
@@ -85,6 +84,29 @@ pub struct PartitionView {
     /// The target database of the partition (jobs over several databases only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+}
+
+/// One target database's part of a job over several databases.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseView {
+    /// `default` (the daemon's own database) or a `[[databases]]` name.
+    pub database: String,
+    /// The job's state there; null while the database cannot be read.
+    #[schema(value_type = Option<String>, example = "running")]
+    pub state: Option<JobState>,
+    pub rows_scanned: i64,
+    pub rows_updated: i64,
+    pub progress: f64,
+    pub pass: i32,
+    pub pending_rows: Option<i64>,
+    pub eta_seconds: Option<f64>,
+    pub rate_rows_per_second: f64,
+    pub throttled: Option<String>,
+    /// The job's last error there.
+    pub last_error: Option<String>,
+    /// Why the database cannot be read now (unreachable, or the job is missing there); it is
+    /// retried with backoff meanwhile and the other databases go on.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
