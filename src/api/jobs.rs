@@ -9,16 +9,19 @@ use axum::{Extension, Json};
 use utoipa_axum::routes;
 
 use crate::api::auth::{Actor, Auth, GuardedRouter};
+pub use crate::api::changes::Tuning;
+use crate::api::changes::{change_on, delete_on, tune_on};
 use crate::api::error::{ApiError, ErrorBody};
+use crate::api::fleet::{self, Found};
 use crate::api::guard::{self, Format};
 use crate::api::{AppState, MAX_BODY_BYTES};
+use crate::engine::fleet::spans_databases;
+use crate::engine::fleet::submit::{self as fleet_submit, FleetSubmitError};
 use crate::engine::submit::{self, Replaced, SubmitError};
-use crate::engine::sync;
 use crate::plumbing::config::Role;
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::status::view::{EventList, JobList, JobView};
-use crate::store::definition::{self, Deleted};
-use crate::store::{events, jobs, progress, JobState};
+use crate::store::{events, jobs, JobState};
 
 /// The job routes, each registered with the role it needs: that one call serves the handler
 /// (at the path and method of its `#[utoipa::path]`), checks the role, and puts both in the
@@ -62,15 +65,35 @@ fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 async fn view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError> {
-    let partitions = progress::list(&state.pool, &state.schema, job.id).await?;
-    let local = state
-        .local
-        .lock()
-        .expect("registry lock poisoned")
-        .get(&job.id)
-        .map(|runtime| runtime.snapshot());
-    let rate = state.rates.rows_per_second(job.id);
-    Ok(JobView::build(job, &partitions, rate, local.as_ref()))
+    let local = (&state.local, &state.rates);
+    Ok(fleet::view_on(&state.pool, &state.schema, local, job).await?)
+}
+
+/// The job named `name`: on the daemon's own database alone as it always was, or, with
+/// several target databases configured, wherever it is stored.
+async fn find_anywhere(state: &AppState, name: &str) -> Result<Found, ApiError> {
+    if !state.fleet.is_several() {
+        return Ok(Found::Single(Box::new(find_job(state, name).await?)));
+    }
+    if !is_valid_name(name) {
+        return Err(ApiError::unknown_job(name));
+    }
+    fleet::find(state, name)
+        .await?
+        .ok_or_else(|| ApiError::unknown_job(name))
+}
+
+/// The view of what [`find_anywhere`] found.
+async fn view_found(state: &AppState, found: &Found) -> Result<JobView, ApiError> {
+    match found {
+        Found::Single(job) => view(state, job).await,
+        Found::Spanning(members) => fleet::view(state, members).await,
+    }
+}
+
+/// Finds the job again and returns its view (after a change).
+async fn view_by_name(state: &AppState, name: &str) -> Result<JobView, ApiError> {
+    view_found(state, &find_anywhere(state, name).await?).await
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
@@ -84,6 +107,9 @@ pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, A
 
 /// Every job's view: for the list, and for the metrics' job gauges.
 pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
+    if state.fleet.is_several() {
+        return fleet::all_views(state).await;
+    }
     let rows = jobs::list(&state.pool, &state.schema).await?;
     let mut views = Vec::with_capacity(rows.len());
     for job in &rows {
@@ -141,6 +167,26 @@ pub async fn submit_job(
         SpecError::Read { .. } => ApiError::Internal,
         other => ApiError::BadRequest(other.to_string()),
     })?;
+    if spans_databases(&spec) {
+        let submitted =
+            fleet_submit::submit(&state.fleet, &state.schema, &spec, options.replace, &actor)
+                .await
+                .map_err(fleet_submit_error)?;
+        let status = if submitted.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        if submitted.created {
+            tracing::info!(job = %spec.name, actor = %actor, databases = submitted.jobs.len(), "job submitted over the API");
+        }
+        return Ok((status, Json(view_by_name(&state, &spec.name).await?)));
+    }
+    if state.fleet.is_several() && !options.replace {
+        if let Some(Found::Spanning(_)) = fleet::find(&state, &spec.name).await? {
+            return Err(submit_error(SubmitError::NameTaken(spec.name.clone())));
+        }
+    }
     let resolved = submit::resolve(&state.pool, &spec)
         .await
         .map_err(submit_error)?;
@@ -162,6 +208,19 @@ pub async fn submit_job(
         tracing::info!(job = %spec.name, actor = %actor, "job submitted over the API");
     }
     Ok((status, Json(view(&state, &job).await?)))
+}
+
+fn fleet_submit_error(error: FleetSubmitError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        FleetSubmitError::Databases(_) => ApiError::BadRequest(message),
+        FleetSubmitError::On { error, .. } => match submit_error(error) {
+            ApiError::BadRequest(_) => ApiError::BadRequest(message),
+            ApiError::Conflict(_) => ApiError::Conflict(message),
+            ApiError::Unavailable(_) => ApiError::Unavailable(message),
+            other => other,
+        },
+    }
 }
 
 fn submit_error(error: SubmitError) -> ApiError {
@@ -192,37 +251,8 @@ pub async fn get_job(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = find_job(&state, &path_name(path)?).await?;
-    Ok(Json(view(&state, &job).await?))
-}
-
-/// The live tunables PATCH accepts.
-#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tuning {
-    /// Rows per second over the whole job; null removes the limit.
-    #[serde(default, with = "double_option")]
-    #[schema(value_type = Option<u32>, minimum = 1)]
-    pub rows_per_second: Option<Option<u64>>,
-    #[schema(value_type = Option<u32>, minimum = 1)]
-    pub batch_size: Option<u64>,
-    /// A duration such as "50ms"; null removes the pause.
-    #[serde(default, with = "double_option")]
-    #[schema(value_type = Option<String>)]
-    pub pause: Option<Option<String>>,
-}
-
-/// Tells "absent" (leave as is) from `null` (remove).
-mod double_option {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: Deserialize<'de>,
-    {
-        Option::<T>::deserialize(deserializer).map(Some)
-    }
+    let found = find_anywhere(&state, &path_name(path)?).await?;
+    Ok(Json(view_found(&state, &found).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/jobs/{name}", tag = "jobs",
@@ -243,57 +273,29 @@ pub async fn patch_job(
     let bytes = body(bytes)?;
     let tuning: Tuning = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let found = find_job(&state, &name).await?;
-    // Read, change and write the definition with its row locked, so two PATCHes of different
-    // fields both land and none changes a job that ended meanwhile.
-    let mut tx = state.pool.begin().await?;
-    let job = jobs::lock(&mut tx, &state.schema, found.id)
-        .await?
-        .ok_or_else(|| ApiError::unknown_job(&name))?;
-    if job.state.is_terminal() {
-        return Err(ApiError::Conflict(format!(
-            "job {name:?} is {}; only a live job can be re-tuned",
-            job.state
-        )));
-    }
-    let mut spec = job.spec().map_err(|message| {
-        tracing::error!("{message}");
-        ApiError::Internal
-    })?;
-    let positive = |field: &str, value: u64| -> Result<u32, ApiError> {
-        u32::try_from(value)
-            .ok()
-            .filter(|v| *v > 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("{field} must be a positive whole number")))
-    };
-    if let Some(value) = tuning.batch_size {
-        spec.batch_size = positive("batch_size", value)?;
-    }
-    if let Some(value) = tuning.rows_per_second {
-        spec.rows_per_second = value.map(|v| positive("rows_per_second", v)).transpose()?;
-    }
-    if let Some(value) = tuning.pause {
-        spec.pause = value
-            .map(|text| {
-                humantime::parse_duration(&text).map_err(|e| {
-                    ApiError::BadRequest(format!("pause: {text:?} is not a duration: {e}"))
-                })
+    let found = find_anywhere(&state, &name).await?;
+    let (schema, name_ref, tuning, actor_ref) =
+        (&state.schema, name.as_str(), &tuning, actor.as_str());
+    match &found {
+        Found::Single(job) => {
+            tune_on(&state.pool, schema, job.id, name_ref, tuning, actor_ref).await?
+        }
+        Found::Spanning(members) => {
+            fleet::on_every_target(members, |target, job| async move {
+                tune_on(
+                    &target.api_pool,
+                    schema,
+                    job.id,
+                    name_ref,
+                    tuning,
+                    actor_ref,
+                )
+                .await
             })
-            .transpose()?;
+            .await?
+        }
     }
-    spec.validate("body")
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let stored = job.spec().unwrap_or_else(|_| spec.clone());
-    let changed = stored.differences(&spec).join(", ");
-    if !changed.is_empty() {
-        jobs::replace_spec(&mut tx, &state.schema, job.id, &spec, &actor, &changed).await?;
-    }
-    tx.commit().await?;
-    if !changed.is_empty() {
-        tracing::info!(job = %name, actor = %actor, changed = %changed, "job re-tuned");
-    }
-    let job = find_job(&state, &name).await?;
-    Ok(Json(view(&state, &job).await?))
+    Ok(Json(view_by_name(&state, &name).await?))
 }
 
 /// What a pause, resume or cancel may say: why, for the event log.
@@ -329,30 +331,20 @@ async fn change_state(
     action: Action,
     to: JobState,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = find_job(state, name).await?;
-    let mut tx = state.pool.begin().await?;
-    let reason = action.reason.as_deref();
-    let outcome = match to {
-        JobState::Running => jobs::resume(&mut tx, &state.schema, job.id, actor, reason).await?,
-        _ => jobs::transition(&mut tx, &state.schema, job.id, to, actor, reason).await?,
-    };
-    tx.commit().await?;
-    match outcome {
-        // `transition` logged the change with the job's numbers.
-        jobs::Transition::Done { .. } => {}
-        // Runbook scripts may ask twice: the job is where they want it, so this is success.
-        jobs::Transition::Already { current } => {
-            tracing::info!(job = %name, actor = %actor, state = %current, "already {current}; nothing to do");
+    let found = find_anywhere(state, name).await?;
+    let (schema, reason) = (&state.schema, action.reason.as_deref());
+    match &found {
+        Found::Single(job) => {
+            change_on(&state.pool, schema, job.id, actor, name, reason, to).await?
         }
-        jobs::Transition::NotAllowed { current } => {
-            return Err(ApiError::Conflict(format!(
-                "job {name:?} is {current}; it cannot become {to}"
-            )))
+        Found::Spanning(members) => {
+            fleet::on_every_target(members, |target, job| async move {
+                change_on(&target.api_pool, schema, job.id, actor, name, reason, to).await
+            })
+            .await?
         }
-        jobs::Transition::Unknown => return Err(ApiError::unknown_job(name)),
     }
-    let job = find_job(state, name).await?;
-    Ok(Json(view(state, &job).await?))
+    Ok(Json(view_by_name(state, name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{name}/pause", tag = "jobs",
@@ -427,8 +419,24 @@ pub async fn job_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EventList>, ApiError> {
-    let job = find_job(&state, &path_name(path)?).await?;
-    let events = events::list(&state.pool, &state.schema, job.id).await?;
+    let events = match find_anywhere(&state, &path_name(path)?).await? {
+        Found::Single(job) => events::list(&state.pool, &state.schema, job.id).await?,
+        // Each database's log in turn (a database that cannot be read is left out).
+        Found::Spanning(members) => {
+            let mut all = Vec::new();
+            for member in &members {
+                if let Ok(job) = &member.job {
+                    let pool = &member.target.api_pool;
+                    all.extend(
+                        events::list(pool, &state.schema, job.id)
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            all
+        }
+    };
     Ok(Json(EventList { events }))
 }
 
@@ -444,29 +452,15 @@ pub async fn delete_job(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let name = path_name(path)?;
-    let job = find_job(&state, &name).await?;
-    if !job.state.can_be_deleted() {
-        return Err(not_deletable(&name, job.state));
+    let (schema, name_ref, actor_ref) = (&state.schema, name.as_str(), actor.as_str());
+    match find_anywhere(&state, &name).await? {
+        Found::Single(job) => delete_on(&state.pool, schema, &job, name_ref, actor_ref).await?,
+        Found::Spanning(members) => {
+            fleet::on_every_target(&members, |target, job| async move {
+                delete_on(&target.api_pool, schema, &job, name_ref, actor_ref).await
+            })
+            .await?
+        }
     }
-    // The trigger is found by the job's name: a new job of the same name would take it over,
-    // and without the job nothing would show it is still there.
-    if let Some(trigger) = sync::installed(&state.pool, &name).await? {
-        return Err(ApiError::Conflict(format!(
-            "job {name:?} still has its sync trigger {trigger}; drop it with `backfilld sync remove JOB.toml` once the application no longer needs it, then delete the job"
-        )));
-    }
-    let mut tx = state.pool.begin().await?;
-    let outcome = definition::delete(&mut tx, &state.schema, job.id, &actor).await?;
-    tx.commit().await?;
-    match outcome {
-        Deleted::Done => Ok(StatusCode::NO_CONTENT),
-        Deleted::NotAllowed { current } => Err(not_deletable(&name, current)),
-        Deleted::Unknown => Err(ApiError::unknown_job(&name)),
-    }
-}
-
-fn not_deletable(name: &str, state: JobState) -> ApiError {
-    ApiError::Conflict(format!(
-        "job {name:?} is {state}; only a completed, cancelled or failed job can be deleted (cancel it first: `backfilld cancel {name}`)"
-    ))
+    Ok(StatusCode::NO_CONTENT)
 }

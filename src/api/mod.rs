@@ -4,8 +4,10 @@
 //! OpenAPI document are open.
 
 pub mod auth;
+mod changes;
 pub mod console;
 pub mod error;
+mod fleet;
 pub mod guard;
 pub mod jobs;
 pub mod openapi;
@@ -25,6 +27,7 @@ use axum::{middleware, Json, Router};
 
 use utoipa_axum::routes;
 
+use crate::engine::fleet::Fleet;
 use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::plumbing::config::Role;
@@ -49,6 +52,9 @@ pub struct AppState {
     pub auth: Auth,
     pub rates: Rates,
     pub local: LocalJobs,
+    /// Every target database, the daemon's own (`pool`, `local`, `rates`) first: a job that
+    /// names several is shown, paused and re-tuned over all of them (`fleet.rs`).
+    pub fleet: Fleet,
     /// The address the API is bound to (a tokenless daemon answers only to it and loopback
     /// names); `None` when it is not bound (tests calling the router directly).
     pub listen: Option<SocketAddr>,
@@ -157,6 +163,16 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
+    fn one_target(pool: &Db) -> Fleet {
+        Fleet::new(vec![crate::engine::fleet::Target {
+            name: crate::plumbing::config::DEFAULT_DATABASE.into(),
+            pool: pool.clone(),
+            api_pool: pool.clone(),
+            local: LocalJobs::default(),
+            rates: Rates::default(),
+        }])
+    }
+
     /// A router whose database is never reached by these requests.
     fn offline_router() -> Router {
         offline_router_with(Auth::from_config(&[]).unwrap())
@@ -169,8 +185,10 @@ mod tests {
             .acquire_timeout(std::time::Duration::from_millis(50))
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
+        let pool = Db::from_pool(pool, PoolMode::Session);
         router(AppState {
-            pool: Db::from_pool(pool, PoolMode::Session),
+            fleet: one_target(&pool),
+            pool,
             schema: Schema::new("backfilld"),
             auth,
             rates: Rates::default(),
@@ -223,8 +241,10 @@ mod tests {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(&url)
             .unwrap();
+        let pool = Db::from_pool(pool, PoolMode::Session);
         let router = router(AppState {
-            pool: Db::from_pool(pool, PoolMode::Session),
+            fleet: one_target(&pool),
+            pool,
             schema: Schema::new("backfilld"),
             auth: Auth::from_config(&[]).unwrap(),
             rates: Rates::default(),

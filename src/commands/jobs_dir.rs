@@ -6,9 +6,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::engine::fleet::{self, spans_databases, Fleet};
 use crate::engine::submit::{self, SubmitError};
-use crate::plumbing::db::{Db, Schema};
+use crate::plumbing::config::DEFAULT_DATABASE;
+use crate::plumbing::db::{self, Schema};
 use crate::spec::{JobSpec, MAX_DOCUMENT_BYTES};
+use crate::store::jobs;
 
 /// What loading one file did, for the log and for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +21,7 @@ pub enum Loaded {
     Skipped { file: String, reason: String },
 }
 
-pub async fn load(pool: &Db, schema: &Schema, dir: &Path, actor: &str) -> Vec<Loaded> {
+pub async fn load(fleet: &Fleet, schema: &Schema, dir: &Path, actor: &str) -> Vec<Loaded> {
     let listing = {
         let dir = dir.to_path_buf();
         // The file system is read off the async runtime: a slow or odd file never blocks it.
@@ -37,7 +40,7 @@ pub async fn load(pool: &Db, schema: &Schema, dir: &Path, actor: &str) -> Vec<Lo
     };
     let mut results = Vec::new();
     for file in files {
-        let result = load_one(pool, schema, &file, actor).await;
+        let result = load_one(fleet, schema, &file, actor).await;
         match &result {
             Loaded::Submitted(name) => {
                 tracing::info!(job = %name, file = %file.display(), "submitted from the jobs directory")
@@ -91,7 +94,7 @@ fn read(file: &Path) -> Result<JobSpec, String> {
     JobSpec::from_toml(&text, &file.display().to_string()).map_err(|e| e.summary())
 }
 
-async fn load_one(pool: &Db, schema: &Schema, file: &Path, actor: &str) -> Loaded {
+async fn load_one(fleet: &Fleet, schema: &Schema, file: &Path, actor: &str) -> Loaded {
     let skipped = |reason: String| Loaded::Skipped {
         file: file.display().to_string(),
         reason,
@@ -102,6 +105,15 @@ async fn load_one(pool: &Db, schema: &Schema, file: &Path, actor: &str) -> Loade
         Ok(Err(reason)) => return skipped(reason),
         Err(e) => return skipped(format!("reading it failed: {e}")),
     };
+    if spans_databases(&spec) {
+        return load_spanning(fleet, schema, spec, actor)
+            .await
+            .unwrap_or_else(skipped);
+    }
+    let Some(home) = fleet.get(DEFAULT_DATABASE) else {
+        return skipped("the daemon has no database_url for a job without databases".into());
+    };
+    let pool = &home.pool;
     let resolved = match submit::resolve(pool, &spec).await {
         Ok(resolved) => resolved,
         Err(e) => return skipped(e.to_string()),
@@ -114,4 +126,48 @@ async fn load_one(pool: &Db, schema: &Schema, file: &Path, actor: &str) -> Loade
         }
         Err(e) => skipped(e.to_string()),
     }
+}
+
+/// A job over several databases: submitted to all of them when no target knows its name;
+/// known when every target it names has it doing the same work. Anything else is skipped,
+/// saying why (a target left without it is completed over the API with `replace`).
+async fn load_spanning(
+    fleet: &Fleet,
+    schema: &Schema,
+    spec: JobSpec,
+    actor: &str,
+) -> Result<Loaded, String> {
+    let targets = fleet.select(&spec)?;
+    let mut known = 0;
+    for target in &targets {
+        let found = jobs::find_by_name(&target.pool, schema, &spec.name)
+            .await
+            .map_err(|e| format!("database {}: {}", target.name, db::message(&e)))?;
+        if let Some(job) = found {
+            let stored = job.spec()?;
+            if !stored.same_work(&spec) {
+                return Err(format!(
+                    "database {}: job {:?} exists with a different definition (fields that differ: {}). The running job keeps its definition.",
+                    target.name,
+                    spec.name,
+                    stored.differences(&spec).join(", ")
+                ));
+            }
+            known += 1;
+        }
+    }
+    if known == targets.len() {
+        return Ok(Loaded::Known(spec.name));
+    }
+    if known > 0 {
+        return Err(format!(
+            "job {:?} is stored on {known} of its {} databases; submit it over the API with replace to complete it",
+            spec.name,
+            targets.len()
+        ));
+    }
+    fleet::submit::submit(fleet, schema, &spec, false, actor)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Loaded::Submitted(spec.name))
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub(crate) mod display;
 pub mod error;
+pub mod fleet;
 pub(crate) mod jobs_dir;
 pub(crate) mod migrate;
 pub(crate) mod remote;

@@ -10,10 +10,13 @@ use std::time::Instant;
 
 use crate::commands::display::{Baseline, Display, Ending};
 use crate::commands::error::CliError;
+use crate::engine::fleet::{Fleet, Target};
+use crate::engine::rates::Rates;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::engine::submit::{self, Replaced, SubmitError};
 use crate::plumbing::config::Settings;
+use crate::plumbing::config::DEFAULT_DATABASE;
 use crate::plumbing::db::{Db, Schema};
 use crate::plumbing::pool::Budget;
 use crate::plumbing::shutdown::Shutdown;
@@ -39,6 +42,13 @@ pub struct Options {
 
 pub async fn execute(settings: &Settings, path: &Path, options: Options) -> Result<i32, CliError> {
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
+    if crate::engine::fleet::spans_databases(&spec) {
+        return Err(CliError::invalid(format!(
+            "{}: job {:?} names databases; `run` works on one database: submit it to `serve` (its jobs directory, or `backfilld submit`), which runs it on each",
+            path.display(),
+            spec.name
+        )));
+    }
     let shutdown = Shutdown::install().map_err(|e| CliError::Other(e.into()))?;
     run_job(settings, &spec, &shutdown, options)
         .await
@@ -163,11 +173,17 @@ pub async fn run_job(
     let local = LocalJobs::default();
     let http_stop = CancellationToken::new();
     let http = if options.serve_api {
+        let home = Target {
+            name: DEFAULT_DATABASE.into(),
+            pool: pool.clone(),
+            api_pool: pool.sibling(budget.api),
+            local: local.clone(),
+            rates: Rates::default(),
+        };
         let http = super::serve::start_http(
             settings,
-            pool.sibling(budget.api),
+            Fleet::new(vec![home]),
             schema.clone(),
-            local.clone(),
             http_stop.clone(),
             false,
         )

@@ -17,15 +17,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::server::{self, Limits};
 use crate::api::{self, auth::Auth, AppState};
 use crate::commands::error::CliError;
+use crate::commands::fleet;
+use crate::engine::fleet::Fleet;
 use crate::engine::notify::Notifier;
-use crate::engine::rates::Rates;
 use crate::engine::runtime::LocalJobs;
 use crate::engine::scheduler::Scheduler;
-use crate::plumbing::config::{NotifyTarget, Settings};
+use crate::plumbing::config::{NotifyTarget, Settings, DEFAULT_DATABASE};
 use crate::plumbing::db::{self, Db, Schema};
-use crate::plumbing::retry::backoff;
 use crate::plumbing::shutdown::Shutdown;
-use crate::store::migrate::MigrateError;
 
 /// Recorded as the actor of what the daemon does on its own.
 pub const ACTOR: &str = "daemon";
@@ -47,12 +46,12 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     tracing::info!(pool_mode = ?settings.pool_mode, "{budget}");
     let schema = Schema::new(&settings.schema);
     let local = LocalJobs::default();
+    let fleet = fleet::build(settings, &budget, &pool, &api_pool, &local)?;
     let http_stop = CancellationToken::new();
     let http = start_http(
         settings,
-        api_pool.clone(),
+        fleet.clone(),
         schema.clone(),
-        local.clone(),
         http_stop.clone(),
         true,
     )
@@ -72,12 +71,23 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         }
     });
     let mut notifier = None;
-    if migrate_with_backoff(&pool, &schema, &root).await {
+    // The other targets migrate (each retrying on its own) and start their schedulers while
+    // the daemon's own database is still being waited for.
+    let others = fleet::start_others(
+        &fleet,
+        &schema,
+        settings,
+        budget.workers as usize,
+        &root,
+        ACTOR,
+    );
+    if fleet::migrate_with_backoff(&pool, &schema, &root, DEFAULT_DATABASE).await {
         // Its endpoints start from the events after this point, before the jobs directory's.
         notifier = start_notifier(&pool, &schema, &notify, &root).await;
-        crate::commands::jobs_dir::load(&pool, &schema, &settings.jobs_dir, ACTOR).await;
+        others.wait_migrated().await;
+        crate::commands::jobs_dir::load(&fleet, &schema, &settings.jobs_dir, ACTOR).await;
         http.loading.store(false, Ordering::Release);
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             pool.clone(),
             schema.clone(),
             settings.lease_ttl,
@@ -85,7 +95,10 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             ACTOR,
         )
         .register_in(local);
-        let mut running = tokio::spawn(scheduler.run(root.clone()));
+        if fleet.is_several() {
+            scheduler = scheduler.in_fleet(others.shares.clone(), DEFAULT_DATABASE);
+        }
+        let mut running = tokio::spawn(others.join_with(scheduler.run(root.clone())));
         let drained = tokio::select! {
             result = &mut running => Some(result),
             _ = async {
@@ -109,6 +122,8 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
                 running.abort();
             }
         }
+    } else {
+        others.abort();
     }
     if let Some(mut notifier) = notifier {
         // Its round in flight finishes, so what it sent is also marked sent.
@@ -126,8 +141,10 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
             settings.shutdown_timeout.saturating_sub(at.elapsed())
         });
     http.join(left.max(Duration::from_secs(1))).await;
-    pool.close().await;
-    api_pool.close().await;
+    for target in fleet.targets() {
+        target.pool.close().await;
+        target.api_pool.close().await;
+    }
     tracing::info!("stopped");
     Ok(0)
 }
@@ -148,27 +165,6 @@ async fn start_notifier(
     Some(tokio::spawn(notifier.run(stop.clone())))
 }
 
-/// Applies migrations, retrying with backoff until the database answers. False if shut down
-/// first.
-async fn migrate_with_backoff(pool: &Db, schema: &Schema, stop: &CancellationToken) -> bool {
-    let mut attempt = 0;
-    loop {
-        let error = match crate::store::migrate::run(pool, schema).await {
-            Ok(_) => return true,
-            // In words: a certificate that does not verify says whose and why.
-            Err(MigrateError::Database(e)) => db::describe(&e, pool.connect_options().get_host()),
-            Err(other) => other.to_string(),
-        };
-        attempt += 1;
-        let delay = backoff(attempt);
-        tracing::warn!(error = %error, retry_in = ?delay, "database not ready");
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
 /// The API running in the background, with the rate sampler its job views read.
 pub struct Http {
     pub address: SocketAddr,
@@ -177,7 +173,8 @@ pub struct Http {
     /// Cleared once `serve` has submitted its jobs directory (`/readyz` says 503 until then).
     pub loading: Arc<AtomicBool>,
     server: JoinHandle<std::io::Result<()>>,
-    sampler: JoinHandle<()>,
+    /// One per target database.
+    samplers: Vec<JoinHandle<()>>,
 }
 
 impl Http {
@@ -197,7 +194,9 @@ impl Http {
             tracing::warn!("HTTP clients kept the server from stopping; closing them");
             self.server.abort();
         }
-        let _ = self.sampler.await;
+        for sampler in self.samplers {
+            let _ = sampler.await;
+        }
     }
 }
 
@@ -206,9 +205,8 @@ impl Http {
 /// job rates meanwhile.
 pub async fn start_http(
     settings: &Settings,
-    pool: Db,
+    fleet: Fleet,
     schema: Schema,
-    local: LocalJobs,
     stop: CancellationToken,
     loads_jobs_dir: bool,
 ) -> Result<Http, CliError> {
@@ -229,20 +227,24 @@ pub async fn start_http(
     let bound = listener
         .local_addr()
         .map_err(|e| CliError::Other(e.into()))?;
-    let rates = Rates::default();
     // Only `serve` loads a jobs directory; a foreground run's API is ready at once.
     let loading = Arc::new(AtomicBool::new(loads_jobs_dir));
-    let sampler = tokio::spawn(
-        rates
-            .clone()
-            .sample(pool.clone(), schema.clone(), stop.clone()),
-    );
+    let samplers = (fleet.targets().iter())
+        .map(|target| {
+            let rates = target.rates.clone();
+            tokio::spawn(rates.sample(target.api_pool.clone(), schema.clone(), stop.clone()))
+        })
+        .collect();
+    let home = fleet.targets().first().cloned().ok_or_else(|| {
+        CliError::invalid("database_url: not set (see --database-url or DATABASE_URL)")
+    })?;
     let router = api::router(AppState {
-        pool,
+        pool: home.api_pool,
         schema,
         auth,
-        rates,
-        local,
+        rates: home.rates,
+        local: home.local,
+        fleet,
         listen: Some(bound),
         loading: loading.clone(),
     });
@@ -259,6 +261,6 @@ pub async fn start_http(
             settings.shutdown_timeout,
             tls,
         )),
-        sampler,
+        samplers,
     })
 }

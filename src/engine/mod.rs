@@ -6,6 +6,7 @@
 pub(crate) mod batch;
 pub mod catalog;
 pub mod completion;
+pub mod fleet;
 pub mod lease;
 pub(crate) mod limiter;
 pub mod notify;

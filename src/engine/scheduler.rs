@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::engine::fleet::shares::{self, FleetShares};
 use crate::engine::lease::{self, HeldLeases, Presence};
 use crate::engine::limiter::Share;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
@@ -58,6 +59,10 @@ pub struct Scheduler {
     shares_read: Option<Instant>,
     /// One-job mode: the job's definition was replaced under this run.
     replaced: bool,
+    /// With several target databases: this target's name, and where every target's
+    /// scheduler in this process puts its jobs' live leases, so a job's rate limit is shared
+    /// over all of them.
+    fleet: Option<(FleetShares, String)>,
 }
 
 impl Scheduler {
@@ -87,7 +92,15 @@ impl Scheduler {
             tasks: HashMap::new(),
             shares_read: None,
             replaced: false,
+            fleet: None,
         }
+    }
+
+    /// Runs as the scheduler of `target`, one of several target databases: rate shares count
+    /// each job's live leases on all of them (`shares`).
+    pub fn in_fleet(mut self, shares: FleetShares, target: &str) -> Scheduler {
+        self.fleet = Some((shares, target.to_string()));
+        self
     }
 
     /// Restricts the pool to one job whose runtime the caller already built (and watches).
@@ -413,13 +426,24 @@ impl Scheduler {
         if ids.is_empty() {
             return Ok(());
         }
-        let shares = progress::lease_shares(
-            &self.env.pool,
-            &self.env.schema,
-            &ids,
-            self.presence.owner(),
-        )
-        .await?;
+        let shares = match &self.fleet {
+            None => {
+                progress::lease_shares(
+                    &self.env.pool,
+                    &self.env.schema,
+                    &ids,
+                    self.presence.owner(),
+                )
+                .await?
+            }
+            Some((fleet, target)) => {
+                let jobs: Vec<(i64, &str)> = (self.runtimes.iter())
+                    .map(|(id, (runtime, _))| (*id, runtime.name.as_str()))
+                    .collect();
+                let (pool, owner) = (&self.env.pool, self.presence.owner());
+                shares::read(pool, &self.env.schema, owner, fleet, target, &jobs).await?
+            }
+        };
         for (job_id, mine, all) in shares {
             // Holding none, this process runs no batch of the job: nothing to share.
             let (Some((runtime, _)), Ok(mine @ 1..), Ok(all)) = (

@@ -145,6 +145,12 @@ pub struct JobSpec {
     /// Jobs with `where`: keep rows the application writes in step with a trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncSpec>,
+    /// The target databases: names of the daemon's `[[databases]]`, or globs over them
+    /// (`"shard-*"`). Empty: the daemon's own `database_url`. The job runs on each with its own
+    /// partitions, checkpoints and passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["shard-*"]))]
+    pub databases: Vec<String>,
     /// Column = SQL expression over the row's own columns. Ordered so that generated SQL and
     /// stored specs compare equal however the author ordered the table.
     pub set: BTreeMap<String, String>,
@@ -372,6 +378,15 @@ impl JobSpec {
         }
         self.validate_finishing()
             .map_err(|(field, message)| invalid(field, message))?;
+        if self.databases.iter().any(|d| d.trim().is_empty()) {
+            return Err(invalid("databases", "holds an empty name".into()));
+        }
+        if let Some(twice) = first_duplicate(&self.databases) {
+            return Err(invalid(
+                "databases",
+                format!("{:?} is listed twice", shorten(twice)),
+            ));
+        }
         Ok(())
     }
 
@@ -392,6 +407,8 @@ impl JobSpec {
             Some("throttle_query")
         } else if self.window.as_deref().is_some_and(has) {
             Some("window")
+        } else if self.databases.iter().any(|d| has(d)) {
+            Some("databases")
         } else {
             None
         }

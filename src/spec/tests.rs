@@ -171,3 +171,22 @@ fn rejects_table_with_too_many_dots() {
     let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
     assert!(err.contains("[schema.]table"), "{err}");
 }
+
+#[test]
+fn databases_default_to_none_and_refuse_repeats_and_blanks() {
+    let spec = JobSpec::from_toml(MINIMAL, "t.toml").unwrap();
+    assert!(spec.databases.is_empty());
+    // Absent from the stored JSON, so a single-database job's definition reads as before.
+    assert!(!serde_json::to_string(&spec).unwrap().contains("databases"));
+    let text = format!("{MINIMAL_HEAD}databases = [\"shard-*\", \"eu\"]\n{MINIMAL_SET}");
+    let spec = JobSpec::from_toml(&text, "t.toml").unwrap();
+    assert_eq!(spec.databases, ["shard-*", "eu"]);
+    for (list, words) in [
+        ("[\"a\", \"a\"]", "listed twice"),
+        ("[\" \"]", "empty name"),
+    ] {
+        let text = format!("{MINIMAL_HEAD}databases = {list}\n{MINIMAL_SET}");
+        let err = JobSpec::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("databases") && err.contains(words), "{err}");
+    }
+}

@@ -5,6 +5,7 @@
 //! This layer sits below the engine: the engine fills a [`RuntimeSnapshot`] and counts its
 //! batches in [`metrics`], and nothing here reaches back into it.
 
+pub mod fleet;
 pub mod metrics;
 pub mod text;
 pub mod view;

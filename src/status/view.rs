@@ -57,6 +57,14 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub partitions: Vec<PartitionView>,
+    /// A job over several databases: each one's part (the fields above are the totals);
+    /// absent for a job on the daemon's own database alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<DatabaseView>>,
+    /// Keys walked in the current pass and the rows expected in it, for progress over
+    /// several databases.
+    #[serde(skip)]
+    pub pass_rows: (i64, i64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -73,6 +81,32 @@ pub struct PartitionView {
     /// Keys in (lower_bound, upper_bound] of the first key column; null is unbounded.
     pub lower_bound: Option<String>,
     pub upper_bound: Option<String>,
+    /// The target database of the partition (jobs over several databases only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// One target database's part of a job over several databases.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseView {
+    /// `default` (the daemon's own database) or a `[[databases]]` name.
+    pub database: String,
+    /// The job's state there; null while the database cannot be read.
+    #[schema(value_type = Option<String>, example = "running")]
+    pub state: Option<JobState>,
+    pub rows_scanned: i64,
+    pub rows_updated: i64,
+    pub progress: f64,
+    pub pass: i32,
+    pub pending_rows: Option<i64>,
+    pub eta_seconds: Option<f64>,
+    pub rate_rows_per_second: f64,
+    pub throttled: Option<String>,
+    /// The job's last error there.
+    pub last_error: Option<String>,
+    /// Why the database cannot be read now (unreachable, or the job is missing there); it is
+    /// retried with backoff meanwhile and the other databases go on.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -170,8 +204,11 @@ impl JobView {
                     owner: p.lease_owner.clone(),
                     lower_bound: p.lower_bound.clone(),
                     upper_bound: p.upper_bound.clone(),
+                    database: None,
                 })
                 .collect(),
+            databases: None,
+            pass_rows: (pass_scanned, expected),
         }
     }
 }

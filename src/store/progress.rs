@@ -247,3 +247,23 @@ pub async fn lease_shares<'e>(
     .fetch_all(executor)
     .await
 }
+
+/// For every job with live leases on this database, by name: how many of its pending
+/// partitions `owner` holds, and how many any process holds. Over several target databases a
+/// process adds up the job's leases on each to take its share of the job's one rate limit.
+pub async fn lease_shares_by_name<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    owner: &str,
+) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    db::query_as(sql(format!(
+        "SELECT j.name, count(*) FILTER (WHERE p.lease_owner = $1)::int8, count(*)::int8
+           FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
+          WHERE j.state = 'running' AND p.state = 'pending' AND NOT {LEASE_IS_FREE}
+          GROUP BY j.name",
+        s = schema.q
+    )))
+    .bind(owner)
+    .fetch_all(executor)
+    .await
+}

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod databases;
+pub use databases::{select, DatabaseConfig, TargetDatabase, DEFAULT_DATABASE};
 mod notify;
 pub use notify::{redact, NotifyConfig, NotifyTarget, NOTIFY_EVENTS};
 
@@ -92,6 +94,9 @@ pub struct Settings {
     /// Where job events are POSTed as JSON (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
+    /// Target databases besides `database_url` (`[[databases]]`, `config/databases.rs`).
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
     /// The file these settings were read from, if any.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -229,6 +234,7 @@ impl Settings {
             }
         }
         self.notify_targets()?;
+        self.target_databases()?;
         Ok(())
     }
 
