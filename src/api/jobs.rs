@@ -18,7 +18,7 @@ use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::engine::fleet::spans_databases;
 use crate::engine::fleet::submit::{self as fleet_submit, FleetSubmitError};
 use crate::engine::submit::{self, Replaced, SubmitError};
-use crate::plumbing::config::Role;
+use crate::plumbing::config::{Role, DEFAULT_DATABASE};
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::status::view::{EventList, JobList, JobView};
 use crate::store::{events, jobs, JobState};
@@ -105,7 +105,18 @@ pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, A
     }))
 }
 
-/// Every job's view: for the list, and for the metrics' job gauges.
+/// Every job's view on each database it runs on, by database name: for the metrics' gauges.
+pub async fn views_by_database(state: &AppState) -> Result<Vec<(String, JobView)>, ApiError> {
+    if state.fleet.is_several() {
+        return fleet::views_by_database(state).await;
+    }
+    let views = all_views(state).await?;
+    Ok((views.into_iter())
+        .map(|v| (DEFAULT_DATABASE.to_string(), v))
+        .collect())
+}
+
+/// Every job's view: for the list.
 pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
     if state.fleet.is_several() {
         return fleet::all_views(state).await;
