@@ -31,7 +31,7 @@ impl LocalFleet {
         LocalFleet { home, shards }
     }
 
-    fn daemon(&self) -> Daemon {
+    fn config(&self) -> String {
         let mut config = "workers = 2\nlease_ttl = \"3s\"\n".to_string();
         for (i, db) in self.shards.iter().enumerate() {
             config.push_str(&format!(
@@ -40,12 +40,27 @@ impl LocalFleet {
                 db.url
             ));
         }
+        config
+    }
+
+    fn daemon(&self) -> Daemon {
+        let config = self.config();
         Daemon::start(
             &self.home.url,
             &self.home.dir,
             &config,
             &jobs_dir(&self.home),
         )
+    }
+
+    /// Runs the command line with this fleet's config: its exit code and output.
+    fn cli(&self, args: &[&str]) -> (Option<i32>, String) {
+        let config = self.home.dir.join("fleet-config.toml");
+        std::fs::write(&config, self.config()).unwrap();
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap()]);
+        let output = common::command(&self.home.url, &all).output().unwrap();
+        (output.status.code(), common::text(&output))
     }
 
     /// Rows the checkpoints cover on each database, shard-1 first.
@@ -252,4 +267,61 @@ async fn the_rate_limit_holds_over_all_databases_and_replicas() {
         "every database takes part: {before:?} -> {after:?}"
     );
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_verify_report_on_every_database_and_in_total() {
+    let fleet = LocalFleet::start(3, 100).await;
+    let job = fleet.home.write_job(
+        "fleet.toml",
+        &common::job_toml(
+            "gate",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "databases = [\"shard-*\"]\nwhere = \"hits = 0\"",
+        ),
+    );
+    let job = job.to_str().unwrap();
+    // Nothing done anywhere yet, then all of shard-1 and half of shard-3.
+    fleet.shards[0].exec("UPDATE t SET hits = 1").await;
+    fleet.shards[2]
+        .exec("UPDATE t SET hits = 1 WHERE id <= 50")
+        .await;
+    let (code, text) = fleet.cli(&["verify", job]);
+    assert_eq!(code, Some(4), "{text}");
+    for line in [
+        "database shard-1: job gate: 0 row(s)",
+        "database shard-2: job gate: 100 row(s)",
+        "database shard-3: job gate: 50 row(s)",
+        "job gate: 150 row(s) still match `where` over 3 database(s)",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    for db in &fleet.shards[1..] {
+        db.exec("UPDATE t SET hits = 1").await;
+    }
+    let (code, text) = fleet.cli(&["verify", job]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("job gate: 0 row(s) still match `where` over 3 database(s)"),
+        "{text}"
+    );
+
+    let (code, text) = fleet.cli(&["check", job]);
+    assert_eq!(code, Some(0), "{text}");
+    for shard in ["shard-1", "shard-2", "shard-3"] {
+        assert!(text.contains(&format!("== database {shard} ==")), "{text}");
+    }
+    assert_eq!(text.matches("job gate: OK").count(), 3, "{text}");
+
+    // A table missing on one database: check and verify name it and exit 2.
+    fleet.shards[1].exec("DROP TABLE t").await;
+    for command in ["check", "verify"] {
+        let (code, text) = fleet.cli(&[command, job]);
+        assert_eq!(code, Some(2), "{command}: {text}");
+        assert!(text.contains("shard-2"), "{command}: {text}");
+    }
+    let (code, text) = fleet.cli(&["check", job]);
+    assert_eq!(text.matches("job gate: OK").count(), 2, "{code:?} {text}");
 }
