@@ -210,6 +210,31 @@ async fn pause_stops_every_database_within_one_batch_and_resume_goes_on() {
     for db in &fleet.shards {
         common::assert_each_hit_once(&db.pool, "t", ROWS).await;
     }
+
+    // The events of every database, each marked with its database, in time order.
+    let events = api.events("pausable").await;
+    let times: Vec<&str> = events.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    let parsed: Vec<chrono::DateTime<chrono::Utc>> =
+        times.iter().map(|t| t.parse().unwrap()).collect();
+    assert!(
+        parsed.windows(2).all(|w| w[0] <= w[1]),
+        "not in time order: {times:?}"
+    );
+    for shard in ["shard-1", "shard-2", "shard-3"] {
+        let on: Vec<&Value> = (events.iter())
+            .filter(|e| e["database"] == json!(shard))
+            .collect();
+        for state in ["paused", "completed"] {
+            assert!(
+                on.iter().any(|e| e["to_state"] == json!(state)),
+                "{shard}: no event to {state} in {events:?}"
+            );
+        }
+    }
+    assert!(
+        events.iter().all(|e| e["database"].is_string()),
+        "an event without its database: {events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

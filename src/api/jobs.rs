@@ -432,19 +432,22 @@ pub async fn job_events(
 ) -> Result<Json<EventList>, ApiError> {
     let events = match find_anywhere(&state, &path_name(path)?).await? {
         Found::Single(job) => events::list(&state.pool, &state.schema, job.id).await?,
-        // Each database's log in turn (a database that cannot be read is left out).
+        // Every database's log, each event marked with its database, merged by time (a
+        // database that cannot be read is left out; the job view names it).
         Found::Spanning(members) => {
             let mut all = Vec::new();
             for member in &members {
                 if let Ok(job) = &member.job {
                     let pool = &member.target.api_pool;
-                    all.extend(
-                        events::list(pool, &state.schema, job.id)
-                            .await
-                            .unwrap_or_default(),
-                    );
+                    let list = events::list(pool, &state.schema, job.id).await;
+                    all.extend(list.unwrap_or_default().into_iter().map(|mut event| {
+                        event.database = Some(member.target.name.clone());
+                        event
+                    }));
                 }
             }
+            // Stable: one database's events keep their logged order at equal times.
+            all.sort_by_key(|event| event.at);
             all
         }
     };

@@ -212,7 +212,11 @@ pub async fn events(client: &Client, name: &str, json: bool) -> Result<i32, CliE
             event.actor,
             event.kind,
             change,
-            event.detail.as_deref().unwrap_or("")
+            // A job over several databases: which one, ahead of the detail.
+            match &event.database {
+                Some(database) => format!("[{database}] {}", event.detail.as_deref().unwrap_or("")),
+                None => event.detail.clone().unwrap_or_default(),
+            }
         );
     }
     Ok(0)
