@@ -104,7 +104,7 @@ async fn check_on(
     }
 
     println!("\nHow it runs");
-    for (label, value) in settings::lines(&spec, &server) {
+    for (label, value) in settings::lines(spec, &server) {
         line(label, &value);
     }
     match spec.max_passes() {
@@ -159,7 +159,7 @@ async fn check_on(
     println!("\nEstimate");
     line(
         "duration",
-        &estimate::duration(&spec, sizes.table.value(), &sample),
+        &estimate::duration(spec, sizes.table.value(), &sample),
     );
     if spec.max_passes() > 1 {
         println!(
@@ -189,7 +189,7 @@ async fn check_on(
     if let Ok(Some(existing)) = jobs::find_by_name(pool, &schema, &spec.name).await {
         println!();
         match existing.spec() {
-            Ok(stored) if stored.same_work(&spec) => line(
+            Ok(stored) if stored.same_work(spec) => line(
                 "submitted",
                 &format!("yes, state {} (same definition)", existing.state),
             ),
@@ -199,7 +199,7 @@ async fn check_on(
                     &format!(
                         "yes, state {}, with a DIFFERENT definition (fields: {}); `run` would refuse this file",
                         existing.state,
-                        stored.differences(&spec).join(", ")
+                        stored.differences(spec).join(", ")
                     ),
                 );
                 return Ok(2);
