@@ -82,6 +82,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         ACTOR,
     );
     if fleet::migrate_with_backoff(&pool, &schema, &root, DEFAULT_DATABASE).await {
+        super::refuse_undeclared_pooler(settings, &pool).await?;
         // Its endpoints start from the events after this point, before the jobs directory's.
         notifier = start_notifier(&pool, &schema, &notify, &root).await;
         others.wait_migrated().await;
