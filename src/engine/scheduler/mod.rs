@@ -352,6 +352,13 @@ impl Scheduler {
                 .iter()
                 .any(|(job, state)| *job == id && *state == JobState::Running);
             if running {
+                // A one-job run paused and resumed between two looks: its stopped workers'
+                // token must not stop the next ones at once (they would spin).
+                if let Some((_, token)) = self.runtimes.get_mut(&id) {
+                    if token.is_cancelled() && self.only_job == Some(id) {
+                        *token = self.root.child_token();
+                    }
+                }
                 continue;
             }
             if self.only_job == Some(id) {
