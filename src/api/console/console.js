@@ -262,7 +262,9 @@
   async function act(card, verb) {
     if (
       verb === "cancel" &&
-      !window.confirm("Cancel job " + card.name + "? A cancelled job does not run again.")
+      !window.confirm("Cancel job " +
+        card.name +
+        "? It stops and stays stopped; only submitting it again with --replace queues it again.")
     ) {
       return;
     }
