@@ -494,9 +494,7 @@ async fn status_and_events_show_control_characters_in_data_escaped() {
         assert_eq!(output.status.code(), Some(0), "{}", text(&output));
         let printed = stdout(&output);
         assert!(
-            !printed
-                .chars()
-                .any(|c| c.is_control() && c != '\n'),
+            !printed.chars().any(|c| c.is_control() && c != '\n'),
             "{args:?} printed a control character: {printed:?}"
         );
         assert!(printed.contains(shown), "{args:?}: {printed}");

@@ -55,7 +55,8 @@ async fn a_web_page_cannot_drive_a_tokenless_daemon() {
         )
     };
     // What following a link (or submitting a form) from another site makes the browser say.
-    let navigation = "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n";
+    let navigation =
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n";
     let form = format!("Content-Type: application/x-www-form-urlencoded\r\n{navigation}");
     let get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{navigation}Connection: close\r\n\r\n")

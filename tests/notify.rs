@@ -327,9 +327,11 @@ async fn an_endpoint_that_never_answers_holds_up_no_other() {
     .await;
     // The silent endpoint was sent the pause too, and holds that send unanswered (for up to the
     // 10 s send timeout).
-    eventually(Duration::from_secs(5), "the silent endpoint tried", || async {
-        (connections.load(Ordering::SeqCst) >= 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the silent endpoint tried",
+        || async { (connections.load(Ordering::SeqCst) >= 1).then_some(()) },
+    )
     .await;
     let asked = Instant::now();
     change(&api, "slow", "cancel").await;

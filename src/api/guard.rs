@@ -83,12 +83,7 @@ pub async fn nosniff(mut response: Response) -> Response {
     response
 }
 
-fn check(
-    guard: &Guard,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
+fn check(guard: &Guard, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
@@ -297,8 +292,20 @@ mod tests {
                 nav(&[]),
                 403,
             ),
-            ("navigation to the script", Method::GET, "/console.js", nav(&[]), 403),
-            ("form post to the console", Method::POST, "/", nav(&[json]), 403),
+            (
+                "navigation to the script",
+                Method::GET,
+                "/console.js",
+                nav(&[]),
+                403,
+            ),
+            (
+                "form post to the console",
+                Method::POST,
+                "/",
+                nav(&[json]),
+                403,
+            ),
             (
                 "navigation with a body",
                 Method::GET,

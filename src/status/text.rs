@@ -137,7 +137,10 @@ mod tests {
         assert_eq!(printable("\x1b[2J\x1b[Hgone"), "\\u{1b}[2J\\u{1b}[Hgone");
         assert_eq!(printable("a\tb\r\nc\0"), "a\\tb\\r\\nc\\u{0}");
         // C1: the 8-bit CSI and OSC, and DEL.
-        assert_eq!(printable("\u{9b}31m\u{9d}x\u{7f}"), "\\u{9b}31m\\u{9d}x\\u{7f}");
+        assert_eq!(
+            printable("\u{9b}31m\u{9d}x\u{7f}"),
+            "\\u{9b}31m\\u{9d}x\\u{7f}"
+        );
         assert_eq!(printable("abc\u{202e}def"), "abc\\u{202e}def");
         for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
             let shown = printable(&format!("x{c}y"));

@@ -99,10 +99,8 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a client with the process's crypto provider builds");
-        let endpoints: Vec<Arc<Endpoint>> = targets
-            .iter()
-            .map(|t| Arc::new(Endpoint::new(t)))
-            .collect();
+        let endpoints: Vec<Arc<Endpoint>> =
+            targets.iter().map(|t| Arc::new(Endpoint::new(t))).collect();
         for endpoint in &endpoints {
             METRICS
                 .notifications_failed
@@ -280,7 +278,10 @@ impl Sender {
         error: &str,
     ) -> Result<(), sqlx::Error> {
         let label = &self.endpoint.label;
-        METRICS.notifications_failed.with_label_values(&[label]).inc();
+        METRICS
+            .notifications_failed
+            .with_label_values(&[label])
+            .inc();
         let delay = backoff_up_to(delivery.attempts.max(1) as u32, RETRY_CAP);
         if due(&mut self.logged) {
             tracing::warn!(
