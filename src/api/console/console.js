@@ -264,7 +264,7 @@
       verb === "cancel" &&
       !window.confirm("Cancel job " +
         card.name +
-        "? It stops and stays stopped; only submitting it again with --replace queues it again.")
+        "? It stops and cannot be resumed; an admin can queue it again only by submitting it again with --replace.")
     ) {
       return;
     }
