@@ -13,6 +13,7 @@ mod key;
 mod sync;
 mod table;
 mod tunables;
+mod wal_rate;
 mod window;
 pub use commit::SynchronousCommit;
 use key::key_schema;
@@ -20,6 +21,7 @@ pub use key::KeyColumns;
 pub use sync::SyncSpec;
 pub use table::TableName;
 pub use tunables::Tunables;
+pub use wal_rate::WalRate;
 pub use window::Window;
 
 /// Why a job definition was refused before anything touched the database.
@@ -128,6 +130,10 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_active_sessions: Option<u32>,
+    /// Health throttling: wait while the server writes WAL faster than this (`"16MB/s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "16MB/s")]
+    pub max_wal_rate: Option<String>,
     /// Hours in which the job may run, `HH:MM-HH:MM` with an optional time zone
     /// (`"22:00-06:00 Europe/Berlin"`; UTC when absent). Outside them it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +375,9 @@ impl JobSpec {
         }
         if let Some(window) = &self.window {
             Window::parse(window).map_err(|message| invalid("window", message))?;
+        }
+        if let Some(rate) = &self.max_wal_rate {
+            WalRate::parse(rate).map_err(|message| invalid("max_wal_rate", message))?;
         }
         self.validate_finishing()
             .map_err(|(field, message)| invalid(field, message))?;
