@@ -13,7 +13,7 @@
 //! cargo bench --bench backfill                        # W1 200k rows, W2 1M rows
 //! cargo bench --bench backfill -- --w2-rows 50000 --only w2
 //! cargo bench --bench backfill -- --target-batch-time 200ms
-//! cargo bench --bench backfill -- --traffic           # W1g 200k and W3 300k rows beside the app
+//! cargo bench --bench backfill -- --traffic           # W1g 500k, W3 1M rows beside the app
 //! cargo bench --bench backfill -- --scale             # W2, loop and 1 partition, 1M vs 5M rows
 //! cargo bench --bench backfill -- --scale --scale-factor 10   # 1M vs 10M rows
 //! cargo bench --bench backfill -- --synchronous-commit on   # batches wait for their flush
@@ -55,14 +55,14 @@ struct Args {
     /// Server to create the scratch database on.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Rows of W1 (products, tsvector).
-    #[arg(long, default_value_t = 200_000)]
-    w1_rows: i64,
+    /// Rows of W1 (products, tsvector): 200k; with --traffic, of W1g: 500k.
+    #[arg(long)]
+    w1_rows: Option<i64>,
     /// Rows of W2 (users, email copy); with --scale, the small size.
     #[arg(long, default_value_t = 1_000_000)]
     w2_rows: i64,
     /// Rows of W3 (orders, uuid key), with --traffic.
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     w3_rows: i64,
     /// Run one workload only.
     #[arg(long, value_enum)]
@@ -95,6 +95,13 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+impl Args {
+    fn w1_rows(&self) -> i64 {
+        let default = if self.traffic { 500_000 } else { 200_000 };
+        self.w1_rows.unwrap_or(default)
+    }
 }
 
 /// One way of doing the backfill (or, with `--traffic`, none: the application alone).
@@ -213,7 +220,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ensure!(
-        args.w1_rows > 0 && args.w2_rows > 0 && args.w3_rows > 0,
+        args.w1_rows() > 0 && args.w2_rows > 0 && args.w3_rows > 0,
         "--w1-rows, --w2-rows and --w3-rows must be positive"
     );
     ensure!(args.scale_factor > 1, "--scale-factor must be at least 2");
@@ -264,7 +271,7 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
         return scale(args, &bench).await;
     }
     if args.finishing {
-        return finishing::finishing(scratch, &pool, [args.w1_rows, args.w2_rows], ticks).await;
+        return finishing::finishing(scratch, &pool, [args.w1_rows(), args.w2_rows], ticks).await;
     }
     if args.traffic {
         bench.app = Some(app::App::new(args.app_rate)?);
@@ -285,7 +292,7 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
         }
     }
     let mut results = Vec::new();
-    for (workload, rows) in [(Workload::W1, args.w1_rows), (Workload::W2, args.w2_rows)] {
+    for (workload, rows) in [(Workload::W1, args.w1_rows()), (Workload::W2, args.w2_rows)] {
         if args.only.is_some_and(|only| only != workload) {
             continue;
         }
