@@ -351,7 +351,12 @@ async fn scale(args: &Args, bench: &Bench<'_>) -> Result<()> {
 impl Bench<'_> {
     /// Fresh table, then the variant (beside the application, with `--traffic`), then a check
     /// in the database that nothing is left pending.
-    async fn measure(&self, workload: Workload, variant: Variant, rows: i64) -> Result<Measurement> {
+    async fn measure(
+        &self,
+        workload: Workload,
+        variant: Variant,
+        rows: i64,
+    ) -> Result<Measurement> {
         eprintln!("… {} {} on {rows} rows", workload.label(), variant.label());
         let pool = &self.pool;
         let mut job = workload.job()?;
@@ -404,6 +409,14 @@ impl Bench<'_> {
             ),
             None => None,
         };
+        // Before the check below: a reader prunes the dead tuples of the pages it finds full.
+        let dead_tuples = sqlx::query_scalar::<_, i64>(sql(format!(
+            "SELECT dead_tuple_count FROM pgstattuple('{}')",
+            workload.table()
+        )))
+        .fetch_one(pool)
+        .await
+        .ok();
         if variant != Variant::Idle {
             let pending: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT count(*) FROM {} WHERE {}",
@@ -423,17 +436,14 @@ impl Bench<'_> {
                 run.updated
             );
         }
-        let dead_tuples = sqlx::query_scalar::<_, i64>(sql(format!(
-            "SELECT dead_tuple_count FROM pgstattuple('{}')",
-            workload.table()
-        )))
-        .fetch_one(pool)
-        .await
-        .ok();
         let m = Measurement {
             workload,
             variant,
-            rows: if run.updated == 0 && app.is_some() { 0 } else { rows },
+            rows: if run.updated == 0 && app.is_some() {
+                0
+            } else {
+                rows
+            },
             wall: run.wall,
             batches: run.batches,
             cpu: run.cpu,
@@ -715,7 +725,7 @@ fn table(results: &[Measurement]) -> String {
     }
     let _ = writeln!(
         out,
-        "max lock = the longest batch transaction (for (a), the whole UPDATE); CPU % = this process's user+system CPU over wall time while backfilld ran; WAL B/row = the server's WAL over the run / rows; dead tup = pgstattuple's count after it (autovacuum off on the table)"
+        "max lock = the longest batch transaction (for (a), the whole UPDATE); CPU % = this process's user+system CPU over wall time while backfilld ran; WAL B/row = the server's WAL over the run / rows; dead tup = pgstattuple's dead tuples right after it, those no reader pruned (it prunes full pages as it reads them, as every reader does), so fewer than VACUUM will find (autovacuum off on the table)"
     );
     out
 }
@@ -787,9 +797,10 @@ fn targets(results: &[Measurement], target_batch_time: Option<Duration>) -> Stri
         );
     }
     if let Some(target) = target_batch_time {
-        for m in daemon.iter().filter(|m| {
-            matches!(&m.variant, Variant::Backfilld(s) if s.target.is_some())
-        }) {
+        for m in daemon
+            .iter()
+            .filter(|m| matches!(&m.variant, Variant::Backfilld(s) if s.target.is_some()))
+        {
             let p99 = m.percentile(0.99);
             let _ = writeln!(
                 out,

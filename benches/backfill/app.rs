@@ -34,10 +34,9 @@ pub fn pgbench() -> Result<PathBuf> {
         .flatten()
         .flatten()
         .map(|version| version.path().join("bin/pgbench"));
-    on_path
-        .chain(versioned)
-        .find(|p| p.is_file())
-        .context("pgbench not found on PATH nor in /usr/lib/postgresql/*/bin (Debian's postgresql-client)")
+    on_path.chain(versioned).find(|p| p.is_file()).context(
+        "pgbench not found on PATH nor in /usr/lib/postgresql/*/bin (Debian's postgresql-client)",
+    )
 }
 
 /// The application's traffic: transactions per second, spread over [`CLIENTS`] connections.
@@ -94,7 +93,9 @@ impl App {
         for (name, script, weight) in workload.app_scripts(rows) {
             let path = dir.join(format!("{name}.sql"));
             std::fs::write(&path, script)?;
-            command.arg("-f").arg(format!("{}@{weight}", path.display()));
+            command
+                .arg("-f")
+                .arg(format!("{}@{weight}", path.display()));
         }
         let child = command
             .arg(url)
