@@ -1,35 +1,49 @@
-//! The benchmark harness (issue 5): times the two example backfills done four ways — one plain
+//! The benchmark harness (issue 5): times the example backfills done four ways — one plain
 //! `UPDATE`, a PL/pgSQL keyset loop with a COMMIT per batch, and backfilld in-process with one
 //! and with two partitions — on a fresh table each time, in a scratch database it creates and
-//! drops, and prints rows/s, batch-time percentiles, the longest row-lock hold and the daemon's
-//! own CPU share, then checks the issue's targets.
+//! drops, and prints rows/s, batch-time percentiles, the longest row-lock hold, the WAL written
+//! per row, the dead tuples left and the daemon's own CPU share, then checks the issue's targets.
+//!
+//! `--traffic` (issue 17) runs each variant beside the application (pgbench at a fixed rate on
+//! the same table, `app.rs`) and reports what it saw, against the application alone, with the
+//! frontier of gentler settings (`traffic.rs`). Every figure is a ratio to baselines run in the
+//! same process run, so a machine busy with other work slows both sides alike.
 //!
 //! ```sh
 //! cargo bench --bench backfill                        # W1 200k rows, W2 1M rows
 //! cargo bench --bench backfill -- --w2-rows 50000 --only w2
 //! cargo bench --bench backfill -- --target-batch-time 200ms
+//! cargo bench --bench backfill -- --traffic           # W1g 500k, W3 1M rows beside the app
 //! cargo bench --bench backfill -- --scale             # W2, loop and 1 partition, 1M vs 5M rows
+//! cargo bench --bench backfill -- --scale --scale-factor 10   # 1M vs 10M rows
 //! cargo bench --bench backfill -- --synchronous-commit on   # batches wait for their flush
 //! ```
 
+#[path = "backfill/app.rs"]
+mod app;
 #[path = "backfill/finishing.rs"]
 mod finishing;
+#[path = "backfill/traffic.rs"]
+mod traffic;
+#[path = "backfill/workload.rs"]
+mod workload;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use backfilld::commands::demo;
 use backfilld::engine::runtime::JobRuntime;
 use backfilld::engine::scheduler::{Scheduler, SchedulerExit};
 use backfilld::engine::submit;
 use backfilld::plumbing::db::{self, quote_ident, sql, Db, PoolMode, Schema};
 use backfilld::spec::{JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
+
+use workload::Workload;
 
 const ACTOR: &str = "bench";
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -41,19 +55,33 @@ struct Args {
     /// Server to create the scratch database on.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Rows of W1 (products, tsvector).
-    #[arg(long, default_value_t = 200_000)]
-    w1_rows: i64,
-    /// Rows of W2 (users, email copy); with --scale, the small size (the large is 5×).
+    /// Rows of W1 (products, tsvector): 200k; with --traffic, of W1g: 500k.
+    #[arg(long)]
+    w1_rows: Option<i64>,
+    /// Rows of W2 (users, email copy); with --scale, the small size.
     #[arg(long, default_value_t = 1_000_000)]
     w2_rows: i64,
+    /// Rows of W3 (orders, uuid key), with --traffic.
+    #[arg(long, default_value_t = 1_000_000)]
+    w3_rows: i64,
     /// Run one workload only.
     #[arg(long, value_enum)]
     only: Option<Workload>,
-    /// Instead of the comparison: W2 by backfilld with 1 partition on --w2-rows and 5× as
-    /// many rows, to show that the per-batch cost does not grow with the table.
+    /// Instead of the comparison: W2 by backfilld with 1 partition on --w2-rows and
+    /// --scale-factor times as many rows, to show that the per-batch cost does not grow with
+    /// the table.
     #[arg(long)]
     scale: bool,
+    #[arg(long, default_value_t = 5)]
+    scale_factor: i64,
+    /// Instead of the comparison: every variant beside the application's traffic (pgbench at
+    /// --app-rate transactions per second on the same table), on W1g and W3, with the frontier
+    /// of gentler settings.
+    #[arg(long)]
+    traffic: bool,
+    /// The application's transactions per second, with --traffic.
+    #[arg(long, default_value_t = 200)]
+    app_rate: u32,
     /// Also run (c) and (d) again with this `target_batch_time` (adaptive batch size).
     #[arg(long, value_parser = humantime::parse_duration)]
     target_batch_time: Option<Duration>,
@@ -69,68 +97,79 @@ struct Args {
     bench: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Workload {
-    W1,
-    W2,
-}
-
-impl Workload {
-    /// The example job this workload runs, read from `jobs/` so the benchmark cannot drift
-    /// from what users run.
-    fn job(self) -> Result<JobSpec> {
-        let (file, text) = match self {
-            Workload::W1 => (
-                "products_search.toml",
-                include_str!("../jobs/products_search.toml"),
-            ),
-            Workload::W2 => ("users_email.toml", include_str!("../jobs/users_email.toml")),
-        };
-        Ok(JobSpec::from_toml(text, file)?)
-    }
-
-    fn table(self) -> &'static str {
-        match self {
-            Workload::W1 => "public.products",
-            Workload::W2 => "public.users",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Workload::W1 => "W1 products.search_tsvector",
-            Workload::W2 => "W2 users.email",
-        }
+impl Args {
+    fn w1_rows(&self) -> i64 {
+        let default = if self.traffic { 500_000 } else { 200_000 };
+        self.w1_rows.unwrap_or(default)
     }
 }
 
-/// One way of doing the backfill.
-#[derive(Debug, Clone)]
+/// One way of doing the backfill (or, with `--traffic`, none: the application alone).
+#[derive(Debug, Clone, PartialEq)]
 enum Variant {
+    Idle,
     Update,
     Loop,
-    Backfilld {
-        partitions: u32,
-        target: Option<Duration>,
-    },
+    Backfilld(Settings),
+}
+
+/// backfilld's settings in a run: full speed is `Settings::plain(partitions)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Settings {
+    partitions: u32,
+    target: Option<Duration>,
+    pause: Option<Duration>,
+    /// `max_wal_rate`, bytes per second.
+    max_wal_rate: Option<u64>,
+}
+
+impl Settings {
+    fn plain(partitions: u32) -> Settings {
+        Settings {
+            partitions,
+            ..Settings::default()
+        }
+    }
+
+    fn is_plain(&self, partitions: u32) -> bool {
+        *self == Settings::plain(partitions)
+    }
 }
 
 impl Variant {
     fn label(&self) -> String {
         match self {
+            Variant::Idle => "(0) the application alone".into(),
             Variant::Update => "(a) single UPDATE".into(),
             Variant::Loop => format!("(b) PL/pgSQL loop, {BATCH_SIZE}/COMMIT"),
-            Variant::Backfilld { partitions, target } => {
-                let letter = if *partitions == 1 { 'c' } else { 'd' };
-                let target = target
-                    .map(|t| format!(", target {}", humantime::format_duration(t)))
-                    .unwrap_or_default();
-                let plural = if *partitions == 1 { "" } else { "s" };
-                format!("({letter}) backfilld, {partitions} partition{plural}{target}")
+            Variant::Backfilld(s) => {
+                let plain = s.pause.is_none() && s.max_wal_rate.is_none();
+                let letter = match (plain, s.partitions) {
+                    (true, 1) => 'c',
+                    (true, _) => 'd',
+                    (false, _) => 'e',
+                };
+                let mut label = format!(
+                    "({letter}) backfilld, {} partition{}",
+                    s.partitions,
+                    if s.partitions == 1 { "" } else { "s" }
+                );
+                if let Some(t) = s.target {
+                    let _ = write!(label, ", target {}", humantime::format_duration(t));
+                }
+                if let Some(p) = s.pause {
+                    let _ = write!(label, ", pause {}", humantime::format_duration(p));
+                }
+                if let Some(rate) = s.max_wal_rate {
+                    let _ = write!(label, ", WAL ≤ {:.1}MB/s", rate as f64 / MB);
+                }
+                label
             }
         }
     }
 }
+
+const MB: f64 = 1024.0 * 1024.0;
 
 /// What one run measured; `batches` are the batch transaction times (one entry, the whole
 /// statement, for the single UPDATE).
@@ -142,6 +181,14 @@ struct Measurement {
     batches: Vec<Duration>,
     /// This process's CPU time while backfilld ran (None for the SQL-only variants).
     cpu: Option<Duration>,
+    /// This process's largest resident set while backfilld ran.
+    peak_rss: Option<u64>,
+    /// WAL the server wrote from the start to the end of the run (every session's).
+    wal_bytes: u64,
+    /// Dead tuples in the table after the run (pgstattuple; None without the extension).
+    dead_tuples: Option<i64>,
+    /// What the application saw, with `--traffic`.
+    app: Option<app::Latency>,
 }
 
 impl Measurement {
@@ -173,9 +220,11 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ensure!(
-        args.w1_rows > 0 && args.w2_rows > 0,
-        "--w1-rows and --w2-rows must be positive"
+        args.w1_rows() > 0 && args.w2_rows > 0 && args.w3_rows > 0,
+        "--w1-rows, --w2-rows and --w3-rows must be positive"
     );
+    ensure!(args.scale_factor > 1, "--scale-factor must be at least 2");
+    ensure!(args.app_rate > 0, "--app-rate must be positive");
     let scratch = Scratch::create(&args.database_url).await?;
     let outcome = tokio::select! {
         outcome = bench(&args, &scratch) => outcome,
@@ -185,6 +234,15 @@ async fn main() -> Result<()> {
     outcome
 }
 
+/// What every measurement needs: where, how, and (with `--traffic`) the application beside it.
+struct Bench<'a> {
+    scratch: &'a Scratch,
+    pool: PgPool,
+    ticks: f64,
+    synchronous_commit: Option<SynchronousCommit>,
+    app: Option<app::App>,
+}
+
 async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
     let pool = raw_pool(&scratch.url, 2).await?;
     backfilld::store::migrate::run(
@@ -192,109 +250,72 @@ async fn bench(args: &Args, scratch: &Scratch) -> Result<()> {
         &Schema::new("backfilld"),
     )
     .await?;
+    // Dead tuples are counted exactly by pgstattuple (the statistics views lag behind).
+    let _ = sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&pool)
+        .await;
     let ticks = clock_ticks();
     println!(
         "backfilld benchmark in scratch database {} ({} cores); batch size {BATCH_SIZE}",
         scratch.name,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let mut bench = Bench {
+        scratch,
+        pool: pool.clone(),
+        ticks,
+        synchronous_commit: args.synchronous_commit,
+        app: None,
+    };
     if args.scale {
-        return scale(args, scratch, &pool, ticks).await;
+        return scale(args, &bench).await;
     }
     if args.finishing {
-        return finishing::finishing(scratch, &pool, [args.w1_rows, args.w2_rows], ticks).await;
+        return finishing::finishing(scratch, &pool, [args.w1_rows(), args.w2_rows], ticks).await;
+    }
+    if args.traffic {
+        bench.app = Some(app::App::new(args.app_rate)?);
+        return traffic::traffic(args, &bench).await;
     }
     let mut variants = vec![
         Variant::Update,
         Variant::Loop,
-        Variant::Backfilld {
-            partitions: 1,
-            target: None,
-        },
-        Variant::Backfilld {
-            partitions: 2,
-            target: None,
-        },
+        Variant::Backfilld(Settings::plain(1)),
+        Variant::Backfilld(Settings::plain(2)),
     ];
-    let mut notes = Vec::new();
     if let Some(target) = args.target_batch_time {
-        match adaptive_spec(&Workload::W1.job()?, target) {
-            Ok(_) => {
-                for partitions in [1, 2] {
-                    variants.push(Variant::Backfilld {
-                        partitions,
-                        target: Some(target),
-                    });
-                }
-            }
-            Err(e) => notes.push(format!(
-                "adaptive runs skipped: this build's JobSpec refuses target_batch_time ({e})"
-            )),
+        for partitions in [1, 2] {
+            variants.push(Variant::Backfilld(Settings {
+                target: Some(target),
+                ..Settings::plain(partitions)
+            }));
         }
     }
     let mut results = Vec::new();
-    for (workload, rows) in [(Workload::W1, args.w1_rows), (Workload::W2, args.w2_rows)] {
+    for (workload, rows) in [(Workload::W1, args.w1_rows()), (Workload::W2, args.w2_rows)] {
         if args.only.is_some_and(|only| only != workload) {
             continue;
         }
         for variant in &variants {
-            eprintln!("… {} {} on {rows} rows", workload.label(), variant.label());
-            let m = measure(
-                scratch,
-                &pool,
-                workload,
-                variant.clone(),
-                rows,
-                ticks,
-                args.synchronous_commit,
-            )
-            .await?;
-            eprintln!(
-                "  {:.0} rows/s in {:.2}s",
-                m.rows_per_second(),
-                m.wall.as_secs_f64()
-            );
-            results.push(m);
+            results.push(bench.measure(workload, variant.clone(), rows).await?);
         }
     }
     print!("{}", table(&results));
     print!("{}", targets(&results, args.target_batch_time));
-    for note in notes {
-        println!("note: {note}");
-    }
     Ok(())
 }
 
-/// W2 with 1 partition on N and 5N rows: rows/s should not depend on the table's size. The
-/// PL/pgSQL loop runs on the same tables too: what the server itself pays for a larger job (WAL
-/// segments created beyond those it recycles, checkpoints, a table outgrowing shared_buffers)
-/// slows it as much, so backfilld's rate relative to the loop isolates backfilld's own per-batch
-/// cost.
-async fn scale(args: &Args, scratch: &Scratch, pool: &PgPool, ticks: f64) -> Result<()> {
-    let backfilld = Variant::Backfilld {
-        partitions: 1,
-        target: None,
-    };
+/// W2 with 1 partition on N and N × --scale-factor rows: rows/s should not depend on the
+/// table's size, nor the daemon's memory. The PL/pgSQL loop runs on the same tables too: what
+/// the server itself pays for a larger job (WAL segments created beyond those it recycles,
+/// checkpoints, a table outgrowing shared_buffers) slows it as much, so backfilld's rate
+/// relative to the loop isolates backfilld's own per-batch cost.
+async fn scale(args: &Args, bench: &Bench<'_>) -> Result<()> {
+    let backfilld = Variant::Backfilld(Settings::plain(1));
     let mut results = Vec::new();
-    for rows in [args.w2_rows, args.w2_rows * 5] {
+    for rows in [args.w2_rows, args.w2_rows * args.scale_factor] {
         for variant in [Variant::Loop, backfilld.clone()] {
-            eprintln!(
-                "… {} {} on {rows} rows",
-                Workload::W2.label(),
-                variant.label()
-            );
-            results.push(
-                measure(
-                    scratch,
-                    pool,
-                    Workload::W2,
-                    variant,
-                    rows,
-                    ticks,
-                    args.synchronous_commit,
-                )
-                .await?,
-            );
+            results.push(bench.measure(Workload::W2, variant, rows).await?);
         }
     }
     print!("{}", table(&results));
@@ -315,95 +336,164 @@ async fn scale(args: &Args, scratch: &Scratch, pool: &PgPool, ticks: f64) -> Res
         change(loop_small, loop_large),
         change(relative_small, relative_large)
     );
-    Ok(())
-}
-
-/// Fresh table, then the variant, then a check in the database that nothing is left pending.
-async fn measure(
-    scratch: &Scratch,
-    pool: &PgPool,
-    workload: Workload,
-    variant: Variant,
-    rows: i64,
-    ticks: f64,
-    synchronous_commit: Option<SynchronousCommit>,
-) -> Result<Measurement> {
-    let mut job = workload.job()?;
-    if let Some(commit) = synchronous_commit {
-        job.synchronous_commit = commit;
+    if let (Some(small), Some(large)) = (results[1].peak_rss, results[3].peak_rss) {
+        let growth = change(small as f64, large as f64);
+        println!(
+            "       memory: this process's peak resident set while backfilld ran {:.1} MB → {:.1} MB ({growth:+.1}%; {} target: flat, < 10%)",
+            small as f64 / MB,
+            large as f64 / MB,
+            verdict(growth < 10.0)
+        );
     }
-    fresh_table(pool, workload, rows).await?;
-    let (wall, batches, cpu, updated) = match &variant {
-        Variant::Update => {
-            let started = Instant::now();
-            let done = sqlx::query(sql(plain_update(&job))).execute(pool).await?;
-            let wall = started.elapsed();
-            (wall, vec![wall], None, done.rows_affected() as i64)
-        }
-        Variant::Loop => keyset_loop(pool, &job).await?,
-        Variant::Backfilld { partitions, target } => {
-            let mut spec = JobSpec {
-                // Unique within the scratch database: one job per run.
-                name: format!(
-                    "bench-{}-{rows}-{partitions}p{}",
-                    format!("{workload:?}").to_lowercase(),
-                    if target.is_some() { "-adaptive" } else { "" }
-                ),
-                batch_size: BATCH_SIZE,
-                rows_per_second: None,
-                pause: None,
-                partitions: *partitions,
-                // One pass, as the other variants make: `--finishing` measures the sweep.
-                passes: Some(1),
-                sync: None,
-                ..job.clone()
-            };
-            if let Some(target) = target {
-                spec = adaptive_spec(&spec, *target)?;
-            }
-            run_backfilld(scratch, &spec, ticks).await?
-        }
-    };
-    let pending: i64 = sqlx::query_scalar(sql(format!(
-        "SELECT count(*) FROM {} WHERE {}",
-        workload.table(),
-        pending(&job)
-    )))
-    .fetch_one(pool)
-    .await?;
-    ensure!(
-        pending == 0 && updated == rows,
-        "{} {}: {pending} rows still pending, {updated} of {rows} updated: the result is wrong",
-        workload.label(),
-        variant.label()
-    );
-    Ok(Measurement {
-        workload,
-        variant,
-        rows,
-        wall,
-        batches,
-        cpu,
-    })
+    Ok(())
 }
 
-/// Drop, create and fill the workload's table, then VACUUM ANALYZE and CHECKPOINT so every
-/// variant starts from the same state: hint bits set, statistics fresh, no dirty buffers.
-async fn fresh_table(pool: &PgPool, workload: Workload, rows: i64) -> Result<()> {
-    let (create, fill) = match workload {
-        Workload::W1 => (demo::CREATE_PRODUCTS, demo::FILL_PRODUCTS),
-        Workload::W2 => (demo::CREATE_USERS, demo::FILL_USERS),
-    };
-    sqlx::raw_sql(sql(format!("DROP TABLE IF EXISTS {}", workload.table())))
-        .execute(pool)
-        .await?;
-    sqlx::raw_sql(create).execute(pool).await?;
-    sqlx::query(fill).bind(rows).execute(pool).await?;
-    // The whole scratch database: the bench table and backfilld's own, bloated by the
-    // previous runs' checkpoints.
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
-    sqlx::raw_sql("CHECKPOINT").execute(pool).await?;
-    Ok(())
+impl Bench<'_> {
+    /// Fresh table, then the variant (beside the application, with `--traffic`), then a check
+    /// in the database that nothing is left pending.
+    async fn measure(
+        &self,
+        workload: Workload,
+        variant: Variant,
+        rows: i64,
+    ) -> Result<Measurement> {
+        eprintln!("… {} {} on {rows} rows", workload.label(), variant.label());
+        let pool = &self.pool;
+        let mut job = workload.job()?;
+        if let Some(commit) = self.synchronous_commit {
+            job.synchronous_commit = commit;
+        }
+        workload.fresh_table(pool, rows).await?;
+        let app = match &self.app {
+            Some(app) => Some(app.start(&self.scratch.url, workload, rows).await?),
+            None => None,
+        };
+        let wal_before = wal_position(pool).await?;
+        let window_start = app::now();
+        let run = match &variant {
+            Variant::Idle => {
+                tokio::time::sleep(traffic::IDLE).await;
+                Run::sql(traffic::IDLE, vec![], 0)
+            }
+            Variant::Update => {
+                let started = Instant::now();
+                let done = sqlx::query(sql(plain_update(&job))).execute(pool).await?;
+                let wall = started.elapsed();
+                Run::sql(wall, vec![wall], done.rows_affected() as i64)
+            }
+            Variant::Loop => keyset_loop(pool, &job, workload).await?,
+            Variant::Backfilld(settings) => {
+                let spec = JobSpec {
+                    // Unique within the scratch database: one job per run.
+                    name: format!("bench-{}", uuid::Uuid::new_v4().simple()),
+                    batch_size: BATCH_SIZE,
+                    rows_per_second: None,
+                    pause: settings.pause,
+                    partitions: settings.partitions,
+                    target_batch_time: settings.target,
+                    max_wal_rate: settings.max_wal_rate.map(|b| format!("{b}B/s")),
+                    // One pass, as the other variants make: `--finishing` measures the sweep.
+                    passes: Some(1),
+                    sync: None,
+                    ..job.clone()
+                };
+                spec.validate("benchmark")?;
+                run_backfilld(self.scratch, &spec, self.ticks).await?
+            }
+        };
+        let wal_bytes = wal_position(pool).await?.saturating_sub(wal_before);
+        let app = match app {
+            Some(app) => Some(
+                app.stop(window_start, window_start + run.wall.as_secs_f64())
+                    .await?,
+            ),
+            None => None,
+        };
+        // Before the check below: a reader prunes the dead tuples of the pages it finds full.
+        let dead_tuples = sqlx::query_scalar::<_, i64>(sql(format!(
+            "SELECT dead_tuple_count FROM pgstattuple('{}')",
+            workload.table()
+        )))
+        .fetch_one(pool)
+        .await
+        .ok();
+        if variant != Variant::Idle {
+            let pending: i64 = sqlx::query_scalar(sql(format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                workload.table(),
+                pending(&job)
+            )))
+            .fetch_one(pool)
+            .await?;
+            // The application's updates write the new column too (W2, W3), so a backfill
+            // beside it may find fewer rows to update; none may be left.
+            let updated_all = run.updated == rows || (app.is_some() && run.updated <= rows);
+            ensure!(
+                pending == 0 && updated_all,
+                "{} {}: {pending} rows still pending, {} of {rows} updated: the result is wrong",
+                workload.label(),
+                variant.label(),
+                run.updated
+            );
+        }
+        let m = Measurement {
+            workload,
+            variant,
+            rows: if run.updated == 0 && app.is_some() {
+                0
+            } else {
+                rows
+            },
+            wall: run.wall,
+            batches: run.batches,
+            cpu: run.cpu,
+            peak_rss: run.peak_rss,
+            wal_bytes,
+            dead_tuples,
+            app,
+        };
+        eprintln!(
+            "  {:.0} rows/s in {:.2}s{}",
+            m.rows_per_second(),
+            m.wall.as_secs_f64(),
+            m.app.as_ref().map_or(String::new(), |a| format!(
+                "; application p99 {:.1} ms, max {:.1} ms",
+                a.p99.as_secs_f64() * 1000.0,
+                a.max.as_secs_f64() * 1000.0
+            ))
+        );
+        Ok(m)
+    }
+}
+
+/// What running one variant returned.
+struct Run {
+    wall: Duration,
+    batches: Vec<Duration>,
+    cpu: Option<Duration>,
+    peak_rss: Option<u64>,
+    updated: i64,
+}
+
+impl Run {
+    fn sql(wall: Duration, batches: Vec<Duration>, updated: i64) -> Run {
+        Run {
+            wall,
+            batches,
+            cpu: None,
+            peak_rss: None,
+            updated,
+        }
+    }
+}
+
+/// The server's WAL insert position, in bytes.
+async fn wal_position(pool: &PgPool) -> Result<u64> {
+    let bytes: i64 =
+        sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")
+            .fetch_one(pool)
+            .await?;
+    Ok(bytes as u64)
 }
 
 /// The job's `where`, parenthesized (every example job has one: it is how each variant knows
@@ -437,18 +527,22 @@ fn plain_update(job: &JobSpec) -> String {
 /// (b): the loop a DBA writes by hand. Each iteration is one transaction, timed server-side
 /// from the previous COMMIT to its own; the times come back through an INOUT parameter, so
 /// nothing else is written while it runs.
-async fn keyset_loop(
-    pool: &PgPool,
-    job: &JobSpec,
-) -> Result<(Duration, Vec<Duration>, Option<Duration>, i64)> {
+async fn keyset_loop(pool: &PgPool, job: &JobSpec, workload: Workload) -> Result<Run> {
     let table = &job.table;
+    let (key_type, key_start) = workload.key_type();
+    // max() has no uuid version: the last key of the walk another way, for W3 only (W1 and
+    // W2 keep the loop their earlier figures were measured with).
+    let last_key = match key_type {
+        "int8" => "max(id)",
+        _ => "(array_agg(id ORDER BY id DESC))[1]",
+    };
     sqlx::raw_sql(sql(format!(
         "CREATE OR REPLACE PROCEDURE bench_keyset_loop(
              batch_size int, INOUT timings text DEFAULT NULL, INOUT updated int8 DEFAULT NULL)
          LANGUAGE plpgsql AS $proc$
          DECLARE
-             last_id int8 := 0;
-             next_id int8;
+             last_id {key_type} := {key_start};
+             next_id {key_type};
              started timestamptz;
              n int8;
              durations float8[] := '{{}}';
@@ -456,7 +550,7 @@ async fn keyset_loop(
              updated := 0;
              LOOP
                  started := clock_timestamp();
-                 SELECT max(id) INTO next_id
+                 SELECT {last_key} INTO next_id
                    FROM (SELECT id FROM {table} WHERE id > last_id ORDER BY id
                           LIMIT batch_size) AS walk;
                  EXIT WHEN next_id IS NULL;
@@ -490,16 +584,12 @@ async fn keyset_loop(
         .map(|t| t.parse::<f64>().map(Duration::from_secs_f64))
         .collect::<Result<Vec<_>, _>>()
         .context("parsing the loop's batch times")?;
-    Ok((wall, batches, None, updated))
+    Ok(Run::sql(wall, batches, updated))
 }
 
 /// (c)/(d): submit, mark running and run the job through the library's scheduler, as `run`
 /// does, timing wall and this process's CPU from the submission to the job's completion.
-async fn run_backfilld(
-    scratch: &Scratch,
-    spec: &JobSpec,
-    ticks: f64,
-) -> Result<(Duration, Vec<Duration>, Option<Duration>, i64)> {
+async fn run_backfilld(scratch: &Scratch, spec: &JobSpec, ticks: f64) -> Result<Run> {
     let pool = db::connect(&scratch.url, spec.partitions + 3, PoolMode::Session).await?;
     let schema = Schema::new("backfilld");
     let cpu_before = cpu_time(ticks)?;
@@ -528,6 +618,8 @@ async fn run_backfilld(
             }),
         ),
     );
+    let sampling = CancellationToken::new();
+    let peak_rss = tokio::spawn(peak_resident_set(sampling.clone()));
     let exit = Scheduler::new(
         pool.clone(),
         schema,
@@ -539,6 +631,8 @@ async fn run_backfilld(
     .run(CancellationToken::new())
     .await?;
     let cpu = cpu_time(ticks)?.saturating_sub(cpu_before);
+    sampling.cancel();
+    let peak_rss = peak_rss.await?;
     // The backfill ends with its last batch's commit, as the other variants' do; what the job
     // does after it (counting rows left pending with `passes = 1`) is `--finishing`'s to measure.
     let observed = durations.lock().expect("durations lock poisoned").clone();
@@ -551,21 +645,37 @@ async fn run_backfilld(
     }
     let batches = observed.iter().map(|(_, d)| *d).collect();
     let updated = runtime.snapshot().rows_updated as i64;
-    Ok((wall, batches, Some(cpu), updated))
+    Ok(Run {
+        wall,
+        batches,
+        cpu: Some(cpu),
+        peak_rss,
+        updated,
+    })
 }
 
-/// `spec` with `target_batch_time` set, built through JSON so that this compiles whether or
-/// not this build's JobSpec knows the field: one that does not refuses it here, at run time.
-fn adaptive_spec(spec: &JobSpec, target: Duration) -> Result<JobSpec> {
-    let mut value = serde_json::to_value(spec)?;
-    value["target_batch_time"] = format!("{}ms", target.as_millis()).into();
-    Ok(JobSpec::from_json(&value.to_string(), "benchmark")?)
+/// The largest resident set of this process (the daemon's engine, in-process), sampled every
+/// 100 ms until `done`.
+async fn peak_resident_set(done: CancellationToken) -> Option<u64> {
+    let resident = || -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    let mut peak = resident();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return peak.max(resident()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => peak = peak.max(resident()),
+        }
+    }
 }
 
 fn table(results: &[Measurement]) -> String {
     let mut out = String::new();
     let header = format!(
-        "{:<28} {:<44} {:>9} {:>8} {:>9} {:>6} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "{:<28} {:<44} {:>9} {:>8} {:>9} {:>6} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}",
         "workload",
         "variant",
         "rows",
@@ -577,7 +687,9 @@ fn table(results: &[Measurement]) -> String {
         "p50 ms",
         "p99 ms",
         "max lock",
-        "CPU %"
+        "CPU %",
+        "WAL B/row",
+        "dead tup"
     );
     let _ = writeln!(out, "\n{header}\n{}", "-".repeat(header.chars().count()));
     for m in results {
@@ -593,7 +705,7 @@ fn table(results: &[Measurement]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<28} {:<44} {:>9} {:>8.2} {:>9.0} {:>6} {:>7} {:>9.0} {:>8} {:>8} {:>9} {:>8}",
+            "{:<28} {:<44} {:>9} {:>8.2} {:>9.0} {:>6} {:>7} {:>9.0} {:>8} {:>8} {:>9} {:>8} {:>9.0} {:>9}",
             m.workload.label(),
             m.variant.label(),
             m.rows,
@@ -607,11 +719,13 @@ fn table(results: &[Measurement]) -> String {
             format!("{:.3}s", m.longest_lock().as_secs_f64()),
             m.cpu_share()
                 .map_or("—".into(), |s| format!("{:.1}", s * 100.0)),
+            m.wal_bytes as f64 / m.rows as f64,
+            m.dead_tuples.map_or("—".into(), |d| d.to_string()),
         );
     }
     let _ = writeln!(
         out,
-        "max lock = the longest batch transaction (for (a), the whole UPDATE); CPU % = this process's user+system CPU over wall time while backfilld ran"
+        "max lock = the longest batch transaction (for (a), the whole UPDATE); CPU % = this process's user+system CPU over wall time while backfilld ran; WAL B/row = the server's WAL over the run / rows; dead tup = pgstattuple's dead tuples right after it, those no reader pruned (it prunes full pages as it reads them, as every reader does), so fewer than VACUUM will find (autovacuum off on the table)"
     );
     out
 }
@@ -624,7 +738,7 @@ fn targets(results: &[Measurement], target_batch_time: Option<Duration>) -> Stri
             .iter()
             .find(|m| m.workload == workload && pick(&m.variant))
     };
-    let plain = |p: u32| move |v: &Variant| matches!(v, Variant::Backfilld { partitions, target: None } if *partitions == p);
+    let plain = |p: u32| move |v: &Variant| matches!(v, Variant::Backfilld(s) if s.is_plain(p));
     let mut out = String::from("\ntargets:\n");
     let mut ratio = |name: &str, a: Option<&Measurement>, b: Option<&Measurement>, min: f64| {
         if let (Some(a), Some(b)) = (a, b) {
@@ -654,12 +768,12 @@ fn targets(results: &[Measurement], target_batch_time: Option<Duration>) -> Stri
     );
     let daemon: Vec<&Measurement> = results
         .iter()
-        .filter(|m| matches!(m.variant, Variant::Backfilld { .. }))
+        .filter(|m| matches!(m.variant, Variant::Backfilld(_)))
         .collect();
     // The 0.5 s bound is for batches of BATCH_SIZE keys; adaptive runs answer to their target.
     if let Some(longest) = daemon
         .iter()
-        .filter(|m| matches!(m.variant, Variant::Backfilld { target: None, .. }))
+        .filter(|m| matches!(&m.variant, Variant::Backfilld(s) if s.target.is_none()))
         .map(|m| m.longest_lock())
         .max()
     {
@@ -683,15 +797,10 @@ fn targets(results: &[Measurement], target_batch_time: Option<Duration>) -> Stri
         );
     }
     if let Some(target) = target_batch_time {
-        for m in daemon.iter().filter(|m| {
-            matches!(
-                m.variant,
-                Variant::Backfilld {
-                    target: Some(_),
-                    ..
-                }
-            )
-        }) {
+        for m in daemon
+            .iter()
+            .filter(|m| matches!(&m.variant, Variant::Backfilld(s) if s.target.is_some()))
+        {
             let p99 = m.percentile(0.99);
             let _ = writeln!(
                 out,

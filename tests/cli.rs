@@ -1,6 +1,7 @@
 //! The command line as on-call meets it: `events`, `tune`, `status --watch` and `completions`
 //! against a real `serve` process; client commands finding the daemon and a token through
-//! flags, the environment and the config file; what a refusal says; every flag described.
+//! flags, the environment and the config file; what a refusal says; every flag described; data
+//! (cursors, pause reasons) printed with its control characters escaped.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use common::api::{self, Api, TOKENS};
-use common::{hits_table, job_toml, text, Daemon, TestDb};
+use common::{eventually, hits_table, job_toml, text, Daemon, TestDb};
 use serde_json::{json, Value};
 
 /// A config file for the client commands: the daemon's address as `listen`, and the tokens.
@@ -449,4 +450,53 @@ async fn serve_accepts_a_host_name_to_listen_on() {
         "{}",
         text(&output)
     );
+}
+
+#[tokio::test]
+async fn status_and_events_show_control_characters_in_data_escaped() {
+    let db = TestDb::new().await;
+    // Keys (so cursors) that would retitle the terminal window and ring its bell.
+    hits_table(
+        &db.pool,
+        "t",
+        "text",
+        "E'\\x1b]0;pwned\\x07' || lpad(i::text, 5, '0')",
+        2_000,
+    )
+    .await;
+    let daemon = Daemon::start(&db.url, &db.dir, TOKENS, &api::jobs_dir(&db));
+    let admin = Api::new(&daemon, Some(api::ADMIN));
+    admin
+        .submit(api::hits_job(
+            "odd",
+            json!({"rows_per_second": 50, "batch_size": 10}),
+        ))
+        .await;
+    eventually(Duration::from_secs(30), "a cursor", || async {
+        let job = admin.job("odd").await;
+        job["partitions"][0]["cursor"].is_array().then_some(())
+    })
+    .await;
+    let (status, body) = admin
+        .post(
+            "/api/v1/jobs/odd/pause",
+            Some(json!({"reason": "\u{1b}[2J\u{1b}[Hall clear\u{9b}31m"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let config = client_config(&db, &daemon, TOKENS);
+    let config = config.to_str().unwrap();
+    for (args, shown) in [
+        (["status", "odd"], "\\u{1b}]0;pwned\\u{7}"),
+        (["events", "odd"], "\\u{1b}[2J\\u{1b}[Hall clear\\u{9b}31m"),
+    ] {
+        let output = db.cli(&[args[0], args[1], "--config", config]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        let printed = stdout(&output);
+        assert!(
+            !printed.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?} printed a control character: {printed:?}"
+        );
+        assert!(printed.contains(shown), "{args:?}: {printed}");
+    }
 }

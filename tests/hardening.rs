@@ -54,7 +54,20 @@ async fn a_web_page_cannot_drive_a_tokenless_daemon() {
             body.len()
         )
     };
+    // What following a link (or submitting a form) from another site makes the browser say.
+    let navigation =
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n";
+    let form = format!("Content-Type: application/x-www-form-urlencoded\r\n{navigation}");
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{navigation}Connection: close\r\n\r\n")
+    };
     let cases: Vec<(&str, String, u16)> = vec![
+        // A link to the console opens it: a static page, nothing changes.
+        ("link to the console", get("/"), 200),
+        ("link to the API", get("/api/v1/jobs"), 403),
+        ("form navigating to a cancel", post("/api/v1/jobs/mine/cancel", &form, "a=b"), 403),
+        // The page has no POST route at all.
+        ("form navigating to the console", post("/", &form, "a=b"), 405),
         // What fetch() without CORS and HTML forms can send from any page.
         ("job without a content type", post("/api/v1/jobs", "", &forged_job), 415),
         ("job as text/plain", post("/api/v1/jobs", "Content-Type: text/plain\r\n", &forged_job), 415),

@@ -31,6 +31,7 @@ const EXTRA_FIELDS: &[&str] = &[
     "throttle_query",
     "max_active_sessions",
     "window",
+    "max_wal_rate",
     "colour",
     "set",
     "name",

@@ -232,6 +232,114 @@ async fn busy_databases_and_closed_windows_hold_the_job() {
     step.abort();
 }
 
+/// The server's WAL rate, the job's own included: a burst of WAL from another session (logical
+/// messages, written at once and outside any transaction) holds the job, and it resumes within
+/// a few seconds of the burst's end.
+#[tokio::test]
+async fn a_wal_burst_holds_the_job_until_the_rate_falls() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
+    let (runtime, env, mut positions, _presence) = start_job(
+        &db,
+        &job_toml(
+            "frugal",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "batch_size = 100\nmax_wal_rate = \"16MB/s\"",
+        ),
+    )
+    .await;
+    let bursting = CancellationToken::new();
+    let burst = {
+        let (pool, bursting) = (db.pool.clone(), bursting.clone());
+        tokio::spawn(async move {
+            // 4 MB at a time, as fast as the server takes it: far above 16 MB/s on any disk.
+            while !bursting.is_cancelled() {
+                sqlx::raw_sql(
+                    "SELECT pg_logical_emit_message(false, 'backfilld-test', repeat('x', 4194304))",
+                )
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let step = step_in_background(Worker::new(env, runtime.clone(), positions.remove(0)));
+    let (reason, detail) = eventually(Duration::from_secs(10), "the throttle", || async {
+        throttle_reason(&runtime).await
+    })
+    .await;
+    bursting.cancel();
+    burst.await.unwrap();
+    assert_eq!(reason, "wal_rate");
+    assert!(
+        detail.contains("max_wal_rate 16.0MB/s") && detail.contains("MB/s over the last"),
+        "{detail}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        0,
+        "a batch ran while the WAL rate was over the limit"
+    );
+    let (_, outcome) = tokio::time::timeout(Duration::from_secs(20), step)
+        .await
+        .expect("the step goes on once the burst is over")
+        .unwrap();
+    assert!(matches!(outcome, Step::Continue { .. }));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        100
+    );
+    assert!(throttle_reason(&runtime).await.is_none());
+}
+
+/// `check` refuses `max_wal_rate` where the WAL position cannot be read (here EXECUTE on the
+/// function is revoked in this database; on a standby PostgreSQL refuses it during recovery).
+#[tokio::test]
+async fn max_wal_rate_is_refused_where_the_wal_position_cannot_be_read() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 100).await;
+    let role = format!("nowal_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER;
+         GRANT SELECT, UPDATE ON t TO {role};
+         GRANT CREATE ON DATABASE {} TO {role};
+         REVOKE EXECUTE ON FUNCTION pg_current_wal_insert_lsn() FROM PUBLIC;",
+        db.name
+    ))
+    .await;
+    let file = db.write_job(
+        "frugal.toml",
+        &job_toml(
+            "frugal",
+            "t",
+            "\"id\"",
+            "hits = \"hits + 1\"",
+            "max_wal_rate = \"16MB/s\"",
+        ),
+    );
+    let output = common::cli_with_url(
+        &db.url.replacen("postgres@", &format!("{role}@"), 1),
+        &["check", file.to_str().unwrap()],
+    );
+    db.exec(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+         DROP OWNED BY {role}; DROP ROLE {role};"
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{}", common::text(&output));
+    assert!(
+        stderr.contains("max_wal_rate") && stderr.contains("permission denied"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM t WHERE hits = 1").await,
+        0
+    );
+}
+
 /// A worker whose role cannot see other roles' activity (no pg_monitor) cannot count their
 /// active sessions: PostgreSQL hides their state, so it would count 0 and never wait.
 #[tokio::test]
@@ -380,6 +488,7 @@ async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
             vec!["window", "Mars/Olympus"],
         ),
         ("target_batch_time = \"1ms\"", vec!["target_batch_time"]),
+        ("max_wal_rate = \"16MB\"", vec!["max_wal_rate", "16MB/s"]),
     ];
     for (extra, words) in cases {
         let file = db.write_job(

@@ -11,11 +11,11 @@ use backfilld::engine::{catalog, verify};
 use backfilld::plumbing::db::sql;
 use sqlx::PgPool;
 
-use super::{fresh_table, run_backfilld, Scratch, Workload, BATCH_SIZE};
+use super::{run_backfilld, Scratch, Workload, BATCH_SIZE};
 
 pub async fn finishing(scratch: &Scratch, pool: &PgPool, rows: [i64; 2], ticks: f64) -> Result<()> {
     for (workload, rows) in [(Workload::W1, rows[0]), (Workload::W2, rows[1])] {
-        fresh_table(pool, workload, rows).await?;
+        workload.fresh_table(pool, rows).await?;
         let spec = backfilld::spec::JobSpec {
             name: format!("finishing-{}", format!("{workload:?}").to_lowercase()),
             batch_size: BATCH_SIZE,
@@ -26,7 +26,7 @@ pub async fn finishing(scratch: &Scratch, pool: &PgPool, rows: [i64; 2], ticks: 
             sync: None,
             ..workload.job()?
         };
-        let (wall, _, _, _) = run_backfilld(scratch, &spec, ticks).await?;
+        let wall = run_backfilld(scratch, &spec, ticks).await?.wall;
         // Pass boundaries from the job's own events.
         let (pass1, pass2): (f64, f64) = sqlx::query_as(sql(format!(
             "SELECT extract(epoch FROM p.at - s.at)::float8, extract(epoch FROM c.at - p.at)::float8
@@ -50,11 +50,12 @@ pub async fn finishing(scratch: &Scratch, pool: &PgPool, rows: [i64; 2], ticks: 
         ensure!(verified.pending == 0, "rows left pending after the sweep");
         let rate = |seconds: f64| rows as f64 / seconds;
         println!(
-            "{}: backfill pass {:.0} rows/s, sweep pass {:.0} rows/s ({:.2}× the backfill); verify {:.0} rows/s ({:.1}× the backfill pass; backfill wall {:.1}s)",
+            "{}: backfill pass {:.0} rows/s, sweep pass {:.0} rows/s ({:.2}× the backfill; {} target ≥ 3×); verify {:.0} rows/s ({:.1}× the backfill pass; backfill wall {:.1}s)",
             workload.label(),
             rate(pass1),
             rate(pass2),
             pass1 / pass2,
+            super::verdict(pass1 / pass2 >= 3.0),
             rate(verify_time),
             pass1 / verify_time,
             wall.as_secs_f64()
@@ -66,7 +67,7 @@ pub async fn finishing(scratch: &Scratch, pool: &PgPool, rows: [i64; 2], ticks: 
 /// pgbench, one client, single-row UPDATEs of the column the old code writes, for 5 s without
 /// and with W2's sync trigger.
 async fn trigger_cost(scratch: &Scratch, pool: &PgPool, rows: i64) -> Result<()> {
-    fresh_table(pool, Workload::W2, rows).await?;
+    Workload::W2.fresh_table(pool, rows).await?;
     let script = std::env::temp_dir().join(format!("backfilld-bench-{}.sql", std::process::id()));
     std::fs::write(
         &script,
@@ -112,7 +113,7 @@ async fn trigger_cost(scratch: &Scratch, pool: &PgPool, rows: i64) -> Result<()>
 
 /// (tps, average latency in ms).
 fn pgbench(url: &str, script: &std::path::Path) -> Result<(f64, f64)> {
-    let output = Command::new("pgbench")
+    let output = Command::new(super::app::pgbench()?)
         .args(["-n", "-c", "1", "-T", "5", "-f"])
         .arg(script)
         .arg(url)

@@ -245,7 +245,8 @@ fn submit_error(error: SubmitError) -> ApiError {
         )),
         SubmitError::Conflict { .. }
         | SubmitError::ReplaceTarget { .. }
-        | SubmitError::ReplaceState { .. } => ApiError::Conflict(error.to_string()),
+        | SubmitError::ReplaceState { .. }
+        | SubmitError::ReplaceUnsafe(_) => ApiError::Conflict(error.to_string()),
         SubmitError::Stored(message) => {
             tracing::error!("{message}");
             ApiError::Internal

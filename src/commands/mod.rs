@@ -18,14 +18,33 @@ pub(crate) mod watch;
 
 use crate::commands::error::CliError;
 use crate::plumbing::config::Settings;
-use crate::plumbing::db::{self, Db, Schema};
+use crate::plumbing::db::{self, Db, PoolMode, Schema};
 
 /// Connects: failures are exit-2 errors (config or connection).
 pub async fn connect(settings: &Settings, size: u32) -> Result<Db, CliError> {
     let url = settings.require_database_url().map_err(CliError::invalid)?;
-    db::connect(url, size, settings.pool_mode)
+    let pool = db::connect(url, size, settings.pool_mode)
         .await
-        .map_err(CliError::invalid)
+        .map_err(CliError::invalid)?;
+    refuse_undeclared_pooler(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// With `pool_mode = "session"`, refuses a database reached through a transaction pooler (see
+/// `pool::shares_servers_between_connections`): the worker's session settings and kept
+/// statement would land on servers other clients share.
+pub async fn refuse_undeclared_pooler(settings: &Settings, pool: &Db) -> Result<(), CliError> {
+    if settings.pool_mode != PoolMode::Session {
+        return Ok(());
+    }
+    match crate::plumbing::pool::shares_servers_between_connections(&pool.connect_options()).await
+    {
+        Ok(Some(pid)) => Err(CliError::invalid(format!(
+            "the database is reached through a pooler in transaction mode (two connections of this process ran on the same server process, pid {pid}): set pool_mode = \"transaction\" in the config (or BACKFILLD__POOL_MODE=transaction), or connect directly or through the pooler's session mode"
+        ))),
+        Ok(None) => Ok(()),
+        Err(error) => Err(CliError::from(error)),
+    }
 }
 
 /// The `[[databases]]` a job with `databases` names, in the configured order, each connected

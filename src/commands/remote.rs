@@ -209,14 +209,14 @@ pub async fn events(client: &Client, name: &str, json: bool) -> Result<i32, CliE
         println!(
             "{:<20} {:<10} {:<14} {:<22} {}",
             event.at.format("%Y-%m-%d %H:%M:%S"),
-            event.actor,
-            event.kind,
-            change,
+            text::printable(&event.actor),
+            text::printable(&event.kind),
+            text::printable(&change),
             // A job over several databases: which one, ahead of the detail.
-            match &event.database {
+            text::printable(&match &event.database {
                 Some(database) => format!("[{database}] {}", event.detail.as_deref().unwrap_or("")),
                 None => event.detail.clone().unwrap_or_default(),
-            }
+            })
         );
     }
     Ok(0)
@@ -301,7 +301,7 @@ pub fn table(jobs: &[JobView]) -> String {
     for job in jobs {
         out.push_str(&format!(
             "{:<24} {:<10} {:<28} {:>12} {:>12} {:>10} {:>8} {:<10} {}\n",
-            job.name,
+            text::printable(&job.name),
             job.state.as_str(),
             bar(job.progress),
             text::signed_count(job.rows_scanned),
@@ -310,8 +310,8 @@ pub fn table(jobs: &[JobView]) -> String {
             job.eta_seconds
                 .map(|s| text::duration(std::time::Duration::from_secs_f64(s.max(0.0))))
                 .unwrap_or_else(|| "-".into()),
-            job.throttled.as_deref().unwrap_or("-"),
-            job.last_error.as_deref().unwrap_or("-"),
+            text::printable(job.throttled.as_deref().unwrap_or("-")),
+            text::printable(job.last_error.as_deref().unwrap_or("-")),
         ));
     }
     out
@@ -336,9 +336,11 @@ fn databases(job: &JobView) -> String {
             text::signed_count(part.rows_scanned),
             text::signed_count(part.rows_updated),
             text::rate(part.rate_rows_per_second),
-            (part.error.as_deref())
-                .or(part.last_error.as_deref())
-                .unwrap_or("-"),
+            text::printable(
+                (part.error.as_deref())
+                    .or(part.last_error.as_deref())
+                    .unwrap_or("-")
+            ),
         ));
     }
     out
@@ -357,7 +359,7 @@ fn partitions(job: &JobView) -> String {
             text::signed_count(p.rows_scanned),
             text::signed_count(p.rows_updated),
             text::cursor(p.cursor.as_deref()),
-            p.owner.as_deref().unwrap_or("-"),
+            text::printable(p.owner.as_deref().unwrap_or("-")),
         ));
     }
     out

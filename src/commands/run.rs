@@ -139,11 +139,14 @@ pub async fn run_job(
                 JobState::Failed => "resumed by a new run after a failure",
                 _ => "started by run",
             };
+            // Only from the state read above: an operator's pause since then stands (the run
+            // then ends as paused).
             let mut tx = pool.begin().await?;
-            jobs::transition(
+            jobs::transition_from(
                 &mut tx,
                 &schema,
                 job.id,
+                Some(&[job.state]),
                 JobState::Running,
                 ACTOR,
                 Some(detail),
@@ -295,10 +298,19 @@ async fn settle_tunables(
             spec.name
         )));
     };
-    let live = job.spec().map_err(CliError::invalid)?.tunables();
+    // Under the lock, the stored definition must still be the file's: a replacement since
+    // this run read it is not undone by writing the file's definition back.
+    let stored = job.spec().map_err(CliError::invalid)?;
+    if !stored.same_work(spec) {
+        return Err(CliError::job(format!(
+            "job {:?} was given another definition (--replace) while this run started; run the file that holds it, or replace it again with this file",
+            spec.name
+        )));
+    }
+    let live = stored.tunables();
     let authored = job.authored().map_err(CliError::invalid)?;
     let choice = TunableChoice::new(spec.tunables(), authored.tunables(), live);
-    let effective = spec.with_tunables(choice.chosen);
+    let effective = stored.with_tunables(choice.chosen);
     if !choice.from_file.is_empty() {
         let changed = format!("from the file: {}", choice.from_file.join(", "));
         jobs::replace_spec(&mut tx, schema, job.id, &effective, ACTOR, &changed).await?;

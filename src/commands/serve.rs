@@ -82,6 +82,7 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
         ACTOR,
     );
     if fleet::migrate_with_backoff(&pool, &schema, &root, DEFAULT_DATABASE).await {
+        super::refuse_undeclared_pooler(settings, &pool).await?;
         // Its endpoints start from the events after this point, before the jobs directory's.
         notifier = start_notifier(&pool, &schema, &notify, &root).await;
         others.wait_migrated().await;
@@ -125,22 +126,23 @@ pub async fn execute(settings: &Settings) -> Result<i32, CliError> {
     } else {
         others.abort();
     }
+    // What is left of `shutdown_timeout`, for the notifier and then the HTTP clients.
+    let left = || {
+        signalled
+            .get()
+            .map_or(settings.shutdown_timeout, |at: &Instant| {
+                settings.shutdown_timeout.saturating_sub(at.elapsed())
+            })
+    };
     if let Some(mut notifier) = notifier {
-        // Its round in flight finishes, so what it sent is also marked sent.
-        if tokio::time::timeout(Duration::from_secs(15), &mut notifier)
-            .await
-            .is_err()
-        {
+        // Its sends in flight finish within the time left, so what it sent is also marked
+        // sent; one cut short is sent again later (its claim expires).
+        if tokio::time::timeout(left(), &mut notifier).await.is_err() {
             notifier.abort();
         }
     }
     http_stop.cancel();
-    let left = signalled
-        .get()
-        .map_or(settings.shutdown_timeout, |at: &Instant| {
-            settings.shutdown_timeout.saturating_sub(at.elapsed())
-        });
-    http.join(left.max(Duration::from_secs(1))).await;
+    http.join(left().max(Duration::from_secs(1))).await;
     for target in fleet.targets() {
         target.pool.close().await;
         target.api_pool.close().await;

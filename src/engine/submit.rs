@@ -3,7 +3,7 @@
 //! the API all come through here, so a job is validated the same way whichever door it used.
 
 use crate::engine::catalog::{self, CheckError, ResolvedJob};
-use crate::engine::partition;
+use crate::engine::{partition, sync};
 use crate::plumbing::db::{Db, Schema};
 use crate::spec::JobSpec;
 use crate::store::{definition, events, jobs, progress, JobState};
@@ -25,6 +25,9 @@ pub enum SubmitError {
     /// The job is in a state that cannot take a new definition.
     #[error("{}", replace_refusal(.name, *.state))]
     ReplaceState { name: String, state: JobState },
+    /// The replacement would break what the job has done so far (see [`replace`]).
+    #[error("{0}")]
+    ReplaceUnsafe(String),
     #[error("job {0:?} already exists")]
     NameTaken(String),
     #[error("{0}")]
@@ -115,6 +118,22 @@ pub async fn replace(
             name: spec.name.clone(),
             state: job.state,
         });
+    }
+    // A sweep (pass 2 on) walks keys pass 1 already updated, finding the rows still to do by
+    // `where`: without one it would update each of them again.
+    if job.pass > 1 && spec.filter.is_none() {
+        return Err(SubmitError::ReplaceUnsafe(format!(
+            "job {:?} is in pass {}, a sweep that updates only the rows still matching `where`; the new definition has no `where`, so it would update again every row pass 1 updated: give it a `where`, or submit it under a new name",
+            spec.name, job.pass
+        )));
+    }
+    // The installed trigger applies the old definition's `set` to the application's writes,
+    // whatever the new one says; the job installs its own trigger when it runs again.
+    if let Some(trigger) = sync::installed(pool, &spec.name).await? {
+        return Err(SubmitError::ReplaceUnsafe(format!(
+            "job {:?} has its sync trigger installed ({trigger}), which applies the old definition to the application's writes: remove it first (`backfilld sync remove FILE`), then replace; the job installs the new definition's trigger when it runs again (and its sweep passes catch writes made meanwhile)",
+            spec.name
+        )));
     }
     definition::replace(&mut tx, schema, &job, &old, spec, actor).await?;
     tx.commit().await?;

@@ -56,6 +56,40 @@ impl PoolMode {
     }
 }
 
+/// Whether `options` reach the database through a transaction pooler, for a process told
+/// `pool_mode = "session"`, which would then leave session settings and a prepared statement
+/// on servers other clients share. Two connections of one process never share a server
+/// process unless a pooler hands servers out per transaction, so it asks each connection in
+/// turn for its server's pid a few times: the same pid twice is proof (without a pooler, or in
+/// its session mode, it cannot happen). A pooler busy with other clients may hide itself; the
+/// README says to set the mode. Uses the simple protocol, which any pooler carries.
+pub async fn shares_servers_between_connections(
+    options: &PgConnectOptions,
+) -> Result<Option<i32>, sqlx::Error> {
+    let mut first = PgConnection::connect_with(options).await?;
+    let mut second = PgConnection::connect_with(options).await?;
+    let mut shared = None;
+    for _ in 0..5 {
+        let a = server_pid(&mut first).await?;
+        let b = server_pid(&mut second).await?;
+        if a == b {
+            shared = Some(a);
+            break;
+        }
+    }
+    let _ = first.close().await;
+    let _ = second.close().await;
+    Ok(shared)
+}
+
+async fn server_pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+    use sqlx::Row;
+    sqlx::raw_sql("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
+}
+
 /// An unnamed statement (see the module documentation).
 pub fn query(sql: impl SqlSafeStr) -> Query<'static, Postgres, PgArguments> {
     sqlx::query(sql).persistent(false)
@@ -102,7 +136,7 @@ impl Budget {
         let presence = u32::from(mode.keeps_sessions());
         let api = u32::from(serves_api);
         let minimum = workers + presence + api + 1;
-        let total = max_connections.unwrap_or(workers + presence + api + 3);
+        let total = max_connections.unwrap_or(workers + 4);
         if total < minimum {
             return Err(format!(
                 "{total} is too few for {workers} worker(s): at least {minimum} ({workers} for the \
@@ -188,8 +222,9 @@ impl Db {
     /// catalog's checks) or runs many on one connection (a verify walk). See [`Pinned`].
     pub async fn pinned(&self) -> Result<Pinned, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        // Dropped half-way, it is closed rather than returned: a transaction pooler then
-        // closes its server too, with whatever was prepared on it.
+        // Closed rather than returned, always (sqlx's flag cannot be lifted after a clean
+        // commit): dropped half-way, a transaction pooler then closes its server too, with
+        // whatever was prepared on it. These are rare (resolving a job, planning it).
         conn.close_on_drop();
         Ok(Pinned(Transaction::begin(conn, None).await?))
     }
@@ -355,8 +390,8 @@ mod tests {
     #[test]
     fn the_budget_splits_and_names_its_minimum() {
         let serve = Budget::plan(None, 4, PoolMode::Session, true).unwrap();
-        assert_eq!((serve.workers, serve.presence, serve.api), (4, 1, 2));
-        assert_eq!(serve.total(), 9);
+        assert_eq!((serve.workers, serve.presence, serve.api), (4, 1, 1));
+        assert_eq!((serve.engine, serve.total()), (2, 8));
         let small = Budget::plan(Some(4), 1, PoolMode::Session, true).unwrap();
         assert_eq!(
             small,

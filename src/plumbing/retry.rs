@@ -65,9 +65,16 @@ impl ErrorKind {
 /// capped at 10 s, with up to 50% jitter so workers that failed together do not retry
 /// together.
 pub fn backoff(attempt: u32) -> Duration {
+    backoff_up_to(attempt, Duration::from_secs(10))
+}
+
+/// [`backoff`] with another cap, for retries that may go on for hours (a notification to a
+/// receiver that is down) and should not knock every few seconds meanwhile.
+pub fn backoff_up_to(attempt: u32, cap: Duration) -> Duration {
+    let cap = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
     let base = 100u64
-        .saturating_mul(1 << attempt.saturating_sub(1).min(7))
-        .min(10_000);
+        .saturating_mul(1 << attempt.saturating_sub(1).min(40))
+        .min(cap);
     let jitter = rand::rng().random_range(0..=base / 2);
     Duration::from_millis(base + jitter)
 }
@@ -98,5 +105,9 @@ mod tests {
         );
         assert!(backoff(4) >= Duration::from_millis(800));
         assert!(backoff(30) <= Duration::from_millis(15_000));
+        let long = Duration::from_secs(300);
+        assert!(backoff_up_to(12, long) >= Duration::from_secs(200));
+        assert!(backoff_up_to(u32::MAX, long) <= Duration::from_secs(450));
+        assert!(backoff_up_to(u32::MAX, long) >= long);
     }
 }

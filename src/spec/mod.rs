@@ -12,14 +12,20 @@ pub(crate) mod expression;
 mod key;
 mod sync;
 mod table;
+mod text;
 mod tunables;
+mod wal_rate;
 mod window;
+
 pub use commit::SynchronousCommit;
 use key::key_schema;
 pub use key::KeyColumns;
 pub use sync::SyncSpec;
 pub use table::TableName;
+use text::{first_duplicate, shorten_lines};
+pub use text::{is_valid_name, shorten};
 pub use tunables::Tunables;
+pub use wal_rate::WalRate;
 pub use window::Window;
 
 /// Why a job definition was refused before anything touched the database.
@@ -128,6 +134,10 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_active_sessions: Option<u32>,
+    /// Health throttling: wait while the server writes WAL faster than this (`"16MB/s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "16MB/s")]
+    pub max_wal_rate: Option<String>,
     /// Hours in which the job may run, `HH:MM-HH:MM` with an optional time zone
     /// (`"22:00-06:00 Europe/Berlin"`; UTC when absent). Outside them it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,6 +386,9 @@ impl JobSpec {
         if let Some(window) = &self.window {
             Window::parse(window).map_err(|message| invalid("window", message))?;
         }
+        if let Some(rate) = &self.max_wal_rate {
+            WalRate::parse(rate).map_err(|message| invalid("max_wal_rate", message))?;
+        }
         self.validate_finishing()
             .map_err(|(field, message)| invalid(field, message))?;
         if self.databases.iter().any(|d| d.trim().is_empty()) {
@@ -444,47 +457,6 @@ impl JobSpec {
         fields.dedup();
         fields
     }
-}
-
-/// Long values are cut when echoed in messages: a 10 MB name helps nobody.
-pub fn shorten(text: &str) -> String {
-    const MAX: usize = 120;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
-        None => text.to_string(),
-    }
-}
-
-/// `shorten` for each line of a parser's message (which quotes the offending line).
-fn shorten_lines(message: &str) -> String {
-    let lines: Vec<String> = message
-        .lines()
-        .take(12)
-        .map(|l| match l.char_indices().nth(240) {
-            Some((cut, _)) => format!("{}…", &l[..cut]),
-            None => l.to_string(),
-        })
-        .collect();
-    lines.join("\n")
-}
-
-/// `^[a-z0-9][a-z0-9_-]{0,62}$`, written out so the error path needs no regex engine.
-pub fn is_valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
-}
-
-fn first_duplicate(items: &[String]) -> Option<&str> {
-    items
-        .iter()
-        .enumerate()
-        .find(|(i, item)| items[..*i].contains(item))
-        .map(|(_, item)| item.as_str())
 }
 
 #[cfg(test)]

@@ -19,15 +19,17 @@ pub enum Reason {
     ReplicaLag,
     ThrottleQuery,
     ActiveSessions,
+    WalRate,
     Window,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::RateLimit,
         Reason::ReplicaLag,
         Reason::ThrottleQuery,
         Reason::ActiveSessions,
+        Reason::WalRate,
         Reason::Window,
     ];
 
@@ -37,6 +39,7 @@ impl Reason {
             Reason::ReplicaLag => "replica_lag",
             Reason::ThrottleQuery => "throttle_query",
             Reason::ActiveSessions => "active_sessions",
+            Reason::WalRate => "wal_rate",
             Reason::Window => "window",
         }
     }

@@ -1,5 +1,7 @@
 //! How counts, rates, durations and cursors read for people — in the terminal, in `status`,
-//! `check` and `events`, and in log lines — written once so every place agrees.
+//! `check` and `events`, and in log lines — written once so every place agrees. Text that
+//! comes from data (cursors, errors, event details) goes through [`printable`] before it
+//! reaches a terminal.
 
 use std::time::Duration;
 
@@ -45,13 +47,41 @@ pub fn duration(d: Duration) -> String {
 }
 
 /// A partition's cursor as its key values: `146000` for one key column, `(2024-01-01, 17)` for
-/// several, `-` before the first batch.
+/// several, `-` before the first batch. The values are the application's data, so they are
+/// made [`printable`].
 pub fn cursor(cursor: Option<&[String]>) -> String {
     match cursor {
         None => "-".into(),
-        Some([single]) => single.clone(),
-        Some(values) => format!("({})", values.join(", ")),
+        Some([single]) => printable(single),
+        Some(values) => {
+            let values: Vec<String> = values.iter().map(|v| printable(v)).collect();
+            format!("({})", values.join(", "))
+        }
     }
+}
+
+/// `text` safe to print on a terminal: every control character (C0 including newline and tab,
+/// DEL, C1, and so ESC and the 8-bit CSI) and every bidirectional override is shown escaped
+/// (`\u{1b}`, `\n`) instead of being obeyed. A cursor value, a database error or a pause
+/// reason is anyone's text, and must not move the cursor, retitle the window or hide a line.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(obeyed) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if obeyed(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a terminal would act on `c` rather than show it.
+fn obeyed(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -95,5 +125,26 @@ mod tests {
             cursor(Some(&["2024-01-01".to_string(), "17".to_string()])),
             "(2024-01-01, 17)"
         );
+        assert_eq!(
+            cursor(Some(&["a\x1b]0;pwned\x07".to_string(), "b\nc".to_string()])),
+            "(a\\u{1b}]0;pwned\\u{7}, b\\nc)"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(printable("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(printable("\x1b[2J\x1b[Hgone"), "\\u{1b}[2J\\u{1b}[Hgone");
+        assert_eq!(printable("a\tb\r\nc\0"), "a\\tb\\r\\nc\\u{0}");
+        // C1: the 8-bit CSI and OSC, and DEL.
+        assert_eq!(
+            printable("\u{9b}31m\u{9d}x\u{7f}"),
+            "\\u{9b}31m\\u{9d}x\\u{7f}"
+        );
+        assert_eq!(printable("abc\u{202e}def"), "abc\\u{202e}def");
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            let shown = printable(&format!("x{c}y"));
+            assert!(!shown.chars().any(|c| c.is_control()), "{c:?} → {shown:?}");
+        }
     }
 }

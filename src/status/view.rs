@@ -48,7 +48,7 @@ pub struct JobView {
     /// The configured limit; null when unlimited.
     pub rate_limit_rows_per_second: Option<u32>,
     /// Why the job is held back right now (`rate_limit`, `replica_lag`, `throttle_query`,
-    /// `active_sessions`, `window`), or null.
+    /// `active_sessions`, `wal_rate`, `window`), or null.
     pub throttled: Option<String>,
     /// What the throttling signal said, e.g. the replica lag or a failing throttle query.
     pub throttle_detail: Option<String>,

@@ -9,28 +9,60 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::plumbing::db::{self, sql, Schema};
+use crate::plumbing::db::{self, sql, Db, Schema};
 
-/// Makes `endpoint` known, starting after the newest event: a newly configured endpoint is
-/// told of what happens from now on, not of the whole history. A known one keeps its start.
-pub async fn register<'e>(
-    executor: impl PgExecutor<'e>,
+/// Makes `endpoint` known with the event `kinds` it asks for, in one transaction. A new
+/// endpoint, and a kind new to a known one, starts after the newest event: it is told of what
+/// happens from now on, not of the history. A known kind keeps its start. A kind no longer asked
+/// for is forgotten, and its undelivered deliveries to `endpoint` are dropped: the endpoint
+/// said it no longer wants them. Returns how many deliveries were dropped.
+pub async fn register(
+    pool: &Db,
     schema: &Schema,
     endpoint: &str,
-) -> Result<(), sqlx::Error> {
+    kinds: &[String],
+) -> Result<u64, sqlx::Error> {
     let s = &schema.q;
+    let mut tx = pool.begin().await?;
     db::query(sql(format!(
         "INSERT INTO {s}.notify_endpoints (endpoint, since_event_id)
          VALUES ($1, (SELECT coalesce(max(id), 0) FROM {s}.events))
          ON CONFLICT (endpoint) DO NOTHING"
     )))
     .bind(endpoint)
-    .execute(executor)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    db::query(sql(format!(
+        "INSERT INTO {s}.notify_kinds (endpoint, kind, since_event_id)
+         SELECT $1, k, (SELECT coalesce(max(id), 0) FROM {s}.events) FROM unnest($2::text[]) k
+         ON CONFLICT (endpoint, kind) DO NOTHING"
+    )))
+    .bind(endpoint)
+    .bind(kinds)
+    .execute(&mut *tx)
+    .await?;
+    db::query(sql(format!(
+        "DELETE FROM {s}.notify_kinds WHERE endpoint = $1 AND NOT (kind = ANY ($2))"
+    )))
+    .bind(endpoint)
+    .bind(kinds)
+    .execute(&mut *tx)
+    .await?;
+    let dropped = db::query(sql(format!(
+        "DELETE FROM {s}.deliveries d USING {s}.events e
+          WHERE d.endpoint = $1 AND d.delivered_at IS NULL AND e.id = d.event_id
+            AND NOT (e.kind = ANY ($2))"
+    )))
+    .bind(endpoint)
+    .bind(kinds)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(dropped.rows_affected())
 }
 
-/// Queues a delivery to `endpoint` for each event of `kinds` that has none yet, oldest first,
+/// Queues a delivery to `endpoint` for each event of `kinds` (each from where that kind started)
+/// that has none yet, oldest first,
 /// while fewer than `backlog` of its deliveries are undelivered: the rest wait in the event log
 /// and are queued as the backlog drains, so a receiver that is down for days costs a bounded
 /// queue and loses nothing. Finding the events by "no delivery yet" rather than by a cursor
@@ -47,9 +79,9 @@ pub async fn enqueue<'e>(
     let done = db::query(sql(format!(
         "INSERT INTO {s}.deliveries (event_id, endpoint)
          SELECT e.id, n.endpoint
-           FROM {s}.notify_endpoints n
-           JOIN {s}.events e ON e.id > n.since_event_id AND e.kind = ANY ($2)
-          WHERE n.endpoint = $1
+           FROM {s}.notify_kinds n
+           JOIN {s}.events e ON e.kind = n.kind AND e.id > n.since_event_id
+          WHERE n.endpoint = $1 AND n.kind = ANY ($2)
             AND NOT EXISTS (SELECT 1 FROM {s}.deliveries d
                              WHERE d.event_id = e.id AND d.endpoint = n.endpoint)
           ORDER BY e.id
@@ -85,13 +117,13 @@ pub struct Claimed {
     pub rows_updated: i64,
 }
 
-/// Claims up to `limit` due deliveries to `endpoints` for `ttl` under `token`, oldest event
-/// first. Rows another replica is claiming are skipped, not waited for; a claim that expired
+/// Claims up to `limit` due deliveries to `endpoint` for `ttl` under `token`, oldest event
+/// first: each endpoint claims its own, so one that is down never takes another's turn. Rows another replica is claiming are skipped, not waited for; a claim that expired
 /// (its holder died mid-send) is due again.
 pub async fn claim<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
-    endpoints: &[String],
+    endpoint: &str,
     token: Uuid,
     ttl: Duration,
     limit: i64,
@@ -100,7 +132,7 @@ pub async fn claim<'e>(
     db::query_as(sql(format!(
         "WITH due AS (
              SELECT event_id, endpoint FROM {s}.deliveries
-              WHERE endpoint = ANY ($1) AND delivered_at IS NULL AND next_attempt_at <= now()
+              WHERE endpoint = $1 AND delivered_at IS NULL AND next_attempt_at <= now()
                 AND (claimed_until IS NULL OR claimed_until < now())
               ORDER BY event_id
               LIMIT $4
@@ -123,7 +155,7 @@ pub async fn claim<'e>(
                                 FROM {s}.progress WHERE job_id = j.id) p ON true
           ORDER BY c.event_id"
     )))
-    .bind(endpoints)
+    .bind(endpoint)
     .bind(token)
     .bind(ttl.as_secs_f64())
     .bind(limit)

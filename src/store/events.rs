@@ -107,8 +107,14 @@ pub async fn record_throttled(
 ) -> Result<bool, sqlx::Error> {
     let s = &schema.q;
     let mut tx = pool.begin().await?;
+    // Briefly: a worker waiting here is not taking batches or noticing a shutdown, and the
+    // row may be held by a replacement that waits for a batch itself. A timeout fails this
+    // record (the caller logs it), never the batch.
+    db::query("SELECT set_config('lock_timeout', '1s', true)")
+        .execute(&mut *tx)
+        .await?;
     db::query(sql(format!(
-        "SELECT 1 FROM {s}.jobs WHERE id = $1 FOR UPDATE"
+        "SELECT 1 FROM {s}.jobs WHERE id = $1 FOR NO KEY UPDATE"
     )))
     .bind(job_id)
     .execute(&mut *tx)

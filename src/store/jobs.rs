@@ -180,6 +180,21 @@ pub async fn transition(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
+    transition_from(conn, schema, id, None, to, actor, detail).await
+}
+
+/// [`transition`], but only from one of the states in `from`: for a caller acting on a state
+/// it read earlier (the scheduler starting the jobs it saw queued), so that a change made
+/// since (an operator's pause) is not undone; the answer is then `NotAllowed`.
+pub async fn transition_from(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: i64,
+    from: Option<&[JobState]>,
+    to: JobState,
+    actor: &str,
+    detail: Option<&str>,
+) -> Result<Transition, sqlx::Error> {
     let current: Option<JobState> = db::query_scalar(sql(format!(
         "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
         schema.q
@@ -193,7 +208,7 @@ pub async fn transition(
     if current == to {
         return Ok(Transition::Already { current });
     }
-    if !current.can_become(to) {
+    if !current.can_become(to) || from.is_some_and(|from| !from.contains(&current)) {
         return Ok(Transition::NotAllowed { current });
     }
     // A failure's message stays in last_error; anything else clears it.

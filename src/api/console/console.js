@@ -262,7 +262,9 @@
   async function act(card, verb) {
     if (
       verb === "cancel" &&
-      !window.confirm("Cancel job " + card.name + "? A cancelled job does not run again.")
+      !window.confirm("Cancel job " +
+        card.name +
+        "? It stops and cannot be resumed; an admin can queue it again only by submitting it again with --replace.")
     ) {
       return;
     }

@@ -1,16 +1,17 @@
 //! Notifications: each event of a kind a `[[notify]]` endpoint asked for is POSTed to it as
-//! JSON ([`message`]), from a task of its own that never touches a batch's path. The event log
-//! is the source: every round queues the new events' deliveries in the database, claims the due
-//! ones (so of several replicas exactly one sends each), sends them, and marks each delivered or
-//! due again after [`backoff`]. A receiver that is down keeps its notifications, in a backlog
-//! bounded by [`BACKLOG`], until it answers.
+//! JSON ([`message`]), from tasks of their own that never touch a batch's path. The event log
+//! is the source. Each endpoint has a task of its own (so one that is down or never answers
+//! holds up no other), whose every round queues the new events' deliveries in the database,
+//! claims its due ones (so of several replicas exactly one sends each), sends them, and marks
+//! each delivered or due again after a backoff of up to [`RETRY_CAP`]. A receiver that is
+//! down keeps its notifications, in a backlog bounded by [`BACKLOG`], until it answers.
 //!
 //! A webhook URL is a secret (Slack's path, a query token, user info): logs, metric labels and
 //! the database only ever see its `scheme://host[:port]` or a digest of it.
 
 pub mod message;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -19,25 +20,30 @@ use uuid::Uuid;
 
 use crate::plumbing::config::NotifyTarget;
 use crate::plumbing::db::{self, Db, Schema};
-use crate::plumbing::retry::backoff;
+use crate::plumbing::retry::backoff_up_to;
 use crate::status::metrics::METRICS;
 use crate::store::deliveries::{self, Claimed};
 use message::Notification;
 
-/// How often the notifier looks for new events and due retries.
+/// How often each endpoint's task looks for new events and due retries.
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Undelivered notifications queued per endpoint at most; later events wait in the event log.
 pub const BACKLOG: i64 = 1000;
 
-/// Notifications sent at once per round, over all endpoints.
-const CLAIM_LIMIT: i64 = 16;
+/// The longest wait between two attempts at one notification: attempts never stop while the
+/// backlog is bounded, but a receiver that is down for a day is knocked on every few minutes,
+/// not every few seconds.
+pub const RETRY_CAP: Duration = Duration::from_secs(180);
+
+/// Notifications one endpoint sends at once per round.
+const CLAIM_LIMIT: i64 = 8;
 
 /// A receiver that has not answered by then has failed this attempt.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a claim keeps other replicas off a delivery: well past [`SEND_TIMEOUT`], so only a
-/// replica that died mid-send leaves one to be sent again.
+/// How long a claim keeps other replicas off a delivery: well past [`SEND_TIMEOUT`] (a round's
+/// sends go at once), so only a replica that died mid-send leaves one to be sent again.
 const CLAIM_TTL: Duration = Duration::from_secs(60);
 
 /// Failures of one endpoint are logged at most this often.
@@ -45,9 +51,9 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One configured endpoint.
 struct Endpoint {
-    /// A digest of the URL and the events asked for: the database's name for it. Another
-    /// list of events is another endpoint, starting from now, so adding a kind does not send
-    /// that kind's whole history.
+    /// A digest of the URL alone: the database's name for it. Editing the `events` it asks
+    /// for keeps it, and its backlog; each kind has its own start (see
+    /// [`deliveries::register`]).
     key: String,
     /// `scheme://host[:port]`, for logs and the metric's label.
     label: String,
@@ -60,8 +66,7 @@ impl Endpoint {
         let mut events = target.events.clone();
         events.sort();
         events.dedup();
-        let identity = format!("{}\n{}", target.url, events.join(","));
-        let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, target.url.as_str().as_bytes());
         let key = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Endpoint {
             key,
@@ -75,12 +80,10 @@ impl Endpoint {
 pub struct Notifier {
     pool: Db,
     schema: Schema,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Arc<Endpoint>>,
     http: reqwest::Client,
-    /// The endpoints are in `notify_endpoints` (done once, retried until the database answers).
+    /// The endpoints are in the database (done once, retried until the database answers).
     registered: bool,
-    /// When each endpoint's failure (or the database's) was last logged.
-    logged: HashMap<String, Instant>,
 }
 
 impl Notifier {
@@ -96,7 +99,8 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a client with the process's crypto provider builds");
-        let endpoints: Vec<Endpoint> = targets.iter().map(Endpoint::new).collect();
+        let endpoints: Vec<Arc<Endpoint>> =
+            targets.iter().map(|t| Arc::new(Endpoint::new(t))).collect();
         for endpoint in &endpoints {
             METRICS
                 .notifications_failed
@@ -111,23 +115,90 @@ impl Notifier {
             endpoints,
             http,
             registered: false,
-            logged: HashMap::new(),
         })
     }
 
-    /// Rounds every [`POLL`] until `stop`. A round in progress finishes first (its sends are
-    /// bounded by [`SEND_TIMEOUT`]), so a notification sent is also marked sent.
+    /// Registers the endpoints (retrying every [`POLL`] until the database answers), then runs
+    /// one task per endpoint until `stop`. Each finishes the round it is in first (its sends
+    /// are bounded by [`SEND_TIMEOUT`]), so a notification sent is also marked sent.
     pub async fn run(mut self, stop: CancellationToken) {
         tracing::info!(
             endpoints = ?self.endpoints.iter().map(|e| e.label.as_str()).collect::<Vec<_>>(),
             "notifications on"
         );
+        let mut database_logged = None;
+        while !stop.is_cancelled() {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) => {
+                    if due(&mut database_logged) {
+                        tracing::warn!(error = %db::message(&e), "notifications wait for the database");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for endpoint in &self.endpoints {
+            let sender = Sender {
+                pool: self.pool.clone(),
+                schema: self.schema.clone(),
+                http: self.http.clone(),
+                endpoint: endpoint.clone(),
+                logged: None,
+            };
+            tasks.spawn(sender.run(stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Makes the endpoints and the kinds they ask for known to the database (once): each kind
+    /// is told of the events after the first time it was registered. Deliveries already
+    /// queued of a kind an endpoint no longer asks for are dropped, and logged.
+    pub async fn register(&mut self) -> Result<(), sqlx::Error> {
+        if !self.registered {
+            for endpoint in &self.endpoints {
+                let dropped =
+                    deliveries::register(&self.pool, &self.schema, &endpoint.key, &endpoint.events)
+                        .await?;
+                if dropped > 0 {
+                    tracing::info!(
+                        endpoint = %endpoint.label,
+                        dropped,
+                        "undelivered notifications of kinds the endpoint no longer asks for dropped"
+                    );
+                }
+            }
+            self.registered = true;
+        }
+        Ok(())
+    }
+}
+
+/// One endpoint's deliveries, in a task of its own.
+struct Sender {
+    pool: Db,
+    schema: Schema,
+    http: reqwest::Client,
+    endpoint: Arc<Endpoint>,
+    /// When this endpoint's failure (or the database's) was last logged.
+    logged: Option<Instant>,
+}
+
+impl Sender {
+    async fn run(mut self, stop: CancellationToken) {
         while !stop.is_cancelled() {
             if let Err(e) = self.round().await {
-                let message = db::message(&e);
-                self.log_failure("database", |_| {
-                    tracing::warn!(error = %message, "notifications wait for the database");
-                });
+                if due(&mut self.logged) {
+                    tracing::warn!(
+                        endpoint = %self.endpoint.label,
+                        error = %db::message(&e),
+                        "notifications wait for the database"
+                    );
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => {}
@@ -136,38 +207,25 @@ impl Notifier {
         }
     }
 
-    /// Makes the endpoints known to the database (once): each is told of the events after
-    /// the first time it was registered.
-    pub async fn register(&mut self) -> Result<(), sqlx::Error> {
-        if !self.registered {
-            for endpoint in &self.endpoints {
-                deliveries::register(&self.pool, &self.schema, &endpoint.key).await?;
-            }
-            self.registered = true;
-        }
-        Ok(())
-    }
-
-    /// One round: queue the new events, claim what is due, send it, record the outcomes.
-    /// Returns how many notifications were delivered.
-    pub async fn round(&mut self) -> Result<usize, sqlx::Error> {
-        self.register().await?;
-        for endpoint in &self.endpoints {
-            deliveries::enqueue(
-                &self.pool,
-                &self.schema,
-                &endpoint.key,
-                &endpoint.events,
-                BACKLOG,
-            )
-            .await?;
-        }
-        let keys: Vec<String> = self.endpoints.iter().map(|e| e.key.clone()).collect();
+    /// One round: queue the new events, claim what is due, send it all at once, record every
+    /// outcome. A database error marking one outcome does not skip marking the others (a
+    /// notification sent and not marked is sent again once its claim expires); the first such
+    /// error is returned after all were tried. Returns how many notifications were delivered.
+    async fn round(&mut self) -> Result<usize, sqlx::Error> {
+        let endpoint = self.endpoint.clone();
+        deliveries::enqueue(
+            &self.pool,
+            &self.schema,
+            &endpoint.key,
+            &endpoint.events,
+            BACKLOG,
+        )
+        .await?;
         let token = Uuid::new_v4();
         let claimed = deliveries::claim(
             &self.pool,
             &self.schema,
-            &keys,
+            &endpoint.key,
             token,
             CLAIM_TTL,
             CLAIM_LIMIT,
@@ -175,9 +233,6 @@ impl Notifier {
         .await?;
         let mut sends = JoinSet::new();
         for delivery in claimed {
-            let Some(endpoint) = self.endpoints.iter().find(|e| e.key == delivery.endpoint) else {
-                continue;
-            };
             let (http, url) = (self.http.clone(), endpoint.url.clone());
             sends.spawn(async move {
                 let outcome = send(&http, url, &Notification::of(&delivery)).await;
@@ -185,12 +240,18 @@ impl Notifier {
             });
         }
         let mut delivered = 0;
+        let mut first_error = None;
         while let Some(joined) = sends.join_next().await {
             let Ok((delivery, outcome)) = joined else {
                 continue; // a panicked send: its claim expires and it is sent again
             };
-            match outcome {
+            let marked = match outcome {
                 Ok(()) => {
+                    METRICS
+                        .notifications_sent
+                        .with_label_values(&[&endpoint.label])
+                        .inc();
+                    delivered += 1;
                     deliveries::delivered(
                         &self.pool,
                         &self.schema,
@@ -198,17 +259,16 @@ impl Notifier {
                         &delivery.endpoint,
                         token,
                     )
-                    .await?;
-                    METRICS
-                        .notifications_sent
-                        .with_label_values(&[&self.label_of(&delivery)])
-                        .inc();
-                    delivered += 1;
+                    .await
+                    .map(drop)
                 }
-                Err(error) => self.failed(&delivery, token, &error).await?,
+                Err(error) => self.failed(&delivery, token, &error).await,
+            };
+            if let Err(e) = marked {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(delivered)
+        first_error.map_or(Ok(delivered), Err)
     }
 
     async fn failed(
@@ -217,13 +277,13 @@ impl Notifier {
         token: Uuid,
         error: &str,
     ) -> Result<(), sqlx::Error> {
-        let label = self.label_of(delivery);
+        let label = &self.endpoint.label;
         METRICS
             .notifications_failed
-            .with_label_values(&[&label])
+            .with_label_values(&[label])
             .inc();
-        let delay = backoff(delivery.attempts.max(1) as u32);
-        self.log_failure(&label, |label| {
+        let delay = backoff_up_to(delivery.attempts.max(1) as u32, RETRY_CAP);
+        if due(&mut self.logged) {
             tracing::warn!(
                 endpoint = %label,
                 job = %delivery.job,
@@ -233,7 +293,7 @@ impl Notifier {
                 error = %error,
                 "notification not delivered; retrying (logged once a minute per endpoint)"
             );
-        });
+        }
         deliveries::retry_later(
             &self.pool,
             &self.schema,
@@ -245,27 +305,17 @@ impl Notifier {
         )
         .await
     }
+}
 
-    fn label_of(&self, delivery: &Claimed) -> String {
-        self.endpoints
-            .iter()
-            .find(|e| e.key == delivery.endpoint)
-            .map_or_else(String::new, |e| e.label.clone())
+/// Whether to log now, given when the last line was: not within [`LOG_EVERY`], so a receiver
+/// that is down for an hour makes 60 lines, not one per retry.
+fn due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    let due = last.is_none_or(|at| now.duration_since(at) >= LOG_EVERY);
+    if due {
+        *last = Some(now);
     }
-
-    /// Runs `log` unless `key` was logged within [`LOG_EVERY`]: a receiver that is down for an
-    /// hour makes 60 lines, not one per retry.
-    fn log_failure(&mut self, key: &str, log: impl FnOnce(&str)) {
-        let now = Instant::now();
-        let due = self
-            .logged
-            .get(key)
-            .is_none_or(|last| now.duration_since(*last) >= LOG_EVERY);
-        if due {
-            self.logged.insert(key.to_string(), now);
-            log(key);
-        }
-    }
+    due
 }
 
 /// POSTs one notification; any 2xx is delivered. The error never holds the URL: reqwest's

@@ -1,6 +1,7 @@
 //! Throttle signals: what the database says about whether a job should wait, checked between
-//! batches — a time window, replica lag, active sessions, an operator's own query. A check that
-//! cannot be evaluated throttles (fail safe) and says why, rather than running blind.
+//! batches — a time window, replica lag, active sessions, an operator's own query, the server's
+//! WAL rate. A check that cannot be evaluated throttles (fail safe) and says why, rather than
+//! running blind.
 //!
 //! [`Signals::of`] is the one list of signals. A new signal is a module here implementing
 //! [`Signal`], a field in the job spec that turns it on, a [`Reason`] for its label, and a line
@@ -9,6 +10,7 @@
 mod active_sessions;
 mod replica_lag;
 mod throttle_query;
+mod wal_rate;
 mod window;
 
 use std::future::Future;
@@ -43,6 +45,7 @@ impl Signals {
             replica_lag::of(spec),
             active_sessions::of(spec),
             throttle_query::of(spec),
+            wal_rate::of(spec),
         ]
         .into_iter()
         .flatten()
@@ -90,11 +93,15 @@ fn blind(field: &str, what: &str, role: &str) -> String {
 }
 
 /// At check and submit: `Some(why)` when `spec` asks for a signal this session's role could not
-/// read truthfully, naming the field and the membership it lacks.
+/// read truthfully, naming the field and the membership it lacks (or, for `max_wal_rate`, why
+/// the WAL position cannot be read).
 pub(crate) async fn refuse_blind(
     conn: &mut PgConnection,
     spec: &JobSpec,
 ) -> Result<Option<String>, sqlx::Error> {
+    if let Some(why) = wal_rate::refuse_unreadable(&mut *conn, spec).await? {
+        return Ok(Some(why));
+    }
     let Some((field, what)) = [
         spec.max_replica_lag.map(|_| replica_lag::NEEDS_STATS),
         spec.max_active_sessions

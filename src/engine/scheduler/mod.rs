@@ -10,9 +10,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::fleet::shares::{self, FleetShares};
+use crate::engine::fleet::shares::FleetShares;
 use crate::engine::lease::{self, HeldLeases, Presence};
-use crate::engine::limiter::Share;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
@@ -21,6 +20,8 @@ use crate::plumbing::db::{self, Db, Schema};
 use crate::store::{jobs, progress, JobState};
 
 /// How often an idle scheduler looks for claimable work (a lease expiring, a job resumed).
+mod rate_share;
+
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often each job's share of its rate limit is read again from the leases, so a replica
@@ -217,42 +218,63 @@ impl Scheduler {
             free as i64,
         )
         .await?;
-        for claim in claims {
-            self.held.insert(claim.lease_token);
-            let Some((runtime, job_cancel)) = self.runtime(claim.job_id).await? else {
-                self.release(claim.lease_token).await;
-                continue;
-            };
-            // Before the job's first batch in this process: rows written from now on stay in
-            // step, so no write slips between the backfill and the trigger.
-            if let Err(message) =
-                sync::ensure_installed(&self.env.pool, &self.env.schema, &runtime, &self.env.actor)
-                    .await
-            {
-                tracing::error!(job = %runtime.name, "{message}");
-                jobs::fail(
-                    &self.env.pool,
-                    &self.env.schema,
-                    claim.job_id,
-                    &self.env.actor,
-                    &message,
-                )
-                .await?;
-                self.release(claim.lease_token).await;
-                continue;
-            }
-            tracing::info!(
-                job = %runtime.name,
-                partition = claim.partition_index,
-                cursor = %crate::status::text::cursor(claim.cursor.as_deref()),
-                "claimed partition"
-            );
+        let mut claims = claims.into_iter();
+        while let Some(claim) = claims.next() {
             let token = claim.lease_token;
-            self.shares_read = None;
-            let worker = Worker::new(self.env.clone(), runtime, claim);
-            let handle = active.spawn(worker.run(job_cancel));
-            self.tasks.insert(handle.id(), token);
+            self.held.insert(token);
+            if let Err(error) = self.spawn_worker(claim, active).await {
+                // This lease and the rest of the batch's go back now: kept in `held`, the
+                // heartbeat would renew them for a worker that never runs.
+                self.release(token).await;
+                for rest in claims {
+                    self.release(rest.lease_token).await;
+                }
+                return Err(error);
+            }
         }
+        Ok(())
+    }
+
+    /// Starts a worker on `claim` (whose lease is in `held`), or releases the lease when the
+    /// job no longer runs here or its sync trigger cannot be installed.
+    async fn spawn_worker(
+        &mut self,
+        claim: progress::Claim,
+        active: &mut JoinSet<WorkerExit>,
+    ) -> Result<(), sqlx::Error> {
+        let Some((runtime, job_cancel)) = self.runtime(claim.job_id).await? else {
+            self.release(claim.lease_token).await;
+            return Ok(());
+        };
+        // Before the job's first batch in this process: rows written from now on stay in
+        // step, so no write slips between the backfill and the trigger.
+        if let Err(message) =
+            sync::ensure_installed(&self.env.pool, &self.env.schema, &runtime, &self.env.actor)
+                .await
+        {
+            tracing::error!(job = %runtime.name, "{message}");
+            jobs::fail(
+                &self.env.pool,
+                &self.env.schema,
+                claim.job_id,
+                &self.env.actor,
+                &message,
+            )
+            .await?;
+            self.release(claim.lease_token).await;
+            return Ok(());
+        }
+        tracing::info!(
+            job = %runtime.name,
+            partition = claim.partition_index,
+            cursor = %crate::status::text::cursor(claim.cursor.as_deref()),
+            "claimed partition"
+        );
+        let token = claim.lease_token;
+        self.shares_read = None;
+        let worker = Worker::new(self.env.clone(), runtime, claim);
+        let handle = active.spawn(worker.run(job_cancel));
+        self.tasks.insert(handle.id(), token);
         Ok(())
     }
 
@@ -337,6 +359,13 @@ impl Scheduler {
                 .iter()
                 .any(|(job, state)| *job == id && *state == JobState::Running);
             if running {
+                // A one-job run paused and resumed between two looks: its stopped workers'
+                // token must not stop the next ones at once (they would spin).
+                if let Some((_, token)) = self.runtimes.get_mut(&id) {
+                    if token.is_cancelled() && self.only_job == Some(id) {
+                        *token = self.root.child_token();
+                    }
+                }
                 continue;
             }
             if self.only_job == Some(id) {
@@ -388,10 +417,12 @@ impl Scheduler {
     async fn start_queued_jobs(&self) -> Result<(), sqlx::Error> {
         for id in jobs::queued(&self.env.pool, &self.env.schema).await? {
             let mut tx = self.env.pool.begin().await?;
-            jobs::transition(
+            // Only if still queued: a pause since the list was read stands.
+            jobs::transition_from(
                 &mut tx,
                 &self.env.schema,
                 id,
+                Some(&[JobState::Queued]),
                 JobState::Running,
                 &self.env.actor,
                 Some("started by the daemon"),
@@ -423,56 +454,6 @@ impl Scheduler {
         } else {
             self.release(token).await;
         }
-    }
-
-    /// Gives each job's limiter this process's share of the job's rate limit: its live
-    /// leases over all of the job's live leases, on every replica.
-    async fn read_shares(&mut self) -> Result<(), sqlx::Error> {
-        self.shares_read = Some(Instant::now());
-        let ids: Vec<i64> = self.runtimes.keys().copied().collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let shares = match &self.fleet {
-            None => {
-                progress::lease_shares(
-                    &self.env.pool,
-                    &self.env.schema,
-                    &ids,
-                    self.presence.owner(),
-                )
-                .await?
-            }
-            Some((fleet, target)) => {
-                let jobs: Vec<(i64, &str)> = (self.runtimes.iter())
-                    .map(|(id, (runtime, _))| (*id, runtime.name.as_str()))
-                    .collect();
-                let (pool, owner) = (&self.env.pool, self.presence.owner());
-                shares::read(pool, &self.env.schema, owner, fleet, target, &jobs).await?
-            }
-        };
-        for (job_id, mine, all) in shares {
-            // Holding none, this process runs no batch of the job: nothing to share.
-            let (Some((runtime, _)), Ok(mine @ 1..), Ok(all)) = (
-                self.runtimes.get(&job_id),
-                u32::try_from(mine),
-                u32::try_from(all),
-            ) else {
-                continue;
-            };
-            if runtime.limiter.set_share(Share { mine, all }) {
-                if let Some(rate) = runtime.limiter.local_rate() {
-                    tracing::info!(
-                        job = %runtime.name,
-                        partitions = mine,
-                        of = all,
-                        rows_per_second = rate,
-                        "rate share: {mine} of the job's {all} running partitions, {rate} rows/s here"
-                    );
-                }
-            }
-        }
-        Ok(())
     }
 
     async fn release(&mut self, token: Uuid) {
