@@ -609,14 +609,14 @@ async fn run_backfilld(scratch: &Scratch, spec: &JobSpec, ticks: f64) -> Result<
     let durations = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = durations.clone();
     let runtime = Arc::new(
-        JobRuntime::new(id, spec, &submitted.resolved, LEASE_TTL).with_batch_observer(Box::new(
-            move |elapsed| {
+        JobRuntime::new(id, spec, &submitted.resolved, LEASE_TTL, "default").with_batch_observer(
+            Box::new(move |elapsed| {
                 recorder
                     .lock()
                     .expect("durations lock poisoned")
                     .push((Instant::now(), elapsed))
-            },
-        )),
+            }),
+        ),
     );
     let sampling = CancellationToken::new();
     let peak_rss = tokio::spawn(peak_resident_set(sampling.clone()));

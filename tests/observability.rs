@@ -49,7 +49,8 @@ fn dashboard_queries(job: &str) -> Vec<String> {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            queries.push(expr.replace("$job", job).replace("$__rate_interval", "30s"));
+            let expr = expr.replace("$job", job).replace("$database", ".*");
+            queries.push(expr.replace("$__rate_interval", "30s"));
         }
     }
     assert!(queries.len() >= 8, "the dashboard should have its panels");
@@ -194,6 +195,17 @@ async fn prometheus_evaluates_every_dashboard_query_against_a_live_daemon() {
             .contains(&json!("watched")),
         "the job label must survive the scrape (honor_labels): {labels}"
     );
+    // The `database` variable's: label_values(backfill_job_state{job=~"$job"}, database).
+    let databases: Value = http
+        .get(format!("{base}/api/v1/label/database/values"))
+        .query(&[("match[]", "backfill_job_state{job=~\"watched\"}")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(databases["data"], json!(["default"]), "{databases}");
 
     for query in dashboard_queries("watched") {
         for name in metric_names(&query) {
@@ -265,18 +277,18 @@ async fn the_exposition_passes_promtool_and_carries_every_documented_metric() {
         );
     }
     for line in [
-        "backfill_rows_scanned_total{job=\"metered\"} 2000",
-        "backfill_rows_updated_total{job=\"metered\"} 2000",
-        "backfill_job_state{job=\"metered\",state=\"completed\"} 1",
-        "backfill_job_state{job=\"metered\",state=\"running\"} 0",
-        "backfill_progress_ratio{job=\"metered\"} 1",
-        "backfill_batch_size{job=\"metered\"} 200",
-        "backfill_rate_limit_rows_per_second{job=\"metered\"} 100000",
-        "backfill_throttled{job=\"metered\",reason=\"rate_limit\"} 0",
-        "backfill_batches_total{job=\"metered\",outcome=\"failed\"} 0",
-        "backfill_batch_duration_seconds_count{job=\"metered\"} 11",
-        "backfill_pass{job=\"metered\"} 1",
-        "backfill_pending_rows{job=\"metered\"} 0",
+        "backfill_rows_scanned_total{database=\"default\",job=\"metered\"} 2000",
+        "backfill_rows_updated_total{database=\"default\",job=\"metered\"} 2000",
+        "backfill_job_state{database=\"default\",job=\"metered\",state=\"completed\"} 1",
+        "backfill_job_state{database=\"default\",job=\"metered\",state=\"running\"} 0",
+        "backfill_progress_ratio{database=\"default\",job=\"metered\"} 1",
+        "backfill_batch_size{database=\"default\",job=\"metered\"} 200",
+        "backfill_rate_limit_rows_per_second{database=\"default\",job=\"metered\"} 100000",
+        "backfill_throttled{database=\"default\",job=\"metered\",reason=\"rate_limit\"} 0",
+        "backfill_batches_total{database=\"default\",job=\"metered\",outcome=\"failed\"} 0",
+        "backfill_batch_duration_seconds_count{database=\"default\",job=\"metered\"} 11",
+        "backfill_pass{database=\"default\",job=\"metered\"} 1",
+        "backfill_pending_rows{database=\"default\",job=\"metered\"} 0",
     ] {
         assert!(text.contains(line), "{line:?} not in\n{text}");
     }

@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn retried(job: &str) -> String {
-    format!("job=\"{job}\",outcome=\"retried\"")
+    format!("database=\"default\",job=\"{job}\",outcome=\"retried\"")
 }
 
 async fn wait_retried(api: &Api, job: &str, at_least: f64) {
@@ -102,8 +102,11 @@ async fn a_batch_that_keeps_failing_fails_the_job_with_the_database_message_and_
         2.0
     );
     assert_eq!(
-        api.metric("backfill_batches_total", "job=\"stuck\",outcome=\"failed\"")
-            .await,
+        api.metric(
+            "backfill_batches_total",
+            "database=\"default\",job=\"stuck\",outcome=\"failed\""
+        )
+        .await,
         1.0
     );
     // The rows before the held one are done; nothing of the failed batch remains.

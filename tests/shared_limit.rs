@@ -86,11 +86,13 @@ async fn three_replicas_share_one_limit_and_take_over_a_killed_ones_share() {
     );
     let metrics = api.metrics().await;
     assert!(
-        metrics.contains("backfill_rate_limit_rows_per_second{job=\"shared\"} 600"),
+        metrics.contains(
+            "backfill_rate_limit_rows_per_second{database=\"default\",job=\"shared\"} 600"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("backfill_rate_rows_per_second{job=\"shared\"}"),
+        metrics.contains("backfill_rate_rows_per_second{database=\"default\",job=\"shared\"}"),
         "{metrics}"
     );
 

@@ -445,10 +445,14 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
         .contains("returned true"));
     let metrics = client.metrics().await;
     assert!(
-        metrics.contains("backfill_throttled{job=\"held\",reason=\"throttle_query\"} 1"),
+        metrics.contains(
+            "backfill_throttled{database=\"default\",job=\"held\",reason=\"throttle_query\"} 1"
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("backfill_throttled{job=\"held\",reason=\"replica_lag\"} 0"));
+    assert!(metrics.contains(
+        "backfill_throttled{database=\"default\",job=\"held\",reason=\"replica_lag\"} 0"
+    ));
     db.exec("UPDATE health SET busy = false").await;
     client
         .wait_state("held", "completed", Duration::from_secs(30))

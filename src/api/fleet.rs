@@ -116,7 +116,13 @@ pub async fn view_on(
 
 /// The job over all its databases, each one's part in `databases`.
 pub async fn view(state: &AppState, members: &[Member]) -> Result<JobView, ApiError> {
-    let parts = join_all(members.iter().map(|m| async {
+    JobView::combine(parts(state, members).await)
+        .ok_or_else(|| ApiError::Unavailable("none of the job's databases can be read now".into()))
+}
+
+/// The job's own view on each of its databases, or why that database cannot be read.
+async fn parts(state: &AppState, members: &[Member]) -> Vec<(String, Result<JobView, String>)> {
+    join_all(members.iter().map(|m| async {
         let view = match &m.job {
             Ok(job) => {
                 let t = &m.target;
@@ -130,13 +136,50 @@ pub async fn view(state: &AppState, members: &[Member]) -> Result<JobView, ApiEr
         };
         (m.target.name.clone(), view)
     }))
-    .await;
-    JobView::combine(parts)
-        .ok_or_else(|| ApiError::Unavailable("none of the job's databases can be read now".into()))
+    .await
 }
 
 /// Every job: single-database ones as they are, each job over several databases once.
 pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
+    let mut views = Vec::new();
+    for found in every_job(state).await? {
+        views.push(match found {
+            Found::Single(job) => single_view(state, &job).await?,
+            Found::Spanning(members) => view(state, &members).await?,
+        });
+    }
+    Ok(views)
+}
+
+/// Every job's part on each database, by database name, for the metrics' `database` label:
+/// a single-database job once, a job over several databases once per database that answers
+/// (one that does not keeps its last known gauges).
+pub async fn views_by_database(state: &AppState) -> Result<Vec<(String, JobView)>, ApiError> {
+    let mut views = Vec::new();
+    for found in every_job(state).await? {
+        match found {
+            Found::Single(job) => {
+                let home = state.fleet.targets()[0].name.clone();
+                views.push((home, single_view(state, &job).await?));
+            }
+            Found::Spanning(members) => views.extend(
+                (parts(state, &members).await.into_iter())
+                    .filter_map(|(name, view)| view.ok().map(|v| (name, v))),
+            ),
+        }
+    }
+    Ok(views)
+}
+
+/// A job without `databases`, on the daemon's own database.
+async fn single_view(state: &AppState, job: &jobs::JobRow) -> Result<JobView, ApiError> {
+    let home = &state.fleet.targets()[0];
+    let local = (&home.local, &home.rates);
+    Ok(view_on(&home.api_pool, &state.schema, local, job).await?)
+}
+
+/// Every job any target stores, by name, each found on all of its targets.
+async fn every_job(state: &AppState) -> Result<Vec<Found>, ApiError> {
     let targets = state.fleet.targets();
     let lists = join_all(
         targets
@@ -151,19 +194,11 @@ pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
             names.entry(row.name.clone()).or_insert(());
         }
     }
-    let mut views = Vec::with_capacity(names.len());
+    let mut found = Vec::with_capacity(names.len());
     for name in names.keys() {
-        match find(state, name).await? {
-            Some(Found::Single(job)) => {
-                let home = &targets[0];
-                let local = (&home.local, &home.rates);
-                views.push(view_on(&home.api_pool, &state.schema, local, &job).await?);
-            }
-            Some(Found::Spanning(members)) => views.push(view(state, &members).await?),
-            None => {}
-        }
+        found.extend(find(state, name).await?);
     }
-    Ok(views)
+    Ok(found)
 }
 
 /// Applies `change` to the job on every target it names that can be reached; a target that

@@ -18,7 +18,7 @@ use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::engine::fleet::spans_databases;
 use crate::engine::fleet::submit::{self as fleet_submit, FleetSubmitError};
 use crate::engine::submit::{self, Replaced, SubmitError};
-use crate::plumbing::config::Role;
+use crate::plumbing::config::{Role, DEFAULT_DATABASE};
 use crate::spec::{is_valid_name, JobSpec, SpecError};
 use crate::status::view::{EventList, JobList, JobView};
 use crate::store::{events, jobs, JobState};
@@ -105,7 +105,18 @@ pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, A
     }))
 }
 
-/// Every job's view: for the list, and for the metrics' job gauges.
+/// Every job's view on each database it runs on, by database name: for the metrics' gauges.
+pub async fn views_by_database(state: &AppState) -> Result<Vec<(String, JobView)>, ApiError> {
+    if state.fleet.is_several() {
+        return fleet::views_by_database(state).await;
+    }
+    let views = all_views(state).await?;
+    Ok((views.into_iter())
+        .map(|v| (DEFAULT_DATABASE.to_string(), v))
+        .collect())
+}
+
+/// Every job's view: for the list.
 pub async fn all_views(state: &AppState) -> Result<Vec<JobView>, ApiError> {
     if state.fleet.is_several() {
         return fleet::all_views(state).await;
@@ -422,19 +433,22 @@ pub async fn job_events(
 ) -> Result<Json<EventList>, ApiError> {
     let events = match find_anywhere(&state, &path_name(path)?).await? {
         Found::Single(job) => events::list(&state.pool, &state.schema, job.id).await?,
-        // Each database's log in turn (a database that cannot be read is left out).
+        // Every database's log, each event marked with its database, merged by time (a
+        // database that cannot be read is left out; the job view names it).
         Found::Spanning(members) => {
             let mut all = Vec::new();
             for member in &members {
                 if let Ok(job) = &member.job {
                     let pool = &member.target.api_pool;
-                    all.extend(
-                        events::list(pool, &state.schema, job.id)
-                            .await
-                            .unwrap_or_default(),
-                    );
+                    let list = events::list(pool, &state.schema, job.id).await;
+                    all.extend(list.unwrap_or_default().into_iter().map(|mut event| {
+                        event.database = Some(member.target.name.clone());
+                        event
+                    }));
                 }
             }
+            // Stable: one database's events keep their logged order at equal times.
+            all.sort_by_key(|event| event.at);
             all
         }
     };

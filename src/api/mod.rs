@@ -126,9 +126,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus exposition. The job gauges are refreshed from the database first; if it does
 /// not answer, the last known values are served (the counters are this process's own anyway).
 async fn metrics(State(state): State<AppState>) -> Response {
-    let refresh = tokio::time::timeout(std::time::Duration::from_secs(5), jobs::all_views(&state));
+    let refresh = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        jobs::views_by_database(&state),
+    );
     match refresh.await {
-        Ok(Ok(views)) => views.iter().for_each(|v| METRICS.observe_job(v)),
+        Ok(Ok(views)) => (views.iter()).for_each(|(database, v)| METRICS.observe_job(database, v)),
         Ok(Err(_)) | Err(_) => tracing::debug!("metrics served without a fresh job refresh"),
     }
     (

@@ -47,6 +47,28 @@ pub async fn refuse_undeclared_pooler(settings: &Settings, pool: &Db) -> Result<
     }
 }
 
+/// The `[[databases]]` a job with `databases` names, in the configured order, each connected
+/// (or why not, naming it): what `check` and `verify` report on one by one. An error when a
+/// pattern selects nothing.
+pub async fn connect_targets(
+    settings: &Settings,
+    spec: &crate::spec::JobSpec,
+    size: u32,
+) -> Result<Vec<(String, Result<Db, CliError>)>, CliError> {
+    let configured = settings.target_databases().map_err(CliError::invalid)?;
+    let known: Vec<&str> = configured.iter().map(|t| t.name.as_str()).collect();
+    let names = crate::plumbing::config::select(&spec.databases, &known)
+        .map_err(|message| CliError::invalid(format!("databases: {message}")))?;
+    let mut targets = Vec::with_capacity(names.len());
+    for target in configured.iter().filter(|t| names.contains(&t.name)) {
+        let pool = db::connect(&target.url, size, settings.pool_mode)
+            .await
+            .map_err(|e| CliError::invalid(format!("database {}: {e}", target.name)));
+        targets.push((target.name.clone(), pool));
+    }
+    Ok(targets)
+}
+
 /// Applies backfilld's migrations; every command that writes calls this once it knows its
 /// input is valid, so bad input leaves even the daemon's schema uncreated.
 pub async fn migrate(settings: &Settings, pool: &Db) -> Result<Schema, CliError> {

@@ -142,6 +142,7 @@ pub async fn fetch(client: &Client, name: Option<&str>) -> Result<Vec<JobView>, 
 pub fn render(jobs: &[JobView], one: bool) -> String {
     let mut out = table(jobs);
     if let (true, Some(job)) = (one, jobs.first()) {
+        out.push_str(&databases(job));
         out.push_str(&partitions(job));
     }
     out
@@ -211,7 +212,11 @@ pub async fn events(client: &Client, name: &str, json: bool) -> Result<i32, CliE
             text::printable(&event.actor),
             text::printable(&event.kind),
             text::printable(&change),
-            text::printable(event.detail.as_deref().unwrap_or(""))
+            // A job over several databases: which one, ahead of the detail.
+            text::printable(&match &event.database {
+                Some(database) => format!("[{database}] {}", event.detail.as_deref().unwrap_or("")),
+                None => event.detail.clone().unwrap_or_default(),
+            })
         );
     }
     Ok(0)
@@ -307,6 +312,35 @@ pub fn table(jobs: &[JobView]) -> String {
                 .unwrap_or_else(|| "-".into()),
             text::printable(job.throttled.as_deref().unwrap_or("-")),
             text::printable(job.last_error.as_deref().unwrap_or("-")),
+        ));
+    }
+    out
+}
+
+/// Each database's part of a job over several databases (nothing for a single-database job):
+/// the table above holds the totals.
+fn databases(job: &JobView) -> String {
+    let Some(parts) = &job.databases else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\n  {:<16} {:<10} {:<28} {:>12} {:>12} {:>10} ERROR\n",
+        "DATABASE", "STATE", "PROGRESS", "SCANNED", "UPDATED", "RATE/s"
+    );
+    for part in parts {
+        out.push_str(&format!(
+            "  {:<16} {:<10} {:<28} {:>12} {:>12} {:>10} {}\n",
+            part.database,
+            part.state.map_or("-", |s| s.as_str()),
+            bar(part.progress),
+            text::signed_count(part.rows_scanned),
+            text::signed_count(part.rows_updated),
+            text::rate(part.rate_rows_per_second),
+            text::printable(
+                (part.error.as_deref())
+                    .or(part.last_error.as_deref())
+                    .unwrap_or("-")
+            ),
         ));
     }
     out

@@ -15,8 +15,7 @@ use crate::engine::rates::Rates;
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::scheduler::{Scheduler, SchedulerExit};
 use crate::engine::submit::{self, Replaced, SubmitError};
-use crate::plumbing::config::Settings;
-use crate::plumbing::config::DEFAULT_DATABASE;
+use crate::plumbing::config::{Settings, DEFAULT_DATABASE};
 use crate::plumbing::db::{Db, Schema};
 use crate::plumbing::pool::Budget;
 use crate::plumbing::shutdown::Shutdown;
@@ -159,7 +158,13 @@ pub async fn run_job(
     }
     let spec = &settle_tunables(&pool, &schema, &job, spec).await?;
 
-    let runtime = Arc::new(JobRuntime::new(job.id, spec, &resolved, settings.lease_ttl));
+    let runtime = Arc::new(JobRuntime::new(
+        job.id,
+        spec,
+        &resolved,
+        settings.lease_ttl,
+        DEFAULT_DATABASE,
+    ));
     let partitions = progress::list(&pool, &schema, job.id).await?;
     let baseline = Baseline {
         scanned: partitions.iter().map(|p| p.rows_scanned as u64).sum(),

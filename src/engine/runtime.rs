@@ -43,6 +43,9 @@ struct JobStats {
 pub struct JobRuntime {
     pub id: i64,
     pub name: String,
+    /// The target database this runtime works on (`default`: the daemon's own), the
+    /// `database` label of its metrics.
+    pub database: String,
     /// The definition this runtime was built from: a replaced one needs a new runtime.
     pub definition: JobSpec,
     pub sql: BatchSql,
@@ -65,13 +68,20 @@ pub struct JobRuntime {
 }
 
 impl JobRuntime {
-    pub fn new(id: i64, spec: &JobSpec, resolved: &ResolvedJob, lease_ttl: Duration) -> JobRuntime {
+    pub fn new(
+        id: i64,
+        spec: &JobSpec,
+        resolved: &ResolvedJob,
+        lease_ttl: Duration,
+        database: &str,
+    ) -> JobRuntime {
         let stats = JobStats::default();
         stats.batch_size.store(spec.batch_size, Ordering::Relaxed);
-        METRICS.touch(&spec.name);
+        METRICS.touch(&spec.name, database);
         JobRuntime {
             id,
             name: spec.name.clone(),
+            database: database.to_string(),
             definition: spec.clone(),
             sql: resolved.sql.clone(),
             session: SessionSettings {
@@ -141,19 +151,22 @@ impl JobRuntime {
 
     /// Accounts for a committed batch: this process's counters and the job's metrics.
     pub(crate) fn record_batch(&self, scanned: i64, updated: i64, elapsed: Duration) {
-        let job = self.name.as_str();
+        let (job, database) = (self.name.as_str(), self.database.as_str());
         METRICS
             .rows_scanned
-            .with_label_values(&[job])
+            .with_label_values(&[job, database])
             .inc_by(scanned as u64);
         METRICS
             .rows_updated
-            .with_label_values(&[job])
+            .with_label_values(&[job, database])
             .inc_by(updated as u64);
-        METRICS.batches.with_label_values(&[job, "ok"]).inc();
+        METRICS
+            .batches
+            .with_label_values(&[job, database, "ok"])
+            .inc();
         METRICS
             .batch_duration
-            .with_label_values(&[job])
+            .with_label_values(&[job, database])
             .observe(elapsed.as_secs_f64());
         self.stats
             .rows_scanned
@@ -174,7 +187,7 @@ impl JobRuntime {
         }
         METRICS
             .batches
-            .with_label_values(&[self.name.as_str(), outcome])
+            .with_label_values(&[self.name.as_str(), self.database.as_str(), outcome])
             .inc();
     }
 

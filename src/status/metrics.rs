@@ -1,7 +1,8 @@
 //! Prometheus metrics (README, "Metrics"), defined once here; the dashboard queries exactly these
 //! names. Counters and the batch histogram count what this process did (a dashboard sums them
 //! across replicas); the gauges describe the job as the database knows it, so every replica
-//! exports the same value (a dashboard takes the max).
+//! exports the same value (a dashboard takes the max). Every job series carries `database`: the
+//! target's name, `default` for a job on the daemon's own database.
 
 use std::sync::LazyLock;
 
@@ -42,7 +43,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
-        let job = &["job"];
+        let job = &["job", "database"];
         let m = Metrics {
             rows_scanned: IntCounterVec::new(
                 Opts::new(
@@ -65,7 +66,7 @@ impl Metrics {
                     "backfill_batches_total",
                     "Batch transactions by outcome: ok, retried, failed",
                 ),
-                &["job", "outcome"],
+                &["job", "database", "outcome"],
             )
             .expect("valid metric"),
             batch_duration: HistogramVec::new(
@@ -99,7 +100,7 @@ impl Metrics {
                     "backfill_job_state",
                     "1 for the job's current state, 0 for the others",
                 ),
-                &["job", "state"],
+                &["job", "database", "state"],
             )
             .expect("valid metric"),
             throttled: IntGaugeVec::new(
@@ -107,7 +108,7 @@ impl Metrics {
                     "backfill_throttled",
                     "1 while the job is throttled for that reason",
                 ),
-                &["job", "reason"],
+                &["job", "database", "reason"],
             )
             .expect("valid metric"),
             rate_limit: GaugeVec::new(
@@ -186,59 +187,61 @@ impl Metrics {
         m
     }
 
-    /// Creates a job's series at zero, so rates and "no errors" show as 0 instead of no data.
-    pub fn touch(&self, job: &str) {
-        self.rows_scanned.with_label_values(&[job]);
-        self.rows_updated.with_label_values(&[job]);
+    /// Creates a job's series on `database` at zero, so rates and "no errors" show as 0
+    /// instead of no data.
+    pub fn touch(&self, job: &str, database: &str) {
+        self.rows_scanned.with_label_values(&[job, database]);
+        self.rows_updated.with_label_values(&[job, database]);
         for outcome in ["ok", "retried", "failed"] {
-            self.batches.with_label_values(&[job, outcome]);
+            self.batches.with_label_values(&[job, database, outcome]);
         }
     }
 
-    /// Sets the job-level gauges from the job as the database knows it.
-    pub fn observe_job(&self, view: &JobView) {
+    /// Sets the job-level gauges of the job's part on `database` from that database's view.
+    pub fn observe_job(&self, database: &str, view: &JobView) {
         let job = view.name.as_str();
-        self.touch(job);
+        let labels = &[job, database];
+        self.touch(job, database);
         self.batch_size
-            .with_label_values(&[job])
+            .with_label_values(labels)
             .set(i64::from(view.batch_size));
-        self.progress.with_label_values(&[job]).set(view.progress);
+        self.progress.with_label_values(labels).set(view.progress);
         match view.eta_seconds {
-            Some(eta) => self.eta.with_label_values(&[job]).set(eta),
+            Some(eta) => self.eta.with_label_values(labels).set(eta),
             None => {
-                let _ = self.eta.remove_label_values(&[job]);
+                let _ = self.eta.remove_label_values(labels);
             }
         }
         for state in JobState::ALL {
             self.job_state
-                .with_label_values(&[job, state.as_str()])
+                .with_label_values(&[job, database, state.as_str()])
                 .set(i64::from(state == view.state));
         }
         for reason in Reason::ALL {
             let on = view.throttled.as_deref() == Some(reason.as_str());
             self.throttled
-                .with_label_values(&[job, reason.as_str()])
+                .with_label_values(&[job, database, reason.as_str()])
                 .set(i64::from(on));
         }
         self.pass
-            .with_label_values(&[job])
+            .with_label_values(labels)
             .set(i64::from(view.pass));
         match view.pending_rows {
-            Some(pending) => self.pending_rows.with_label_values(&[job]).set(pending),
+            Some(pending) => self.pending_rows.with_label_values(labels).set(pending),
             None => {
-                let _ = self.pending_rows.remove_label_values(&[job]);
+                let _ = self.pending_rows.remove_label_values(labels);
             }
         }
         self.rate
-            .with_label_values(&[job])
+            .with_label_values(labels)
             .set(view.rate_rows_per_second);
         match view.rate_limit_rows_per_second {
             Some(limit) => self
                 .rate_limit
-                .with_label_values(&[job])
+                .with_label_values(labels)
                 .set(f64::from(limit)),
             None => {
-                let _ = self.rate_limit.remove_label_values(&[job]);
+                let _ = self.rate_limit.remove_label_values(labels);
             }
         }
     }

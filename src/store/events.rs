@@ -18,6 +18,11 @@ pub struct Event {
     pub from_state: Option<String>,
     pub to_state: Option<String>,
     pub detail: Option<String>,
+    /// The database the event happened on, for a job over several databases (not stored:
+    /// each database's log is its own; the API marks it when it merges them).
+    #[sqlx(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 pub async fn record<'e>(

@@ -131,7 +131,8 @@ impl Api {
             .unwrap()
     }
 
-    /// The value of one sample of `/metrics`, e.g. `backfill_batches_total{job="j",outcome="retried"}`
+    /// The value of one sample of `/metrics`, e.g.
+    /// `backfill_batches_total{database="default",job="j",outcome="retried"}`
     /// given as the metric name and its labels in exposition order; 0 when absent.
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
         let text = self.metrics().await;

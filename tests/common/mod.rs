@@ -432,7 +432,7 @@ pub async fn start_job(
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
         .await
         .unwrap();
-    let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, JOB_TTL));
+    let runtime = Arc::new(JobRuntime::new(id, &spec, &resolved, JOB_TTL, "default"));
     let env = WorkerEnv {
         pool: db.pool.clone(),
         schema,

@@ -20,11 +20,51 @@ use settings::{one_line, ServerDefaults};
 
 /// Exit codes (README, "Checking a job"): 0 the job is valid, 2 it is not (or the database
 /// cannot be reached), or its name is taken by a different definition.
+/// A job with `databases` is checked on every database it names, each one's result in turn;
+/// the exit code is the worst of them.
 pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result<i32, CliError> {
     let spec = JobSpec::from_file(path).map_err(CliError::invalid)?;
-    let pool = super::connect(settings, 2).await?;
+    if spec.databases.is_empty() {
+        let pool = super::connect(settings, 2).await?;
+        return check_on(settings, &pool, &spec, path, show_sql).await;
+    }
+    let mut worst = 0;
+    let mut failed = Vec::new();
+    for (name, pool) in super::connect_targets(settings, &spec, 2).await? {
+        println!("== database {name} ==");
+        let checked = match pool {
+            Ok(pool) => check_on(settings, &pool, &spec, path, show_sql).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(code) => worst = worst.max(code),
+            Err(e) => {
+                println!("job {}: NOT OK on database {name}: {e}", spec.name);
+                failed.push(name);
+            }
+        }
+        println!();
+    }
+    if !failed.is_empty() {
+        return Err(CliError::invalid(format!(
+            "job {} is not valid on database(s) {}",
+            spec.name,
+            failed.join(", ")
+        )));
+    }
+    Ok(worst)
+}
+
+/// Checks `spec` on one database and prints its plan there.
+async fn check_on(
+    settings: &Settings,
+    pool: &db::Db,
+    spec: &JobSpec,
+    path: &Path,
+    show_sql: bool,
+) -> Result<i32, CliError> {
     let mut conn = pool.pinned().await.map_err(CliError::invalid)?;
-    let resolved = catalog::admit(&mut conn, &spec)
+    let resolved = catalog::admit(&mut conn, spec)
         .await
         .map_err(|e| CliError::job(e).in_file(path))?;
     let (uses_index, plan) = catalog::explain_walk(&mut conn, &resolved, spec.batch_size).await?;
@@ -38,8 +78,8 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
         lock_timeout,
         statement_timeout,
     };
-    let sizes = estimate::sizes(&pool, &resolved).await?;
-    let sample = estimate::sample(&pool, &resolved, &spec).await;
+    let sizes = estimate::sizes(pool, &resolved).await?;
+    let sample = estimate::sample(pool, &resolved, spec).await;
 
     let line = |label: &str, value: &str| println!("  {label:<19}{value}");
     println!("job {}: OK ({})", spec.name, path.display());
@@ -64,7 +104,7 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
     }
 
     println!("\nHow it runs");
-    for (label, value) in settings::lines(&spec, &server) {
+    for (label, value) in settings::lines(spec, &server) {
         line(label, &value);
     }
     match spec.max_passes() {
@@ -119,7 +159,7 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
     println!("\nEstimate");
     line(
         "duration",
-        &estimate::duration(&spec, sizes.table.value(), &sample),
+        &estimate::duration(spec, sizes.table.value(), &sample),
     );
     if spec.max_passes() > 1 {
         println!(
@@ -146,10 +186,10 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
 
     // Whether this name is known already; read-only, and silent if backfilld never ran here.
     let schema = Schema::new(&settings.schema);
-    if let Ok(Some(existing)) = jobs::find_by_name(&pool, &schema, &spec.name).await {
+    if let Ok(Some(existing)) = jobs::find_by_name(pool, &schema, &spec.name).await {
         println!();
         match existing.spec() {
-            Ok(stored) if stored.same_work(&spec) => line(
+            Ok(stored) if stored.same_work(spec) => line(
                 "submitted",
                 &format!("yes, state {} (same definition)", existing.state),
             ),
@@ -159,7 +199,7 @@ pub async fn execute(settings: &Settings, path: &Path, show_sql: bool) -> Result
                     &format!(
                         "yes, state {}, with a DIFFERENT definition (fields: {}); `run` would refuse this file",
                         existing.state,
-                        stored.differences(&spec).join(", ")
+                        stored.differences(spec).join(", ")
                     ),
                 );
                 return Ok(2);

@@ -15,6 +15,7 @@ use crate::engine::lease::{self, HeldLeases, Presence};
 use crate::engine::runtime::{JobRuntime, LocalJobs};
 use crate::engine::worker::{Worker, WorkerEnv, WorkerExit};
 use crate::engine::{catalog, completion, sync};
+use crate::plumbing::config::DEFAULT_DATABASE;
 use crate::plumbing::db::{self, Db, Schema};
 use crate::store::{jobs, progress, JobState};
 
@@ -99,6 +100,11 @@ impl Scheduler {
 
     /// Runs as the scheduler of `target`, one of several target databases: rate shares count
     /// each job's live leases on all of them (`shares`).
+    /// The target this scheduler runs on: `default` unless it is one of several.
+    fn database(&self) -> &str {
+        (self.fleet.as_ref()).map_or(DEFAULT_DATABASE, |(_, target)| target.as_str())
+    }
+
     pub fn in_fleet(mut self, shares: FleetShares, target: &str) -> Scheduler {
         self.fleet = Some((shares, target.to_string()));
         self
@@ -313,6 +319,7 @@ impl Scheduler {
                     &spec,
                     &resolved,
                     self.env.lease_ttl,
+                    self.database(),
                 ));
                 self.registry
                     .lock()
