@@ -90,7 +90,11 @@ async fn server_pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
         .try_get(0)
 }
 
-/// An unnamed statement (see the module documentation).
+/// An unnamed statement (see the module documentation). Its parameters and columns must be of
+/// types sqlx knows (the built-in ones the daemon's tables use): for another type sqlx looks
+/// the type up with a simple query between preparing and binding, which drops an unnamed
+/// statement ("unnamed prepared statement does not exist"); SQL of the job's author that may
+/// return such types is prepared in a [`Pinned`] transaction instead.
 pub fn query(sql: impl SqlSafeStr) -> Query<'static, Postgres, PgArguments> {
     sqlx::query(sql).persistent(false)
 }
