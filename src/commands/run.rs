@@ -424,16 +424,15 @@ fn os_user() -> String {
 }
 
 /// A foreground run works on all its partitions at once unless `max_connections` says
-/// otherwise: then it runs as many at a time as fit, one after another.
+/// otherwise (`Budget::fit`).
 fn run_budget(settings: &Settings, partitions: u32, serve_api: bool) -> Result<Budget, CliError> {
-    let mode = settings.pool_mode;
-    let fixed = u32::from(mode.keeps_sessions()) + u32::from(serve_api) + 1;
-    let workers = match settings.max_connections {
-        Some(max) => partitions.min(max.saturating_sub(fixed)).max(1),
-        None => partitions,
-    };
-    Budget::plan(settings.max_connections, workers, mode, serve_api)
-        .map_err(|m| CliError::invalid(format!("config: max_connections: {m}")))
+    Budget::fit(
+        settings.max_connections,
+        partitions,
+        settings.pool_mode,
+        serve_api,
+    )
+    .map_err(|m| CliError::invalid(format!("config: max_connections: {m}")))
 }
 
 async fn updated_rows(pool: &Db, schema: &Schema, job_id: i64) -> Result<i64, CliError> {

@@ -162,6 +162,23 @@ impl Budget {
         })
     }
 
+    /// [`plan`](Budget::plan) for up to `wanted` workers: as many as `max_connections` leaves
+    /// room for (at least one), all of them when it is not set. A foreground `run` then works
+    /// on its partitions a few at a time, one after another.
+    pub fn fit(
+        max_connections: Option<u32>,
+        wanted: u32,
+        mode: PoolMode,
+        serves_api: bool,
+    ) -> Result<Budget, String> {
+        let fixed = u32::from(mode.keeps_sessions()) + u32::from(serves_api) + 1;
+        let workers = match max_connections {
+            Some(max) => wanted.min(max.saturating_sub(fixed)).max(1),
+            None => wanted,
+        };
+        Budget::plan(max_connections, workers, mode, serves_api)
+    }
+
     pub fn total(&self) -> u32 {
         self.workers + self.presence + self.api + self.engine
     }
@@ -418,6 +435,8 @@ mod tests {
         );
         let run = Budget::plan(Some(3), 1, PoolMode::Session, false).unwrap();
         assert_eq!((run.api, run.engine), (0, 1));
+        let fitted = Budget::fit(Some(5), 8, PoolMode::Session, true).unwrap();
+        assert_eq!((fitted.workers, fitted.total()), (2, 5));
         let error = Budget::plan(Some(4), 4, PoolMode::Session, true).unwrap_err();
         assert!(error.contains("at least 7"), "{error}");
     }

@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use crate::plumbing::db::{self, sql, Schema};
 use crate::spec::JobSpec;
 use crate::store::jobs::{self, JobRow, LiveTunables};
-use crate::store::{events, JobState};
+use crate::store::{events, progress, JobState};
 
 impl JobRow {
     /// The definition as its author last gave it (a file, a submission, a replacement), before
@@ -82,15 +82,7 @@ pub async fn replace(
     .bind(to)
     .execute(&mut *conn)
     .await?;
-    db::query(sql(format!(
-        "UPDATE {s}.progress
-            SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-                lease_backend_pid = NULL, lease_backend_start = NULL, updated_at = now()
-          WHERE job_id = $1 AND lease_token IS NOT NULL"
-    )))
-    .bind(job.id)
-    .execute(&mut *conn)
-    .await?;
+    progress::revoke_leases(&mut *conn, schema, job.id).await?;
     let detail = serde_json::json!({
         "changed": old.differences(new),
         "old": old,

@@ -195,13 +195,7 @@ pub async fn transition_from(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
-    let current: Option<JobState> = db::query_scalar(sql(format!(
-        "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
-        schema.q
-    )))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let current = locked_state(conn, schema, id).await?;
     let Some(current) = current else {
         return Ok(Transition::Unknown);
     };
@@ -241,6 +235,22 @@ pub async fn transition_from(
     Ok(Transition::Done { from: current, to })
 }
 
+/// Job `id`'s state, its row locked until the caller's transaction ends, so concurrent
+/// changes serialize; `None` for an unknown job.
+async fn locked_state(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: i64,
+) -> Result<Option<JobState>, sqlx::Error> {
+    db::query_scalar(sql(format!(
+        "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
+        schema.q
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Resumes job `id`: a paused job returns to where it was paused from (`queued` or
 /// `running`), a failed one runs again from its checkpoints; a job already running or queued
 /// is left as it is.
@@ -251,13 +261,7 @@ pub async fn resume(
     actor: &str,
     detail: Option<&str>,
 ) -> Result<Transition, sqlx::Error> {
-    let current: Option<JobState> = db::query_scalar(sql(format!(
-        "SELECT state FROM {}.jobs WHERE id = $1 FOR UPDATE",
-        schema.q
-    )))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let current = locked_state(conn, schema, id).await?;
     let to = match current {
         None => return Ok(Transition::Unknown),
         Some(JobState::Queued) => {

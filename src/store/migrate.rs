@@ -141,19 +141,7 @@ async fn apply(conn: &mut PgConnection, schema: &Schema) -> Result<BTreeSet<i64>
 /// True when the history records every migration this binary knows, as this binary knows it;
 /// an edited, unknown or half-applied one is the error the migrator would give.
 async fn up_to_date(conn: &mut PgConnection, schema: &Schema) -> Result<bool, MigrateError> {
-    let table = format!("{}.{HISTORY}", schema.q);
-    let exists: bool = db::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(&table)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
-        return Ok(false);
-    }
-    let applied: Vec<(i64, Vec<u8>, bool)> = db::query_as(sql(format!(
-        "SELECT version, checksum, success FROM {table} ORDER BY version"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
+    let applied = history(conn, schema).await?;
     for (version, checksum, success) in &applied {
         let Some(known) = MIGRATOR.iter().find(|m| m.version == *version) else {
             return Err(MigrateError::Unknown { version: *version });
@@ -186,24 +174,37 @@ pub async fn is_current(pool: &Db, schema: &Schema) -> Result<bool, sqlx::Error>
 }
 
 /// The versions the schema's history records as applied; none before the history exists.
-/// Names are qualified so this works on any connection, whatever its search_path.
 async fn applied_versions(
     conn: &mut PgConnection,
     schema: &Schema,
 ) -> Result<BTreeSet<i64>, sqlx::Error> {
+    Ok(history(conn, schema)
+        .await?
+        .into_iter()
+        .filter(|(_, _, success)| *success)
+        .map(|(version, _, _)| version)
+        .collect())
+}
+
+/// The history's rows (version, checksum, success); none before it exists. Names are
+/// qualified so this works on any connection, whatever its search_path.
+async fn history(
+    conn: &mut PgConnection,
+    schema: &Schema,
+) -> Result<Vec<(i64, Vec<u8>, bool)>, sqlx::Error> {
     let table = format!("{}.{HISTORY}", schema.q);
     let exists: bool = db::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&table)
         .fetch_one(&mut *conn)
         .await?;
     if !exists {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     }
-    let versions: Vec<i64> =
-        db::query_scalar(sql(format!("SELECT version FROM {table} WHERE success")))
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(versions.into_iter().collect())
+    db::query_as(sql(format!(
+        "SELECT version, checksum, success FROM {table} ORDER BY version"
+    )))
+    .fetch_all(&mut *conn)
+    .await
 }
 
 /// A known migration's name (its file name's description), for error messages.

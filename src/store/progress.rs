@@ -177,19 +177,37 @@ pub async fn renew<'e>(
     .await
 }
 
+/// What a released or revoked lease leaves in its progress row.
+const NO_LEASE: &str = "lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                lease_backend_pid = NULL, lease_backend_start = NULL, updated_at = now()";
+
 pub async fn release<'e>(
     executor: impl PgExecutor<'e>,
     schema: &Schema,
     token: Uuid,
 ) -> Result<(), sqlx::Error> {
     db::query(sql(format!(
-        "UPDATE {}.progress
-            SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
-                lease_backend_pid = NULL, lease_backend_start = NULL, updated_at = now()
-          WHERE lease_token = $1",
+        "UPDATE {}.progress SET {NO_LEASE} WHERE lease_token = $1",
         schema.q
     )))
     .bind(token)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Clears every lease of job `id` (a replacement's): a worker still holding one finds it
+/// gone at its next batch (`LeaseLost`) and writes nothing.
+pub async fn revoke_leases<'e>(
+    executor: impl PgExecutor<'e>,
+    schema: &Schema,
+    job_id: i64,
+) -> Result<(), sqlx::Error> {
+    db::query(sql(format!(
+        "UPDATE {}.progress SET {NO_LEASE} WHERE job_id = $1 AND lease_token IS NOT NULL",
+        schema.q
+    )))
+    .bind(job_id)
     .execute(executor)
     .await?;
     Ok(())
