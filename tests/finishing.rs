@@ -319,3 +319,85 @@ async fn the_trigger_waits_out_a_busy_table_under_lock_timeout_and_is_recorded_o
         0
     );
 }
+
+#[tokio::test]
+async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending_row_once() {
+    use backfilld::engine::worker::{Step, Worker, WorkerExit};
+    use backfilld::store::progress;
+    use tokio_util::sync::CancellationToken;
+
+    // Even keys for the backfill; odd keys inserted between the passes are what the sweep
+    // must find (behind the first pass's cursor, as an application's writes land).
+    let db = TestDb::new().await;
+    db.exec(
+        "CREATE TABLE t (id bigint PRIMARY KEY, v int, hits int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT 2 * i FROM generate_series(1, 10000) i;",
+    )
+    .await;
+    let toml = common::job_toml(
+        "sweep",
+        "t",
+        "\"id\"",
+        "v = \"1\"\nhits = \"hits + 1\"",
+        "where = \"v IS NULL\"\nbatch_size = 100\npasses = 2",
+    );
+    let (runtime, env, mut claims, presence) = common::start_job(&db, &toml).await;
+    let cancel = CancellationToken::new();
+    let mut pass1 = Worker::new(env.clone(), runtime.clone(), claims.remove(0));
+    assert_eq!(pass1.claim.pass, 1);
+    let mut batches = 0;
+    let exit = loop {
+        match pass1.step(&cancel).await {
+            Step::Continue { .. } => batches += 1,
+            Step::Exit(exit) => break exit,
+        }
+    };
+    assert_eq!(exit, WorkerExit::PartitionDone, "the sweep follows");
+    assert_eq!(batches, 100, "the backfill walks batch_size keys at a time");
+    progress::release(&db.pool, &env.schema, pass1.claim.lease_token)
+        .await
+        .unwrap();
+    db.exec("INSERT INTO t (id) SELECT i FROM generate_series(15001, 15019, 2) i")
+        .await;
+
+    let holder = presence.holder().await.unwrap();
+    let mut claims = progress::claim(
+        &db.pool,
+        &env.schema,
+        &holder,
+        common::JOB_TTL,
+        Some(runtime.id),
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claims.len(), 1, "the sweep's partition");
+    let mut sweep = Worker::new(env, runtime.clone(), claims.remove(0));
+    assert_eq!(sweep.claim.pass, 2);
+    let mut batches = 0;
+    let mut largest = 0;
+    let exit = loop {
+        match sweep.step(&cancel).await {
+            Step::Continue { .. } => batches += 1,
+            Step::Exit(exit) => break exit,
+        }
+        largest = largest.max(runtime.snapshot().batch_size);
+        assert!(batches < 1000, "the sweep should end");
+    };
+    assert_eq!(exit, WorkerExit::JobCompleted);
+    // 10,010 keys: walks of 100, 200, … up to 16 × 100 while nothing is pending, back to 100
+    // at the odd keys, then growing again: 16 batches where the backfill took 100.
+    assert!(
+        batches <= 20,
+        "{batches} sweep batches over 10,010 keys with batch_size 100"
+    );
+    assert_eq!(
+        largest, 1600,
+        "walks grow to 16 × batch_size and no further"
+    );
+    assert!(runtime
+        .snapshot()
+        .batch_size_reason
+        .is_some_and(|r| r.starts_with("sweep")));
+    common::assert_each_hit_once(&db.pool, "t", 10_010).await;
+}

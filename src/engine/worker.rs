@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::batch::{self, BatchContext, BatchError, Outcome, Statements};
 use crate::engine::completion;
 use crate::engine::runtime::JobRuntime;
-use crate::engine::sizer::Sizer;
+use crate::engine::sizer::{Sizer, SweepWalk};
 use crate::plumbing::db::{self, Db, Schema, SettingsScope};
 use crate::plumbing::retry::{backoff, ErrorKind};
 use crate::status::Throttle;
@@ -60,6 +60,8 @@ pub struct Worker {
     reconnect_waits: u32,
     /// Sizes batches toward `target_batch_time`, when the job asks for it.
     sizer: Option<Sizer>,
+    /// Grows the walk of a sweep pass while nothing is pending, when batches do not adapt.
+    sweep: Option<SweepWalk>,
     /// This worker's generated SQL, built once.
     statements: Statements,
     /// The worker's own connection, with the job's timeouts set for the session, so a batch is
@@ -73,8 +75,11 @@ impl Worker {
         let sizer = job
             .adaptive
             .map(|(target, min, max)| Sizer::new(target, min, max, start));
+        let sweep =
+            (sizer.is_none() && claim.pass >= 2).then(|| SweepWalk::new(start, job.max_walk()));
         Worker {
             sizer,
+            sweep,
             statements: Statements::default(),
             conn: None,
             env,
@@ -112,9 +117,10 @@ impl Worker {
             return Step::Exit(WorkerExit::Shutdown);
         }
         let tunables = self.job.tunables();
-        let size = match &mut self.sizer {
-            Some(sizer) => sizer.next(tunables.batch_size),
-            None => tunables.batch_size,
+        let size = match (&mut self.sizer, &mut self.sweep) {
+            (Some(sizer), _) => sizer.next(tunables.batch_size),
+            (None, Some(sweep)) => sweep.next(tunables.batch_size, self.job.max_walk()),
+            (None, None) => tunables.batch_size,
         };
         let limited = self.job.rate_limited_flag();
         if !self.job.limiter.acquire(size, cancel, limited).await {
@@ -164,6 +170,10 @@ impl Worker {
                 );
                 let pause = tunables.pause;
                 self.job.apply(tunables);
+                if let Some(sweep) = &mut self.sweep {
+                    sweep.observe(scanned as u64, updated as u64, size);
+                    self.job.record_batch_size(sweep.current(), sweep.reason());
+                }
                 // The end of a pass is not the batch's: counting what is still pending can walk
                 // the table, which no batch duration should include.
                 let job_completed = match (partition_done, self.conn.as_mut()) {

@@ -66,10 +66,10 @@ pub struct RuntimeSnapshot {
     pub rows_scanned: u64,
     pub rows_updated: u64,
     pub batches_retried: u64,
-    /// The batch size the workers use now (adapted toward `target_batch_time`, or the live
-    /// `batch_size`).
+    /// The batch size the workers use now (adapted toward `target_batch_time`, grown by a
+    /// sweep while nothing is pending, or the live `batch_size`).
     pub batch_size: u32,
-    /// Why the batch size last changed (adaptive batches).
+    /// Why the batch size last changed (adaptive batches, sweeps).
     pub batch_size_reason: Option<String>,
     /// The throttle signal holding the job, if one does.
     pub throttle: Option<Throttle>,

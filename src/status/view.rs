@@ -37,11 +37,12 @@ pub struct JobView {
     /// When that count was taken.
     pub verified_at: Option<DateTime<Utc>>,
     pub eta_seconds: Option<f64>,
-    /// The current batch size: adapted toward `target_batch_time` when the job sets one.
+    /// The current batch size: adapted toward `target_batch_time` when the job sets one, and
+    /// grown by a sweep pass while it finds nothing pending.
     pub batch_size: u32,
     /// The adaptive target, e.g. "200ms"; null for fixed batches.
     pub target_batch_time: Option<String>,
-    /// Why the batch size last changed (adaptive batches, as this process saw it).
+    /// Why the batch size last changed (adaptive batches or a sweep, as this process saw it).
     pub batch_size_reason: Option<String>,
     /// Measured over the last 15 seconds, across every replica.
     pub rate_rows_per_second: f64,

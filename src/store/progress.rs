@@ -36,6 +36,9 @@ pub struct Claim {
     pub lower_bound: Option<String>,
     pub upper_bound: Option<String>,
     pub cursor: Option<Vec<String>>,
+    /// The job's pass when the lease was taken: 1 is the backfill, 2.. are sweeps (a pass
+    /// ends only when every partition is done, so it cannot change under a lease).
+    pub pass: i32,
 }
 
 /// Who is asking for leases: the process's name and its presence session, whose disappearance
@@ -112,7 +115,7 @@ pub async fn claim<'e>(
     let s = &schema.q;
     db::query_as(sql(format!(
         "WITH candidate AS (
-             SELECT p.job_id, p.partition_index
+             SELECT p.job_id, p.partition_index, j.pass
                FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
               WHERE j.state = 'running' AND p.state = 'pending'
                 AND ($1::int8 IS NULL OR p.job_id = $1)
@@ -128,7 +131,7 @@ pub async fn claim<'e>(
                 started_at = coalesce(p.started_at, now()), updated_at = now()
            FROM candidate c
           WHERE p.job_id = c.job_id AND p.partition_index = c.partition_index
-         RETURNING p.job_id, p.partition_index, p.lease_token, p.lower_bound, p.upper_bound, p.cursor"
+         RETURNING p.job_id, p.partition_index, p.lease_token, p.lower_bound, p.upper_bound, p.cursor, c.pass"
     )))
     .bind(job_id)
     .bind(limit)
