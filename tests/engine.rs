@@ -374,6 +374,13 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     assert!(!plan.contains("Seq Scan on t"), "{plan}");
     assert!(!plan.contains("Merge Join"), "{plan}");
     assert!(plan.matches("Index").count() >= 2, "{plan}");
+    // A walk that found nothing matching `where` skips the update's scan (a sweep is mostly
+    // such walks).
+    assert!(
+        plan.lines()
+            .any(|line| line.contains("One-Time Filter:") && line.ends_with(" > 0)")),
+        "{plan}"
+    );
 }
 
 #[tokio::test]

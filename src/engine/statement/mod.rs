@@ -243,7 +243,15 @@ impl BatchSql {
             format!("({}) <= ({})", self.key_list(), lasts.join(", "))
         };
         let range: Vec<String> = lower_condition.into_iter().chain([upto_last]).collect();
-        let mut update_conditions = range.clone();
+        let mut update_conditions = Vec::new();
+        if self.filter.is_some() {
+            // A walk that found no row matching `where` skips the update's own scan of its range
+            // (a one-time filter on an init plan): under the statement's one snapshot that scan
+            // would find none either. A sweep is mostly such walks, and the scan would double
+            // their cost.
+            update_conditions.push(format!("(SELECT u FROM {LAST}) > 0"));
+        }
+        update_conditions.extend(range.iter().cloned());
         if let Some(filter) = &self.filter {
             // The key range stands on both sides of the author's text. The text is checked to
             // balance its own parentheses before it gets here (`spec`); were one to slip
