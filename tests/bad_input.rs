@@ -161,6 +161,26 @@ fn cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             valid("pause = \"soon\"", email),
             vec!["pause"],
         ),
+        (
+            "zero duty cycle",
+            valid("duty_cycle = 0", email),
+            vec!["duty_cycle must be more than 0 and at most 1"],
+        ),
+        (
+            "duty cycle above 1",
+            valid("duty_cycle = 1.5", email),
+            vec!["duty_cycle must be more than 0 and at most 1"],
+        ),
+        (
+            "duty cycle with three decimals",
+            valid("duty_cycle = 0.333", email),
+            vec!["duty_cycle", "two decimals"],
+        ),
+        (
+            "duty cycle as text",
+            valid("duty_cycle = \"half\"", email),
+            vec!["duty_cycle", "number"],
+        ),
     ]
 }
 

@@ -59,29 +59,34 @@ async fn events_and_tune_speak_to_the_daemon_with_the_config_files_url_and_token
         "1500",
         "--pause",
         "5ms",
+        "--duty-cycle",
+        "0.5",
         "--config",
         config,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(
         stdout(&output).trim(),
-        "slow: batch_size 100, rows_per_second 1,500, pause 5ms"
+        "slow: batch_size 100, rows_per_second 1,500, pause 5ms, duty_cycle 0.5"
     );
     let job = Api::new(&daemon, Some(api::ADMIN)).job("slow").await;
     assert_eq!(job["spec"]["rows_per_second"], json!(1500));
     assert_eq!(job["spec"]["pause"], json!("5ms"));
+    assert_eq!(job["duty_cycle"], json!(0.5));
 
     let output = db.cli(&[
         "tune",
         "slow",
         "--rows-per-second",
         "none",
+        "--duty-cycle",
+        "none",
         "--config",
         config,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert!(
-        stdout(&output).contains("rows_per_second none"),
+        stdout(&output).contains("rows_per_second none, pause 5ms, duty_cycle 1"),
         "{}",
         text(&output)
     );

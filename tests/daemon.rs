@@ -261,6 +261,33 @@ async fn patch_changes_the_measured_rate_within_a_batch() {
         .collect();
     assert_eq!(retuned.len(), 1);
     assert_eq!(retuned[0]["actor"], json!("oncall"));
+
+    // A bad duty cycle is refused naming the field; a good one shows in the job view.
+    for bad in [json!(0), json!(1.5), json!(0.333), json!("half")] {
+        let body = json!({ "duty_cycle": bad });
+        let (status, answer) = oncall.patch("/api/v1/jobs/tunable", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains("duty_cycle"), "{bad}: {answer}");
+    }
+    let (_, job) = oncall.get("/api/v1/jobs/tunable").await;
+    assert_eq!(job["duty_cycle"], Value::Null, "{job}");
+    for (body, shown) in [(json!(0.5), json!(0.5)), (Value::Null, Value::Null)] {
+        let (status, job) = oncall
+            .patch("/api/v1/jobs/tunable", json!({ "duty_cycle": body }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        assert_eq!(job["duty_cycle"], shown, "{job}");
+        assert_eq!(
+            job["spec"].get("duty_cycle").cloned(),
+            Some(shown).filter(|v| !v.is_null())
+        );
+    }
+    let (_, doc) = oncall.get("/api/v1/openapi.json").await;
+    for schema in ["Tuning", "JobView"] {
+        let field = &doc["components"]["schemas"][schema]["properties"]["duty_cycle"];
+        assert!(field.is_object(), "{schema}: {field}");
+    }
 }
 
 #[tokio::test]

@@ -342,16 +342,16 @@ async fn a_paused_foreground_job_resumes_with_run_resume() {
 async fn a_patch_survives_a_foreground_restart_unless_the_file_changed_that_value() {
     let db = TestDb::new().await;
     common::hits_table(&db.pool, "t", "bigint", "i", 3000).await;
-    let toml = |rate: u32| {
+    let toml = |rate: u32, extra: &str| {
         common::job_toml(
             "tuned",
             "t",
             "\"id\"",
             "hits = \"hits + 1\"",
-            &format!("batch_size = 50\nrows_per_second = {rate}"),
+            &format!("batch_size = 50\nrows_per_second = {rate}\n{extra}"),
         )
     };
-    let file = db.write_job("job.toml", &toml(200));
+    let file = db.write_job("job.toml", &toml(200, ""));
     let file = file.to_str().unwrap();
     let (child, api) = foreground(&db, file, &[]).await;
     let (status, body) = api
@@ -390,8 +390,9 @@ async fn a_patch_survives_a_foreground_restart_unless_the_file_changed_that_valu
         text(&output)
     );
 
-    // The author edits the file's rate: the file wins, from the live value to its own.
-    db.write_job("job.toml", &toml(5000));
+    // The author edits the file's rate and adds a duty cycle: the file wins, from the live
+    // values to its own, and the duty cycle reaches the jobs table's column.
+    db.write_job("job.toml", &toml(5000, "duty_cycle = 0.5"));
     let output = db.cli(&["run", file]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let retuned = db
@@ -401,6 +402,11 @@ async fn a_patch_survives_a_foreground_restart_unless_the_file_changed_that_valu
         .await
         .unwrap();
     assert!(retuned.contains("rows_per_second 300 → 5000"), "{retuned}");
+    assert!(retuned.contains("duty_cycle 1 → 0.5"), "{retuned}");
+    let live = db
+        .scalar_i64("SELECT duty_cycle_percent::int8 FROM backfilld.jobs WHERE name = 'tuned'")
+        .await;
+    assert_eq!(live, 50);
     common::assert_each_hit_once(&db.pool, "t", 3000).await;
 }
 

@@ -5,6 +5,7 @@
 use crate::api::error::ApiError;
 use crate::engine::sync;
 use crate::plumbing::db::{Db, Schema};
+use crate::spec::DutyCycle;
 use crate::store::definition::{self, Deleted};
 use crate::store::{jobs, JobState};
 
@@ -22,6 +23,11 @@ pub struct Tuning {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub pause: Option<Option<String>>,
+    /// The most of its time each partition spends in batches, in (0, 1] with at most two
+    /// decimals, such as 0.5; null removes it (the same as 1).
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<f64>, minimum = 0.01, maximum = 1, example = 0.5)]
+    pub duty_cycle: Option<Option<DutyCycle>>,
 }
 
 /// Tells "absent" (leave as is) from `null` (remove).
@@ -82,6 +88,9 @@ pub async fn tune_on(
                 })
             })
             .transpose()?;
+    }
+    if let Some(value) = tuning.duty_cycle {
+        spec.duty_cycle = value;
     }
     spec.validate("body")
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -197,7 +197,7 @@ pub enum Command {
     },
     /// Re-tune a live job (takes effect within one batch) and print its new settings.
     #[command(group(clap::ArgGroup::new("tunables").required(true).multiple(true)
-        .args(["rows_per_second", "batch_size", "pause"])))]
+        .args(["rows_per_second", "batch_size", "pause", "duty_cycle"])))]
     Tune {
         /// The job's name.
         name: String,
@@ -210,6 +210,10 @@ pub enum Command {
         /// Sleep after each batch, such as 50ms; `none` removes it.
         #[arg(long, value_name = "DURATION|none")]
         pause: Option<String>,
+        /// The most of its time each partition spends in batches, such as 0.5 (it rests as
+        /// long as each batch took); `none` removes it.
+        #[arg(long, value_name = "FRACTION|none")]
+        duty_cycle: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -364,12 +368,14 @@ impl Cli {
                 rows_per_second,
                 batch_size,
                 pause,
+                duty_cycle,
                 remote,
             } => {
                 let tuning = commands::remote::tuning(
                     rows_per_second.as_deref(),
                     batch_size,
                     pause.as_deref(),
+                    duty_cycle.as_deref(),
                 )?;
                 commands::remote::tune(&client(&remote, Role::Operate)?, &name, tuning).await
             }

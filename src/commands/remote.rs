@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::commands::api_client::{Client, ClientError};
 use crate::commands::error::CliError;
 use crate::plumbing::config::{Role, Settings};
-use crate::spec::JobSpec;
+use crate::spec::{DutyCycle, JobSpec};
 use crate::status::text;
 use crate::status::view::JobView;
 
@@ -222,12 +222,13 @@ pub async fn events(client: &Client, name: &str, json: bool) -> Result<i32, CliE
     Ok(0)
 }
 
-/// The PATCH body for `tune`'s flags; `none` removes a rate limit or a pause. Bad values are
-/// refused here (exit 2), naming the flag, before any request.
+/// The PATCH body for `tune`'s flags; `none` removes a rate limit, a pause or a duty cycle.
+/// Bad values are refused here (exit 2), naming the flag, before any request.
 pub fn tuning(
     rows_per_second: Option<&str>,
     batch_size: Option<u32>,
     pause: Option<&str>,
+    duty_cycle: Option<&str>,
 ) -> Result<Value, CliError> {
     let mut body = Map::new();
     if let Some(rate) = rows_per_second {
@@ -258,6 +259,16 @@ pub fn tuning(
         };
         body.insert("pause".into(), value);
     }
+    if let Some(duty) = duty_cycle {
+        let value = match duty {
+            "none" => Value::Null,
+            d => json!(d
+                .parse::<DutyCycle>()
+                .map_err(|e| CliError::invalid(format!("--duty-cycle: {e}, or `none`")))?
+                .fraction()),
+        };
+        body.insert("duty_cycle".into(), value);
+    }
     Ok(Value::Object(body))
 }
 
@@ -266,7 +277,7 @@ pub async fn tune(client: &Client, name: &str, tuning: Value) -> Result<i32, Cli
         Ok(job) => {
             let spec = &job.spec;
             println!(
-                "{}: batch_size {}, rows_per_second {}, pause {}",
+                "{}: batch_size {}, rows_per_second {}, pause {}, duty_cycle {}",
                 job.name,
                 spec["batch_size"]
                     .as_u64()
@@ -277,6 +288,7 @@ pub async fn tune(client: &Client, name: &str, tuning: Value) -> Result<i32, Cli
                     .map(text::count)
                     .unwrap_or_else(|| "none".into()),
                 spec["pause"].as_str().unwrap_or("none"),
+                spec["duty_cycle"].as_f64().unwrap_or(1.0),
             );
             Ok(0)
         }
@@ -402,5 +414,19 @@ mod tests {
             url("listen = \"10.0.0.5:443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\""),
             "https://10.0.0.5:443"
         );
+    }
+
+    #[test]
+    fn tune_sends_a_duty_cycle_as_a_number_and_refuses_a_bad_one_naming_the_flag() {
+        let body = |d: &str| tuning(None, None, None, Some(d));
+        assert_eq!(body("0.5").unwrap(), json!({"duty_cycle": 0.5}));
+        assert_eq!(body("none").unwrap(), json!({"duty_cycle": null}));
+        for bad in ["0", "1.5", "0.333", "half", ""] {
+            let err = body(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("--duty-cycle") && err.contains("duty_cycle"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

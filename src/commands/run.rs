@@ -388,6 +388,12 @@ impl TunableChoice {
             |c| &mut c.pause,
             pause,
         );
+        choice.pick(
+            "duty_cycle",
+            (file.duty_cycle, authored.duty_cycle, live.duty_cycle),
+            |c| &mut c.duty_cycle,
+            |d| d.map_or_else(|| "1".to_string(), |d| d.to_string()),
+        );
         choice
     }
 
@@ -450,6 +456,7 @@ mod tests {
             batch_size,
             rows_per_second,
             pause: pause_ms.map(Duration::from_millis),
+            duty_cycle: None,
         }
     }
 
@@ -476,6 +483,12 @@ mod tests {
             ["rows_per_second 200 → 800", "pause none → 50ms"]
         );
         assert_eq!(choice.kept, ["batch_size = 300 (the file says 100)"]);
+        // A duty cycle added to the file: "1" is its absence.
+        let (off, mut half) = (t(1, None, None), t(1, None, None));
+        half.duty_cycle = "0.5".parse().ok();
+        let choice = TunableChoice::new(half, off, off);
+        assert_eq!(choice.chosen, half);
+        assert_eq!(choice.from_file, ["duty_cycle 1 → 0.5"]);
         // Nothing differs: nothing to say.
         let same = t(100, None, None);
         let choice = TunableChoice::new(same, same, same);

@@ -13,6 +13,7 @@ use crate::engine::runtime::JobRuntime;
 use crate::engine::sizer::{Sizer, SweepWalk};
 use crate::plumbing::db::{self, Db, Schema, SettingsScope};
 use crate::plumbing::retry::{backoff, ErrorKind};
+use crate::spec::Tunables;
 use crate::status::Throttle;
 use crate::store::progress::Claim;
 use crate::store::{events, jobs, JobState};
@@ -33,7 +34,7 @@ pub enum WorkerExit {
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// A batch committed (or a retry is due); go on after the pause.
+    /// A batch committed (or a retry is due); go on after the pause (see [`rest_after`]).
     Continue {
         pause: Option<Duration>,
     },
@@ -168,7 +169,7 @@ impl Worker {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "batch committed"
                 );
-                let pause = tunables.pause;
+                let pause = rest_after(elapsed, &tunables);
                 self.job.apply(tunables);
                 if let Some(sweep) = &mut self.sweep {
                     sweep.observe(scanned as u64, updated as u64, size);
@@ -339,5 +340,53 @@ fn timeout_cause(error: &BatchError) -> Option<&'static str> {
         Some("55P03") => Some("lock_timeout"),
         Some("57014") => Some("statement_timeout"),
         _ => None,
+    }
+}
+
+/// How long a worker rests after a batch whose transaction took `busy`: the job's `pause`,
+/// or with a `duty_cycle` d, `busy × (1 − d) / d`, whichever is longer (`pause` is a floor).
+pub fn rest_after(busy: Duration, tunables: &Tunables) -> Option<Duration> {
+    let sized = tunables.duty_cycle.map(|d| d.rest_after(busy));
+    match (tunables.pause, sized) {
+        (pause, None) => pause,
+        (Some(pause), Some(sized)) => Some(pause.max(sized)),
+        (None, Some(sized)) => Some(sized).filter(|d| !d.is_zero()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DutyCycle;
+
+    fn tunables(pause_ms: Option<u64>, duty_percent: Option<i64>) -> Tunables {
+        Tunables {
+            batch_size: 100,
+            rows_per_second: None,
+            pause: pause_ms.map(Duration::from_millis),
+            duty_cycle: duty_percent.map(|p| DutyCycle::from_percent(p).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_rest_follows_the_batch_time_with_pause_as_a_floor() {
+        let ms = Duration::from_millis;
+        let t = ms(100);
+        // 0.5: rest as long as the batch took; when batches slow down, so do the rests.
+        assert_eq!(rest_after(t, &tunables(None, Some(50))), Some(t));
+        assert_eq!(
+            rest_after(ms(300), &tunables(None, Some(50))),
+            Some(ms(300))
+        );
+        // 0.25: three times as long.
+        assert_eq!(rest_after(t, &tunables(None, Some(25))), Some(ms(300)));
+        // 1 (or none): no rest sized from the batch.
+        assert_eq!(rest_after(t, &tunables(None, Some(100))), None);
+        assert_eq!(rest_after(t, &tunables(None, None)), None);
+        assert_eq!(rest_after(t, &tunables(Some(50), None)), Some(ms(50)));
+        // With both, the longer: a longer pause wins, a shorter one gives way.
+        assert_eq!(rest_after(t, &tunables(Some(250), Some(50))), Some(ms(250)));
+        assert_eq!(rest_after(t, &tunables(Some(20), Some(50))), Some(t));
+        assert_eq!(rest_after(t, &tunables(Some(20), Some(100))), Some(ms(20)));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod commit;
+mod duty_cycle;
 pub(crate) mod expression;
 mod key;
 mod sync;
@@ -18,6 +19,7 @@ mod wal_rate;
 mod window;
 
 pub use commit::SynchronousCommit;
+pub use duty_cycle::DutyCycle;
 use key::key_schema;
 pub use key::KeyColumns;
 pub use sync::SyncSpec;
@@ -83,6 +85,11 @@ pub struct JobSpec {
     )]
     #[schema(value_type = Option<String>, example = "50ms")]
     pub pause: Option<Duration>,
+    /// The most of its wall time each partition spends in batches, in (0, 1] with at most two
+    /// decimals: after a batch that took t it rests t × (1 − d) / d (`pause` is a floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>, minimum = 0.01, maximum = 1, example = 0.5)]
+    pub duty_cycle: Option<DutyCycle>,
     #[serde(default = "default_partitions")]
     #[schema(minimum = 1, maximum = 256)]
     pub partitions: u32,

@@ -74,6 +74,46 @@ fn json_round_trip_is_equal() {
 }
 
 #[test]
+fn duty_cycle_is_a_fraction_with_two_decimals_at_most() {
+    let with = |value: &str| MINIMAL.replace("[set]", &format!("duty_cycle = {value}\n[set]"));
+    let spec = JobSpec::from_toml(&with("0.5"), "t.toml").unwrap();
+    assert_eq!(spec.duty_cycle.map(|d| d.percent()), Some(50));
+    assert_eq!(spec.tunables().duty_cycle, spec.duty_cycle);
+    // Stored as JSON and read back, it is the same number; without it, nothing is written.
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["duty_cycle"], serde_json::json!(0.5));
+    assert_eq!(JobSpec::from_json(&json.to_string(), "api").unwrap(), spec);
+    let plain = serde_json::to_value(JobSpec::from_toml(MINIMAL, "t.toml").unwrap()).unwrap();
+    assert!(plain.get("duty_cycle").is_none(), "{plain}");
+    assert_eq!(
+        JobSpec::from_toml(&with("1"), "t.toml")
+            .unwrap()
+            .duty_cycle
+            .map(|d| d.percent()),
+        Some(100)
+    );
+    for bad in ["0", "1.5", "-0.5", "0.333", "\"half\""] {
+        let err = JobSpec::from_toml(&with(bad), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duty_cycle"), "{bad}: {err}");
+    }
+    let err = JobSpec::from_toml(&with("0"), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("duty_cycle must be more than 0 and at most 1"),
+        "{err}"
+    );
+    let body = json.to_string().replace("0.5", "0");
+    let err = JobSpec::from_json(&body, "api").unwrap_err().to_string();
+    assert!(
+        err.contains("duty_cycle must be more than 0 and at most 1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn rejects_unknown_field_naming_it() {
     let text = format!("{MINIMAL}\nbogus = 1");
     let text = text.replace("[set]", "bogus_field = 1\n[set]");

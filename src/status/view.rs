@@ -44,6 +44,9 @@ pub struct JobView {
     pub target_batch_time: Option<String>,
     /// Why the batch size last changed (adaptive batches or a sweep, as this process saw it).
     pub batch_size_reason: Option<String>,
+    /// The most of its time each partition spends in batches (`duty_cycle`, e.g. 0.5): after
+    /// a batch it rests as long as that batch took × (1 − d) / d. Null when not set (1).
+    pub duty_cycle: Option<f64>,
     /// Measured over the last 15 seconds, across every replica.
     pub rate_rows_per_second: f64,
     /// The configured limit; null when unlimited.
@@ -186,6 +189,10 @@ impl JobView {
             batch_size,
             target_batch_time: adaptive.map(|d| humantime::format_duration(d).to_string()),
             batch_size_reason: local.and_then(|l| l.batch_size_reason.clone()),
+            duty_cycle: spec
+                .as_ref()
+                .and_then(|s| s.duty_cycle)
+                .map(|d| d.fraction()),
             rate_rows_per_second: (rate * 10.0).round() / 10.0,
             rate_limit_rows_per_second: limit,
             throttled,

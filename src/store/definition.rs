@@ -70,7 +70,8 @@ pub async fn replace(
     db::query(sql(format!(
         "UPDATE {s}.jobs
             SET spec = $2, authored_spec = $2, batch_size = $3, rows_per_second = $4,
-                pause_us = $5, state = $6, last_error = NULL, finished_at = NULL,
+                pause_us = $5, duty_cycle_percent = $6, state = $7, last_error = NULL,
+                finished_at = NULL,
                 updated_at = now()
           WHERE id = $1"
     )))
@@ -79,6 +80,7 @@ pub async fn replace(
     .bind(live.batch_size)
     .bind(live.rows_per_second)
     .bind(live.pause_us)
+    .bind(live.duty_cycle_percent)
     .bind(to)
     .execute(&mut *conn)
     .await?;

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
 use crate::plumbing::db::{self, sql, Db, Schema};
-use crate::spec::{JobSpec, Tunables};
+use crate::spec::{DutyCycle, JobSpec, Tunables};
 use crate::store::{events, JobState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -102,8 +102,8 @@ pub async fn insert(
     let live = LiveTunables::from(spec.tunables());
     db::query_scalar(sql(format!(
         "INSERT INTO {}.jobs (name, spec, state, estimated_rows, batch_size, rows_per_second, pause_us,
-                              authored_spec)
-         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $2)
+                              duty_cycle_percent, authored_spec)
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $2)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         schema.q
     )))
@@ -113,6 +113,7 @@ pub async fn insert(
     .bind(live.batch_size)
     .bind(live.rows_per_second)
     .bind(live.pause_us)
+    .bind(live.duty_cycle_percent)
     .fetch_optional(conn)
     .await
 }
@@ -124,6 +125,7 @@ pub struct LiveTunables {
     pub batch_size: i32,
     pub rows_per_second: Option<i32>,
     pub pause_us: Option<i64>,
+    pub duty_cycle_percent: Option<i16>,
 }
 
 impl From<Tunables> for LiveTunables {
@@ -137,6 +139,7 @@ impl From<Tunables> for LiveTunables {
             pause_us: t
                 .pause
                 .map(|p| i64::try_from(p.as_micros()).unwrap_or(i64::MAX)),
+            duty_cycle_percent: t.duty_cycle.map(|d| i16::from(d.percent())),
         }
     }
 }
@@ -149,6 +152,10 @@ impl From<LiveTunables> for Tunables {
             pause: t
                 .pause_us
                 .map(|us| std::time::Duration::from_micros(us.max(0) as u64)),
+            // The column's CHECK keeps it within 1..=100.
+            duty_cycle: t
+                .duty_cycle_percent
+                .and_then(|p| DutyCycle::from_percent(p.into())),
         }
     }
 }
@@ -357,7 +364,8 @@ pub async fn replace_spec(
     let live = LiveTunables::from(spec.tunables());
     db::query(sql(format!(
         "UPDATE {}.jobs
-            SET spec = $2, batch_size = $3, rows_per_second = $4, pause_us = $5, updated_at = now()
+            SET spec = $2, batch_size = $3, rows_per_second = $4, pause_us = $5,
+                duty_cycle_percent = $6, updated_at = now()
           WHERE id = $1",
         schema.q
     )))
@@ -366,6 +374,7 @@ pub async fn replace_spec(
     .bind(live.batch_size)
     .bind(live.rows_per_second)
     .bind(live.pause_us)
+    .bind(live.duty_cycle_percent)
     .execute(&mut *conn)
     .await?;
     events::record(

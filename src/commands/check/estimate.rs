@@ -142,9 +142,19 @@ pub async fn sample(pool: &Db, resolved: &ResolvedJob, spec: &JobSpec) -> Result
 pub fn duration(spec: &JobSpec, keys: i64, sample: &Result<Sample, String>) -> String {
     let keys = keys.max(0) as f64;
     let batches = (keys / f64::from(spec.batch_size.max(1))).ceil();
-    let pauses = spec.pause.map(|p| p.as_secs_f64() * batches).unwrap_or(0.0);
+    // The rest after a batch that took `busy` seconds: the pause, or what the duty cycle
+    // sizes from the batch if longer.
+    let rest = |busy: f64| {
+        let sized = spec
+            .duty_cycle
+            .map_or(0.0, |d| busy * (1.0 - d.fraction()) / d.fraction());
+        spec.pause.map_or(0.0, |p| p.as_secs_f64()).max(sized)
+    };
     let sampled = match sample {
-        Ok(s) if s.keys > 0 => Some(keys * s.elapsed.as_secs_f64() / s.keys as f64 + pauses),
+        Ok(s) if s.keys > 0 => {
+            let work = keys * s.elapsed.as_secs_f64() / s.keys as f64;
+            Some(work + batches * rest(work / batches.max(1.0)))
+        }
         _ => None,
     };
     let limited = spec.rows_per_second.map(|r| keys / f64::from(r));
@@ -209,6 +219,16 @@ mod tests {
     fn without_a_limit_the_sample_and_pauses_give_a_lower_bound() {
         // 10 batches of 1,000 keys at 1 ms per 100 keys (100 ms), plus 10 pauses of 1 s.
         let text = duration(&spec("pause = \"1s\""), 10_000, &sampled(3_000, 30));
+        assert!(
+            text.starts_with("at least 10s for the first pass"),
+            "{text}"
+        );
+        // At a duty cycle of 0.25 each 1 s of batches (10 of 100 ms) rests 3 s more; a
+        // longer pause wins over the duty cycle's rest.
+        let text = duration(&spec("duty_cycle = 0.25"), 100_000, &sampled(3_000, 30));
+        assert!(text.starts_with("at least 4s for the first pass"), "{text}");
+        let both = spec("duty_cycle = 0.25\npause = \"1s\"");
+        let text = duration(&both, 10_000, &sampled(3_000, 30));
         assert!(
             text.starts_with("at least 10s for the first pass"),
             "{text}"

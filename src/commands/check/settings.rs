@@ -34,6 +34,7 @@ pub fn lines(spec: &JobSpec, server: &ServerDefaults) -> Vec<(&'static str, Stri
             None => "none between batches".into(),
         },
     ));
+    out.push(("duty cycle", duty_cycle(spec)));
     out.push((
         "partitions",
         match spec.partitions {
@@ -74,6 +75,23 @@ pub fn lines(spec: &JobSpec, server: &ServerDefaults) -> Vec<(&'static str, Stri
     ));
     out.push(("throttles", throttles(spec)));
     out
+}
+
+fn duty_cycle(spec: &JobSpec) -> String {
+    let Some(duty) = spec.duty_cycle.filter(|d| d.percent() < 100) else {
+        return "1: no rest sized from the batches".into();
+    };
+    let ratio = (1.0 - duty.fraction()) / duty.fraction();
+    let floor = if spec.pause.is_some() {
+        ", or the pause if longer"
+    } else {
+        ""
+    };
+    format!(
+        "{duty}: each partition spends at most {}% of its time in batches, resting {}× as long as each batch took{floor}",
+        duty.percent(),
+        (ratio * 100.0).round() / 100.0
+    )
 }
 
 fn batch_size(spec: &JobSpec) -> String {
@@ -174,6 +192,7 @@ mod tests {
         assert!(value(&lines, "batch size").starts_with("1,000 keys per batch (fixed"));
         assert!(value(&lines, "rate limit").starts_with("none"));
         assert_eq!(value(&lines, "pause"), "none between batches");
+        assert!(value(&lines, "duty cycle").starts_with("1: no rest"));
         assert!(value(&lines, "lock timeout").starts_with("none"));
         assert_eq!(
             value(&lines, "statement timeout"),
@@ -192,12 +211,16 @@ mod tests {
                  target_batch_time = \"200ms\"\nmin_batch_size = 100\nmax_batch_size = 20000\n\
                  max_replica_lag = \"10s\"\nmax_active_sessions = 50\n\
                  throttle_query = \"SELECT false\"\nwindow = \"22:00-06:00 Europe/Berlin\"\n\
-                 synchronous_commit = \"on\"\npartitions = 4",
+                 synchronous_commit = \"on\"\npartitions = 4\nduty_cycle = 0.25",
             ),
             &ServerDefaults::default(),
         );
         assert!(value(&lines, "rate limit").starts_with("20,000 rows/s"));
         assert_eq!(value(&lines, "pause"), "50ms after each batch");
+        assert_eq!(
+            value(&lines, "duty cycle"),
+            "0.25: each partition spends at most 25% of its time in batches, resting 3× as long as each batch took, or the pause if longer"
+        );
         assert!(value(&lines, "lock timeout").starts_with("1s"));
         let batch = value(&lines, "batch size");
         assert!(

@@ -23,12 +23,14 @@ pub(super) const COLUMNS: &str =
        (SELECT cursor FROM \"__backfilld_fence\") AS stored_cursor,
        (SELECT batch_size FROM \"__backfilld_fence\") AS batch_size,
        (SELECT rows_per_second FROM \"__backfilld_fence\") AS rows_per_second,
-       (SELECT pause_us FROM \"__backfilld_fence\") AS pause_us";
+       (SELECT pause_us FROM \"__backfilld_fence\") AS pause_us,
+       (SELECT duty_cycle_percent FROM \"__backfilld_fence\") AS duty_cycle_percent";
 
 /// The same columns for a statement without the fence (what `check` prepares).
 pub(super) const ABSENT: &str =
     "1::int8 AS checkpointed, NULL::text AS job_state, NULL::text[] AS stored_cursor,
-       NULL::int4 AS batch_size, NULL::int4 AS rows_per_second, NULL::int8 AS pause_us";
+       NULL::int4 AS batch_size, NULL::int4 AS rows_per_second, NULL::int8 AS pause_us,
+       NULL::int2 AS duty_cycle_percent";
 
 /// The two CTEs, for one statement variant.
 pub(super) struct Parts {
@@ -51,6 +53,7 @@ impl Parts {
             fence: format!(
                 "{FENCE} AS MATERIALIZED (
     SELECT p.cursor, j.state AS job_state, j.batch_size, j.rows_per_second, j.pause_us,
+           j.duty_cycle_percent,
            (j.state = 'running' AND p.cursor IS NOT DISTINCT FROM ${cursor}::text[]) AS go
       FROM {s}.progress p JOIN {s}.jobs j ON j.id = p.job_id
      WHERE p.job_id = ${job} AND p.partition_index = ${partition} AND p.lease_token = ${token}

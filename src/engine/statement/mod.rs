@@ -81,12 +81,13 @@ pub struct BatchRow {
     pub batch_size: Option<i32>,
     pub rows_per_second: Option<i32>,
     pub pause_us: Option<i64>,
+    pub duty_cycle_percent: Option<i16>,
 }
 
 impl BatchRow {
     /// Its columns in order: `catalog` checks every prepared variant against this list, so an
     /// expression that escaped its parentheses (and changed the result's shape) is refused.
-    pub const COLUMNS: [&'static str; 9] = [
+    pub const COLUMNS: [&'static str; 10] = [
         "scanned",
         "updated",
         "last_key",
@@ -96,6 +97,7 @@ impl BatchRow {
         "batch_size",
         "rows_per_second",
         "pause_us",
+        "duty_cycle_percent",
     ];
 
     /// The live tunables the fence read (none without the fence).
@@ -105,6 +107,7 @@ impl BatchRow {
             batch_size,
             rows_per_second: self.rows_per_second,
             pause_us: self.pause_us,
+            duty_cycle_percent: self.duty_cycle_percent,
         }))
     }
 }
