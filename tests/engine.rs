@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use backfilld::engine::worker::{Step, Worker, WorkerExit};
 use backfilld::store::{jobs, JobState};
@@ -435,87 +435,4 @@ async fn retuned_values_reach_the_worker_through_the_next_batch_fence() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
-}
-
-#[tokio::test]
-async fn a_duty_cycle_rests_as_long_as_each_batch_took_and_is_retuned_through_the_fence() {
-    let db = TestDb::new().await;
-    hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
-    // Each row sleeps 2 ms (the subquery is correlated, so it runs per row): a batch of 20
-    // takes at least 40 ms.
-    let (runtime, env, mut positions, _presence) = start_job(
-        &db,
-        &job_toml(
-            "duty",
-            "t",
-            "\"id\"",
-            "hits = \"hits + 1 + (SELECT 0 FROM pg_sleep(0.002 + 0 * id))\"",
-            "batch_size = 20\nduty_cycle = 0.5",
-        ),
-    )
-    .await;
-    let schema = env.schema.clone();
-    let cancel = CancellationToken::new();
-    let mut worker = Worker::new(env, runtime, positions.remove(0));
-    let floor = Duration::from_millis(40);
-    // The rest is the batch's own transaction time: no shorter than its sleeps, no longer than
-    // the whole step around it.
-    for _ in 0..2 {
-        let started = Instant::now();
-        let step = worker.step(&cancel).await;
-        let wall = started.elapsed();
-        match step {
-            Step::Continue { pause: Some(pause) } => {
-                assert!(pause >= floor && pause <= wall, "{pause:?} (step {wall:?})")
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    // An operator re-tunes it to 0.25 (what PATCH does): the next batch reads it under its
-    // fence and rests three times as long as it took.
-    let job = jobs::find_by_name(&db.pool, &schema, "duty")
-        .await
-        .unwrap()
-        .unwrap();
-    let mut spec = job.spec().unwrap();
-    spec.duty_cycle = Some("0.25".parse().unwrap());
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::replace_spec(&mut tx, &schema, job.id, &spec, "test", "duty_cycle")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let started = Instant::now();
-    let step = worker.step(&cancel).await;
-    let wall = started.elapsed();
-    match step {
-        Step::Continue { pause: Some(pause) } => {
-            assert!(
-                pause >= 3 * floor && pause <= 3 * wall,
-                "{pause:?} (step {wall:?})"
-            )
-        }
-        other => panic!("{other:?}"),
-    }
-    // A pause longer than the sized rest wins; removing both leaves no rest at all.
-    spec.pause = Some(Duration::from_secs(5));
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::replace_spec(&mut tx, &schema, job.id, &spec, "test", "pause")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let step = worker.step(&cancel).await;
-    assert_eq!(
-        step,
-        Step::Continue {
-            pause: Some(Duration::from_secs(5))
-        }
-    );
-    (spec.pause, spec.duty_cycle) = (None, None);
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::replace_spec(&mut tx, &schema, job.id, &spec, "test", "pause, duty_cycle")
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
-    assert_eq!(worker.claim.cursor, Some(vec!["100".to_string()]));
 }
