@@ -37,7 +37,7 @@ use backfilld::engine::runtime::JobRuntime;
 use backfilld::engine::scheduler::{Scheduler, SchedulerExit};
 use backfilld::engine::submit;
 use backfilld::plumbing::db::{self, quote_ident, sql, Db, PoolMode, Schema};
-use backfilld::spec::{JobSpec, SynchronousCommit};
+use backfilld::spec::{DutyCycle, JobSpec, SynchronousCommit};
 use backfilld::store::{jobs, JobState};
 use clap::Parser;
 use sqlx::{PgPool, Row};
@@ -119,6 +119,8 @@ struct Settings {
     partitions: u32,
     target: Option<Duration>,
     pause: Option<Duration>,
+    /// `duty_cycle`, in hundredths.
+    duty_percent: Option<i64>,
     /// `max_wal_rate`, bytes per second.
     max_wal_rate: Option<u64>,
 }
@@ -143,7 +145,7 @@ impl Variant {
             Variant::Update => "(a) single UPDATE".into(),
             Variant::Loop => format!("(b) PL/pgSQL loop, {BATCH_SIZE}/COMMIT"),
             Variant::Backfilld(s) => {
-                let plain = s.pause.is_none() && s.max_wal_rate.is_none();
+                let plain = s.pause.is_none() && s.duty_percent.is_none() && s.max_wal_rate.is_none();
                 let letter = match (plain, s.partitions) {
                     (true, 1) => 'c',
                     (true, _) => 'd',
@@ -159,6 +161,9 @@ impl Variant {
                 }
                 if let Some(p) = s.pause {
                     let _ = write!(label, ", pause {}", humantime::format_duration(p));
+                }
+                if let Some(d) = s.duty_percent {
+                    let _ = write!(label, ", duty {}", d as f64 / 100.0);
                 }
                 if let Some(rate) = s.max_wal_rate {
                     let _ = write!(label, ", WAL ≤ {:.1}MB/s", rate as f64 / MB);
@@ -389,6 +394,10 @@ impl Bench<'_> {
                     batch_size: BATCH_SIZE,
                     rows_per_second: None,
                     pause: settings.pause,
+                    duty_cycle: settings
+                        .duty_percent
+                        .map(|d| DutyCycle::from_percent(d).context("a duty cycle in 1..=100"))
+                        .transpose()?,
                     partitions: settings.partitions,
                     target_batch_time: settings.target,
                     max_wal_rate: settings.max_wal_rate.map(|b| format!("{b}B/s")),
