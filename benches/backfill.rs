@@ -104,10 +104,12 @@ impl Args {
     }
 }
 
-/// One way of doing the backfill (or, with `--traffic`, none: the application alone).
+/// One way of doing the backfill (or, with `--traffic`, none: the application alone, or beside
+/// `Busy(n)`: n threads of this process spinning, no database work, the cost of n busy cores).
 #[derive(Debug, Clone, PartialEq)]
 enum Variant {
     Idle,
+    Busy(u32),
     Update,
     Loop,
     Backfilld(Settings),
@@ -142,6 +144,10 @@ impl Variant {
     fn label(&self) -> String {
         match self {
             Variant::Idle => "(0) the application alone".into(),
+            Variant::Busy(n) => format!(
+                "(h) {n} busy CPU loop{}, no database work",
+                if *n == 1 { "" } else { "s" }
+            ),
             Variant::Update => "(a) single UPDATE".into(),
             Variant::Loop => format!("(b) PL/pgSQL loop, {BATCH_SIZE}/COMMIT"),
             Variant::Backfilld(s) => {
@@ -380,6 +386,10 @@ impl Bench<'_> {
                 tokio::time::sleep(traffic::IDLE).await;
                 Run::sql(traffic::IDLE, vec![], 0)
             }
+            Variant::Busy(threads) => {
+                traffic::busy(*threads, traffic::IDLE).await;
+                Run::sql(traffic::IDLE, vec![], 0)
+            }
             Variant::Update => {
                 let started = Instant::now();
                 let done = sqlx::query(sql(plain_update(&job))).execute(pool).await?;
@@ -426,7 +436,7 @@ impl Bench<'_> {
         .fetch_one(pool)
         .await
         .ok();
-        if variant != Variant::Idle {
+        if !matches!(variant, Variant::Idle | Variant::Busy(_)) {
             let pending: i64 = sqlx::query_scalar(sql(format!(
                 "SELECT count(*) FROM {} WHERE {}",
                 workload.table(),

@@ -52,6 +52,10 @@ pub async fn traffic(args: &Args, bench: &Bench<'_>) -> Result<()> {
         let frontier = workload == Workload::W1g;
         let mut variants = vec![
             Variant::Idle,
+            // What any process keeping one or two of the cores busy costs the application: the
+            // floor for a backfill running 1 or 2 backends at once.
+            Variant::Busy(1),
+            Variant::Busy(2),
             Variant::Update,
             Variant::Loop,
             Variant::Backfilld(Settings::plain(1)),
@@ -90,6 +94,28 @@ pub async fn traffic(args: &Args, bench: &Bench<'_>) -> Result<()> {
     print!("{}", table(&results));
     print!("{}", targets(&results));
     Ok(())
+}
+
+/// Keeps `threads` threads spinning for `window`: busy cores and nothing else.
+pub async fn busy(threads: u32, window: Duration) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
 }
 
 fn find(
@@ -226,6 +252,20 @@ fn targets(results: &[Measurement]) -> String {
             p99(update).as_secs_f64() / p99(two).as_secs_f64().max(1e-6)
         );
         let alone = idle_p99(results, workload).unwrap_or(p99(idle));
+        // The floor: what busy cores alone cost the application, next to backfilld at full
+        // speed on as many partitions.
+        for cores in [1, 2] {
+            let full = get(&|v| matches!(v, Variant::Backfilld(s) if s.is_plain(cores)));
+            if let (Some(busy), Some(full)) = (get(&|v| *v == Variant::Busy(cores)), full) {
+                let _ = writeln!(
+                    out,
+                    "  floor  {label}: app p99 beside {cores} busy CPU loop(s) and no database work {:.1} ms = {:.2}× alone; beside backfilld on {cores} partition(s) {:.1} ms",
+                    ms(p99(busy)),
+                    p99(busy).as_secs_f64() / alone.as_secs_f64(),
+                    ms(p99(full)),
+                );
+            }
+        }
         // The gentle mode: 100 ms batches and a rest the engine sizes from them.
         for gentle in results.iter().filter(|m| {
             m.workload == workload
