@@ -151,7 +151,8 @@ impl Variant {
             Variant::Update => "(a) single UPDATE".into(),
             Variant::Loop => format!("(b) PL/pgSQL loop, {BATCH_SIZE}/COMMIT"),
             Variant::Backfilld(s) => {
-                let plain = s.pause.is_none() && s.duty_percent.is_none() && s.max_wal_rate.is_none();
+                let plain =
+                    s.pause.is_none() && s.duty_percent.is_none() && s.max_wal_rate.is_none();
                 let letter = match (plain, s.partitions) {
                     (true, 1) => 'c',
                     (true, _) => 'd',

@@ -415,49 +415,6 @@ async fn run_without_a_terminal_ends_with_a_summary_line_counting_this_runs_rows
 }
 
 #[tokio::test]
-async fn serve_accepts_a_host_name_to_listen_on() {
-    let db = TestDb::new().await;
-    let port = common::free_port();
-    let config = db.dir.join("named.toml");
-    std::fs::write(&config, format!("listen = \"localhost:{port}\"\n")).unwrap();
-    let jobs = api::jobs_dir(&db);
-    let mut child = common::command(
-        &db.url,
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--jobs-dir",
-            jobs.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    common::signal(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    assert_eq!(
-        first.trim(),
-        format!("backfilld listening on http://127.0.0.1:{port}")
-    );
-    assert_eq!(status.code(), Some(0));
-    // A name that does not resolve is an error naming the key.
-    std::fs::write(&config, "listen = \"no-such-host.invalid:9780\"\n").unwrap();
-    let output = db.cli(&["serve", "--config", config.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(
-        stderr(&output).contains("config: listen: cannot resolve \"no-such-host.invalid:9780\""),
-        "{}",
-        text(&output)
-    );
-}
-
-#[tokio::test]
 async fn status_and_events_show_control_characters_in_data_escaped() {
     let db = TestDb::new().await;
     // Keys (so cursors) that would retitle the terminal window and ring its bell.
