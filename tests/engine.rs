@@ -381,6 +381,35 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
             .any(|line| line.contains("One-Time Filter:") && line.ends_with(" > 0)")),
         "{plan}"
     );
+    // Not with a volatile `where`: the update could judge a row otherwise than the walk did.
+    for volatile in [
+        "hits = 0 AND random() >= 0",
+        "hits = 0 AND pg_catalog.clock_timestamp() IS NOT NULL",
+    ] {
+        let spec = backfilld::spec::JobSpec::from_toml(
+            &job_toml(
+                "plan",
+                "t",
+                "\"id\"",
+                "hits = \"hits + 1\"",
+                &format!("where = \"{volatile}\""),
+            ),
+            "test",
+        )
+        .unwrap();
+        let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
+            .await
+            .unwrap();
+        let statement = resolved.sql.batch(
+            backfilld::engine::statement::Lower::Cursor,
+            false,
+            Some(&schema),
+        );
+        assert!(
+            !statement.contains("(SELECT u FROM \"__backfilld_last\") > 0"),
+            "{volatile}: {statement}"
+        );
+    }
 }
 
 #[tokio::test]

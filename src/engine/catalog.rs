@@ -181,13 +181,18 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Resolved
         _ => KeyKind::Other,
     };
 
+    let stable = match &spec.filter {
+        Some(filter) => !calls_volatile(conn, filter).await?,
+        None => false,
+    };
     let batch_sql = BatchSql::new(
         &schema,
         &table,
         key.clone(),
         spec.set.clone(),
         spec.filter.clone(),
-    );
+    )
+    .with_stable_filter(stable);
     check_statements(conn, spec, &batch_sql).await?;
     let sync = match &spec.sync {
         Some(sync) => {
@@ -470,4 +475,19 @@ pub async fn explain_walk(
     .await?;
     let uses_index = lines.iter().any(|l| l.contains("Index"));
     Ok((uses_index, lines))
+}
+
+/// Whether `expression` calls a function that some overload of its name marks volatile (or
+/// cannot be read): judged by name, so an overload it does not call can only make it
+/// cautious. Operators are not looked at (none built in is volatile).
+async fn calls_volatile(conn: &mut PgConnection, expression: &str) -> Result<bool, sqlx::Error> {
+    let Some(names) = crate::spec::expression::functions_called(expression) else {
+        return Ok(true);
+    };
+    db::query_scalar(
+        "SELECT coalesce(bool_or(provolatile = 'v'), false) FROM pg_catalog.pg_proc WHERE proname = ANY ($1)",
+    )
+    .bind(names)
+    .fetch_one(conn)
+    .await
 }

@@ -103,9 +103,10 @@ pub const SWEEP_GROWTH: u32 = 16;
 /// Walk sizes for a sweep pass (2..) of a job without `target_batch_time`. A sweep walks keys
 /// the backfill already did, so most batches find nothing to write, and such a batch costs its
 /// round trip, commit and checkpoint whatever it walks: a batch that updated no row doubles the
-/// next walk, up to [`SWEEP_GROWTH`] × `batch_size` (and `max_batch_size`); one that updated
-/// rows walks `batch_size` again, so a region with rows pending is swept as the backfill went.
-/// A walk only reads: the rows a batch locks are the ones it updates.
+/// next walk, up to [`SWEEP_GROWTH`] × `batch_size`; one that updated rows, or hit a lock or
+/// statement timeout, walks `batch_size` again, so a region with rows pending is swept as the
+/// backfill went. A walk only reads: the rows a batch locks are the ones it updates, so the
+/// one grown walk that meets a run of pending rows writes up to 16 × `batch_size` of them.
 #[derive(Debug, Clone)]
 pub struct SweepWalk {
     max: u32,
@@ -165,6 +166,13 @@ impl SweepWalk {
             };
             self.current = next;
         }
+    }
+
+    /// After a lock or statement timeout: walk `batch_size` again (a grown walk that met a run
+    /// of pending rows writes them all in one batch, which the timeouts were not set for).
+    pub fn restart(&mut self, cause: &str) {
+        self.reason = format!("sweep: {} → {}: after {cause}", self.current, self.base);
+        self.current = self.base;
     }
 
     pub fn reason(&self) -> &str {
@@ -258,6 +266,12 @@ mod tests {
             "{}",
             walk.reason()
         );
+        walk.observe(1000, 0, 1000);
+        walk.observe(2000, 0, 2000);
+        assert_eq!(walk.current(), 4000);
+        walk.restart("statement_timeout");
+        assert_eq!(walk.current(), 1000, "a timeout: back to batch_size");
+        assert!(walk.reason().contains("after statement_timeout"));
         walk.observe(400, 0, 1000);
         assert_eq!(walk.current(), 1000, "a short last walk teaches nothing");
         // max_batch_size bounds it, and a PATCH of batch_size starts over.

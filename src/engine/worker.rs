@@ -211,6 +211,10 @@ impl Worker {
             sizer.halve(cause);
             self.job.record_batch_size(sizer.current(), sizer.reason());
         }
+        if let (Some(sweep), Some(cause)) = (&mut self.sweep, timeout_cause(&error)) {
+            sweep.restart(cause);
+            self.job.record_batch_size(sweep.current(), sweep.reason());
+        }
         let delay = match error.kind {
             ErrorKind::Reconnect => {
                 self.reconnect_waits += 1;
@@ -346,7 +350,11 @@ fn timeout_cause(error: &BatchError) -> Option<&'static str> {
 /// How long a worker rests after a batch whose transaction took `busy`: the job's `pause`,
 /// or with a `duty_cycle` d, `busy × (1 − d) / d`, whichever is longer (`pause` is a floor).
 pub fn rest_after(busy: Duration, tunables: &Tunables) -> Option<Duration> {
-    let sized = tunables.duty_cycle.map(|d| d.rest_after(busy));
+    // At most the longest `pause` a job may set: a batch that waited long behind a lock must
+    // not park its partition (and its lease) for many times as long.
+    let sized = tunables
+        .duty_cycle
+        .map(|d| d.rest_after(busy).min(crate::spec::MAX_PAUSE));
     match (tunables.pause, sized) {
         (pause, None) => pause,
         (Some(pause), Some(sized)) => Some(pause.max(sized)),
@@ -388,5 +396,11 @@ mod tests {
         assert_eq!(rest_after(t, &tunables(Some(250), Some(50))), Some(ms(250)));
         assert_eq!(rest_after(t, &tunables(Some(20), Some(50))), Some(t));
         assert_eq!(rest_after(t, &tunables(Some(20), Some(100))), Some(ms(20)));
+        // A batch that waited long (a lock) rests at most the longest pause: 99 × 10 min
+        // would be 16.5 h.
+        assert_eq!(
+            rest_after(Duration::from_secs(600), &tunables(None, Some(1))),
+            Some(crate::spec::MAX_PAUSE)
+        );
     }
 }

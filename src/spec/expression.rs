@@ -96,6 +96,19 @@ pub fn check_read_only(query: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The names (without schema) of the functions `expression` calls, for the catalog to look up
+/// how volatile they are; `None` when it does not parse as an expression.
+pub fn functions_called(expression: &str) -> Option<Vec<String>> {
+    let parsed = pg_query::parse(&format!("SELECT ({expression})"), 0).ok()?;
+    Some(
+        parsed
+            .functions()
+            .into_iter()
+            .map(|name| name.rsplit('.').next().unwrap_or(&name).to_string())
+            .collect(),
+    )
+}
+
 /// 1-based character position of a byte offset, for messages.
 fn char_position(text: &str, byte: i32) -> usize {
     let byte = usize::try_from(byte).unwrap_or(0).min(text.len());
@@ -104,7 +117,19 @@ fn char_position(text: &str, byte: i32) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, functions_called};
+
+    #[test]
+    fn the_functions_an_expression_calls_are_named_without_their_schema() {
+        let mut called = functions_called(
+            "v IS NULL AND pg_catalog.clock_timestamp() > now() AND id IN (SELECT f(x) FROM t)",
+        )
+        .unwrap();
+        called.sort();
+        assert_eq!(called, ["clock_timestamp", "f", "now"]);
+        assert_eq!(functions_called("v IS NULL"), Some(vec![]));
+        assert_eq!(functions_called("v IS"), None);
+    }
 
     #[test]
     fn balanced_expressions_pass_whatever_their_literals_and_comments_hold() {

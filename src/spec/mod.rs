@@ -55,6 +55,8 @@ pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 pub const DEFAULT_BATCH_SIZE: u32 = 1000;
 pub const MAX_BATCH_SIZE: u32 = 1_000_000;
+/// The longest rest after a batch: `pause` at most, and what `duty_cycle` sizes.
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
 pub const MAX_PARTITIONS: u32 = 256;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
@@ -344,7 +346,7 @@ impl JobSpec {
                 }
             }
         }
-        if matches!(self.pause, Some(d) if d > Duration::from_secs(3600)) {
+        if matches!(self.pause, Some(d) if d > MAX_PAUSE) {
             return Err(invalid("pause", "must be at most 1h".into()));
         }
         if let Some(target) = self.target_batch_time {

@@ -47,6 +47,9 @@ pub struct BatchSql {
     key: Vec<KeyColumn>,
     set: Vec<(String, String)>,
     filter: Option<String>,
+    /// `filter` calls no volatile function (the catalog found out), so the walk and the update
+    /// judge each row alike and a walk that matched nothing may skip the update's scan.
+    filter_is_stable: bool,
 }
 
 /// Names of the batch statement's parts. The checkpoint may read `LAST` (one row: the last
@@ -142,7 +145,15 @@ impl BatchSql {
             key,
             set: set.into_iter().collect(),
             filter,
+            filter_is_stable: false,
         }
+    }
+
+    /// Marks `where` as calling no volatile function: the batch may then skip the update's
+    /// scan when its walk matched nothing.
+    pub fn with_stable_filter(mut self, stable: bool) -> BatchSql {
+        self.filter_is_stable = stable;
+        self
     }
 
     /// The quoted, schema-qualified table.
@@ -247,11 +258,12 @@ impl BatchSql {
         };
         let range: Vec<String> = lower_condition.into_iter().chain([upto_last]).collect();
         let mut update_conditions = Vec::new();
-        if self.filter.is_some() {
+        if self.filter.is_some() && self.filter_is_stable {
             // A walk that found no row matching `where` skips the update's own scan of its range
             // (a one-time filter on an init plan): under the statement's one snapshot that scan
             // would find none either. A sweep is mostly such walks, and the scan would double
-            // their cost.
+            // their cost. Not with a volatile `where` (random(), a function that reads with
+            // its own snapshot): the update could judge a row the walk passed over.
             update_conditions.push(format!("(SELECT u FROM {LAST}) > 0"));
         }
         update_conditions.extend(range.iter().cloned());
