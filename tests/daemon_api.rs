@@ -1,6 +1,7 @@
 //! The daemon's surface as users meet it: tokens and roles, bad requests that change nothing, a
-//! daemon without tokens answering loopback only, the listen address, and the CLI's client
-//! commands against it; real `serve` processes, real HTTP clients, a real PostgreSQL.
+//! daemon without tokens answering loopback only, a refused login answered with 503, the
+//! listen address, and the CLI's client commands against it; real `serve` processes, real HTTP
+//! clients, a real PostgreSQL.
 
 mod common;
 
@@ -286,4 +287,26 @@ async fn serve_accepts_a_host_name_to_listen_on() {
         "{}",
         text(&output)
     );
+}
+
+#[tokio::test]
+async fn a_refused_login_answers_503_saying_so() {
+    let db = TestDb::new().await;
+    let role = format!("nologin_{}", &db.name[db.name.len() - 8..]);
+    db.exec(&format!("CREATE ROLE {role} NOLOGIN")).await;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names its user");
+    let daemon = Daemon::start_unready(&url, &db.dir, "", &api::jobs_dir(&db));
+    let api = Api::new(&daemon, None);
+    let (status, body) = api.get("/api/v1/jobs").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not permitted to log in"),
+        "{body}"
+    );
+    drop(daemon);
+    db.exec(&format!("DROP ROLE {role}")).await;
 }

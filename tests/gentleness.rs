@@ -1,5 +1,6 @@
 //! Gentleness against a real PostgreSQL: a `duty_cycle` rests each worker in proportion to
-//! its batches' time, and a re-tune reaches the next batch; driven step by step.
+//! its batches' time, and a re-tune reaches the next batch (driven step by step); bad adaptive
+//! and throttle settings are refused at check time.
 
 mod common;
 
@@ -91,4 +92,58 @@ async fn a_duty_cycle_rests_as_long_as_each_batch_took_and_is_retuned_through_th
     tx.commit().await.unwrap();
     assert_eq!(worker.step(&cancel).await, Step::Continue { pause: None });
     assert_eq!(worker.claim.cursor, Some(vec!["100".to_string()]));
+}
+
+#[tokio::test]
+async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
+    let db = TestDb::new().await;
+    hits_table(&db.pool, "t", "bigint", "i", 10).await;
+    let before = db.fingerprint().await;
+    let cases = [
+        (
+            "target_batch_time = \"200ms\"\nmin_batch_size = 5000\nmax_batch_size = 100",
+            vec!["min_batch_size", "larger than max_batch_size"],
+        ),
+        (
+            "throttle_query = \"SELECT count(*) FROM pg_stat_activity\"",
+            vec!["throttle_query", "one boolean", "int8"],
+        ),
+        (
+            "throttle_query = \"SELECT true, false\"",
+            vec!["throttle_query", "one boolean"],
+        ),
+        (
+            "throttle_query = \"SELECT busy FROM nowhere\"",
+            vec!["throttle_query", "nowhere"],
+        ),
+        ("window = \"late-night\"", vec!["window", "HH:MM"]),
+        (
+            "window = \"22:00-06:00 Mars/Olympus\"",
+            vec!["window", "Mars/Olympus"],
+        ),
+        ("target_batch_time = \"1ms\"", vec!["target_batch_time"]),
+        ("max_wal_rate = \"16MB\"", vec!["max_wal_rate", "16MB/s"]),
+    ];
+    for (extra, words) in cases {
+        let file = db.write_job(
+            "bad.toml",
+            &job_toml("bad", "t", "\"id\"", "hits = \"hits + 1\"", extra),
+        );
+        for command in ["check", "run"] {
+            let output = db.cli(&[command, file.to_str().unwrap()]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{extra} ({command}): {stderr}"
+            );
+            for word in &words {
+                assert!(
+                    stderr.contains(word),
+                    "{extra} ({command}): {word:?} not in {stderr}"
+                );
+            }
+        }
+    }
+    assert_eq!(db.fingerprint().await, before);
 }

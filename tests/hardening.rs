@@ -362,28 +362,6 @@ async fn sigterm_ends_the_daemon_within_its_shutdown_timeout_despite_a_stalled_c
 }
 
 #[tokio::test]
-async fn a_refused_login_answers_503_saying_so() {
-    let db = TestDb::new().await;
-    let role = format!("nologin_{}", &db.name[db.name.len() - 8..]);
-    db.exec(&format!("CREATE ROLE {role} NOLOGIN")).await;
-    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
-    assert_ne!(url, db.url, "the test URL names its user");
-    let daemon = Daemon::start_unready(&url, &db.dir, "", &jobs_dir(&db));
-    let api = Api::new(&daemon, None);
-    let (status, body) = api.get("/api/v1/jobs").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not permitted to log in"),
-        "{body}"
-    );
-    drop(daemon);
-    db.exec(&format!("DROP ROLE {role}")).await;
-}
-
-#[tokio::test]
 async fn small_things_an_outsider_noticed() {
     let db = TestDb::new().await;
     // The scheme of a bearer token is case-insensitive; every response says nosniff.

@@ -461,60 +461,6 @@ async fn the_api_and_metrics_show_the_throttle_reason() {
 }
 
 #[tokio::test]
-async fn bad_adaptive_and_throttle_settings_are_refused_at_check_time() {
-    let db = TestDb::new().await;
-    hits_table(&db.pool, "t", "bigint", "i", 10).await;
-    let before = db.fingerprint().await;
-    let cases = [
-        (
-            "target_batch_time = \"200ms\"\nmin_batch_size = 5000\nmax_batch_size = 100",
-            vec!["min_batch_size", "larger than max_batch_size"],
-        ),
-        (
-            "throttle_query = \"SELECT count(*) FROM pg_stat_activity\"",
-            vec!["throttle_query", "one boolean", "int8"],
-        ),
-        (
-            "throttle_query = \"SELECT true, false\"",
-            vec!["throttle_query", "one boolean"],
-        ),
-        (
-            "throttle_query = \"SELECT busy FROM nowhere\"",
-            vec!["throttle_query", "nowhere"],
-        ),
-        ("window = \"late-night\"", vec!["window", "HH:MM"]),
-        (
-            "window = \"22:00-06:00 Mars/Olympus\"",
-            vec!["window", "Mars/Olympus"],
-        ),
-        ("target_batch_time = \"1ms\"", vec!["target_batch_time"]),
-        ("max_wal_rate = \"16MB\"", vec!["max_wal_rate", "16MB/s"]),
-    ];
-    for (extra, words) in cases {
-        let file = db.write_job(
-            "bad.toml",
-            &job_toml("bad", "t", "\"id\"", "hits = \"hits + 1\"", extra),
-        );
-        for command in ["check", "run"] {
-            let output = db.cli(&[command, file.to_str().unwrap()]);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(
-                output.status.code(),
-                Some(2),
-                "{extra} ({command}): {stderr}"
-            );
-            for word in &words {
-                assert!(
-                    stderr.contains(word),
-                    "{extra} ({command}): {word:?} not in {stderr}"
-                );
-            }
-        }
-    }
-    assert_eq!(db.fingerprint().await, before);
-}
-
-#[tokio::test]
 async fn a_throttle_query_that_calls_a_writing_function_fails_read_only_and_throttles() {
     let db = TestDb::new().await;
     hits_table(&db.pool, "t", "bigint", "i", 1_000).await;
