@@ -111,13 +111,6 @@ impl JobRuntime {
         self
     }
 
-    /// The most keys one walk may take: `max_batch_size`, or the largest batch there is.
-    pub fn max_walk(&self) -> u32 {
-        self.definition
-            .max_batch_size
-            .unwrap_or(crate::spec::MAX_BATCH_SIZE)
-    }
-
     pub fn tunables(&self) -> Tunables {
         *self.tunables.lock().expect("tunables lock poisoned")
     }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::spec::MAX_BATCH_SIZE;
+
 /// Weight of the newest batch in the average: recent enough to follow load changes, smooth
 /// enough that one slow batch does not collapse the size.
 const WEIGHT: f64 = 0.5;
@@ -109,33 +111,30 @@ pub const SWEEP_GROWTH: u32 = 16;
 /// one grown walk that meets a run of pending rows writes up to 16 × `batch_size` of them.
 #[derive(Debug, Clone)]
 pub struct SweepWalk {
-    max: u32,
     current: u32,
     base: u32,
     reason: String,
 }
 
 impl SweepWalk {
-    pub fn new(batch_size: u32, max_batch_size: u32) -> SweepWalk {
+    pub fn new(batch_size: u32) -> SweepWalk {
         SweepWalk {
-            max: Self::bound(batch_size, max_batch_size),
             current: batch_size,
             base: batch_size,
             reason: format!("sweep: starting at batch_size {batch_size}"),
         }
     }
 
-    fn bound(batch_size: u32, max_batch_size: u32) -> u32 {
-        batch_size
-            .saturating_mul(SWEEP_GROWTH)
-            .min(max_batch_size)
-            .max(batch_size)
+    /// The longest walk: `max_batch_size` needs `target_batch_time`, under which sweeps adapt
+    /// by time instead, so only the largest batch there is bounds it.
+    fn longest(&self) -> u32 {
+        self.base.saturating_mul(SWEEP_GROWTH).min(MAX_BATCH_SIZE)
     }
 
     /// The walk for the next batch; a changed `batch_size` (a PATCH) starts over from it.
-    pub fn next(&mut self, spec_batch_size: u32, max_batch_size: u32) -> u32 {
+    pub fn next(&mut self, spec_batch_size: u32) -> u32 {
         if spec_batch_size != self.base {
-            *self = SweepWalk::new(spec_batch_size, max_batch_size);
+            *self = SweepWalk::new(spec_batch_size);
             self.reason = format!("sweep: batch_size changed to {spec_batch_size}");
         }
         self.current
@@ -147,7 +146,7 @@ impl SweepWalk {
         let next = if updated > 0 {
             self.base
         } else if scanned >= u64::from(limit) {
-            self.current.saturating_mul(2).min(self.max)
+            self.current.saturating_mul(2).min(self.longest())
         } else {
             // The partition's last, short walk: nothing to learn.
             self.current
@@ -247,10 +246,10 @@ mod tests {
 
     #[test]
     fn a_sweep_walk_doubles_while_nothing_is_pending_and_drops_back_when_rows_are() {
-        let mut walk = SweepWalk::new(1000, 100_000);
+        let mut walk = SweepWalk::new(1000);
         let mut sizes = Vec::new();
         for _ in 0..8 {
-            let size = walk.next(1000, 100_000);
+            let size = walk.next(1000);
             sizes.push(size);
             walk.observe(u64::from(size), 0, size);
         }
@@ -274,12 +273,12 @@ mod tests {
         assert!(walk.reason().contains("after statement_timeout"));
         walk.observe(400, 0, 1000);
         assert_eq!(walk.current(), 1000, "a short last walk teaches nothing");
-        // max_batch_size bounds it, and a PATCH of batch_size starts over.
-        let mut walk = SweepWalk::new(1000, 3000);
-        walk.observe(1000, 0, 1000);
-        walk.observe(2000, 0, 2000);
-        assert_eq!(walk.current(), 3000);
-        assert_eq!(walk.next(500, 3000), 500);
+        // The largest batch there is bounds it, and a PATCH of batch_size starts over.
+        let mut walk = SweepWalk::new(300_000);
+        walk.observe(300_000, 0, 300_000);
+        walk.observe(600_000, 0, 600_000);
+        assert_eq!(walk.current(), MAX_BATCH_SIZE);
+        assert_eq!(walk.next(500), 500);
         assert!(walk.reason().contains("batch_size changed"));
     }
 }

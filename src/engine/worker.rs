@@ -76,8 +76,7 @@ impl Worker {
         let sizer = job
             .adaptive
             .map(|(target, min, max)| Sizer::new(target, min, max, start));
-        let sweep =
-            (sizer.is_none() && claim.pass >= 2).then(|| SweepWalk::new(start, job.max_walk()));
+        let sweep = (sizer.is_none() && claim.pass >= 2).then(|| SweepWalk::new(start));
         Worker {
             sizer,
             sweep,
@@ -120,7 +119,7 @@ impl Worker {
         let tunables = self.job.tunables();
         let size = match (&mut self.sizer, &mut self.sweep) {
             (Some(sizer), _) => sizer.next(tunables.batch_size),
-            (None, Some(sweep)) => sweep.next(tunables.batch_size, self.job.max_walk()),
+            (None, Some(sweep)) => sweep.next(tunables.batch_size),
             (None, None) => tunables.batch_size,
         };
         let limited = self.job.rate_limited_flag();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Postgres, Transaction};
 
 use crate::engine::catalog::ResolvedJob;
+use crate::engine::worker::rest_after;
 use crate::plumbing::db::{self, sql, Db};
 use crate::spec::JobSpec;
 use crate::status::text;
@@ -142,13 +143,9 @@ pub async fn sample(pool: &Db, resolved: &ResolvedJob, spec: &JobSpec) -> Result
 pub fn duration(spec: &JobSpec, keys: i64, sample: &Result<Sample, String>) -> String {
     let keys = keys.max(0) as f64;
     let batches = (keys / f64::from(spec.batch_size.max(1))).ceil();
-    // The rest after a batch that took `busy` seconds: the pause, or what the duty cycle
-    // sizes from the batch if longer.
+    // The rest after a batch that took `busy` seconds, as the worker takes it.
     let rest = |busy: f64| {
-        let sized = spec
-            .duty_cycle
-            .map_or(0.0, |d| busy * (1.0 - d.fraction()) / d.fraction());
-        spec.pause.map_or(0.0, |p| p.as_secs_f64()).max(sized)
+        rest_after(Duration::from_secs_f64(busy), &spec.tunables()).map_or(0.0, |d| d.as_secs_f64())
     };
     let sampled = match sample {
         Ok(s) if s.keys > 0 => {

@@ -81,7 +81,7 @@ fn duty_cycle(spec: &JobSpec) -> String {
     let Some(duty) = spec.duty_cycle.filter(|d| d.percent() < 100) else {
         return "1: no rest sized from the batches".into();
     };
-    let ratio = (1.0 - duty.fraction()) / duty.fraction();
+    let ratio = duty.rest_after(Duration::from_secs(1)).as_secs_f64();
     let floor = if spec.pause.is_some() {
         ", or the pause if longer"
     } else {
