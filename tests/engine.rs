@@ -326,6 +326,31 @@ async fn the_rate_limit_holds_over_several_seconds() {
     assert_each_hit_once(&db.pool, "t", 10_000).await;
 }
 
+/// The batch statement (from a cursor, fenced) of a `hits = hits + 1` job over `t` with `filter`
+/// as its `where`, resolved against the database.
+async fn batch_statement(
+    db: &TestDb,
+    schema: &backfilld::plumbing::db::Schema,
+    filter: &str,
+) -> String {
+    let toml = job_toml(
+        "plan",
+        "t",
+        "\"id\"",
+        "hits = \"hits + 1\"",
+        &format!("where = \"{filter}\""),
+    );
+    let spec = backfilld::spec::JobSpec::from_toml(&toml, "test").unwrap();
+    let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
+        .await
+        .unwrap();
+    resolved.sql.batch(
+        backfilld::engine::statement::Lower::Cursor,
+        false,
+        Some(schema),
+    )
+}
+
 #[tokio::test]
 async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     let db = TestDb::new().await;
@@ -335,25 +360,7 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
     backfilld::store::migrate::run(&db.pool, &schema)
         .await
         .unwrap();
-    let spec = backfilld::spec::JobSpec::from_toml(
-        &job_toml(
-            "plan",
-            "t",
-            "\"id\"",
-            "hits = \"hits + 1\"",
-            "where = \"hits = 0\"",
-        ),
-        "test",
-    )
-    .unwrap();
-    let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
-        .await
-        .unwrap();
-    let statement = resolved.sql.batch(
-        backfilld::engine::statement::Lower::Cursor,
-        false,
-        Some(&schema),
-    );
+    let statement = batch_statement(&db, &schema, "hits = 0").await;
     // One connection: PREPARE and EXPLAIN EXECUTE must share a session.
     let mut conn = db.pool.begin().await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -386,25 +393,7 @@ async fn the_batch_statement_stays_a_bounded_index_scan_under_a_generic_plan() {
         "hits = 0 AND random() >= 0",
         "hits = 0 AND pg_catalog.clock_timestamp() IS NOT NULL",
     ] {
-        let spec = backfilld::spec::JobSpec::from_toml(
-            &job_toml(
-                "plan",
-                "t",
-                "\"id\"",
-                "hits = \"hits + 1\"",
-                &format!("where = \"{volatile}\""),
-            ),
-            "test",
-        )
-        .unwrap();
-        let resolved = backfilld::engine::submit::resolve(&db.pool, &spec)
-            .await
-            .unwrap();
-        let statement = resolved.sql.batch(
-            backfilld::engine::statement::Lower::Cursor,
-            false,
-            Some(&schema),
-        );
+        let statement = batch_statement(&db, &schema, volatile).await;
         assert!(
             !statement.contains("(SELECT u FROM \"__backfilld_last\") > 0"),
             "{volatile}: {statement}"

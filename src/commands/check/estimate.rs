@@ -186,14 +186,7 @@ pub fn duration(spec: &JobSpec, keys: i64, sample: &Result<Sample, String>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: &str) -> JobSpec {
-        JobSpec::from_toml(
-            &format!("name = \"j\"\ntable = \"t\"\nkey = \"id\"\n{extra}\n[set]\nv = \"1\"\n"),
-            "test",
-        )
-        .unwrap()
-    }
+    use crate::commands::check::test_spec as spec;
 
     fn sampled(keys: u64, millis: u64) -> Result<Sample, String> {
         Ok(Sample {

@@ -209,3 +209,13 @@ async fn check_on(
     }
     Ok(0)
 }
+
+/// A job over `t` setting `v` with `extra` lines, for the plan's unit tests.
+#[cfg(test)]
+fn test_spec(extra: &str) -> JobSpec {
+    JobSpec::from_toml(
+        &format!("name = \"j\"\ntable = \"t\"\nkey = \"id\"\n{extra}\n[set]\nv = \"1\"\n"),
+        "test",
+    )
+    .unwrap()
+}

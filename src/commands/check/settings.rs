@@ -165,14 +165,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(extra: &str) -> JobSpec {
-        JobSpec::from_toml(
-            &format!("name = \"j\"\ntable = \"t\"\nkey = \"id\"\n{extra}\n[set]\nv = \"1\"\n"),
-            "test",
-        )
-        .unwrap()
-    }
+    use crate::commands::check::test_spec as spec;
 
     fn value(lines: &[(&str, String)], label: &str) -> String {
         lines

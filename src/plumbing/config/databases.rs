@@ -198,15 +198,13 @@ mod config_tests {
     use super::*;
 
     fn load(text: &str) -> Result<Settings, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("backfilld-dbs-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join(format!("{}.toml", text.len()));
-        std::fs::write(&file, text).unwrap();
-        Settings::load(&Overrides {
-            config_file: Some(file),
-            database_url: Some("postgres://h/home".into()),
-            ..Default::default()
-        })
+        super::super::load_test_config(
+            text,
+            Overrides {
+                database_url: Some("postgres://h/home".into()),
+                ..Default::default()
+            },
+        )
     }
 
     #[test]

@@ -331,6 +331,21 @@ impl Settings {
     }
 }
 
+/// Loads `toml` as a config file of its own (tests run in parallel) over `overrides`.
+#[cfg(test)]
+pub(crate) fn load_test_config(toml: &str, overrides: Overrides) -> Result<Settings, ConfigError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static FILES: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("backfilld-cfg-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.toml", FILES.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&file, toml).unwrap();
+    Settings::load(&Overrides {
+        config_file: Some(file),
+        ..overrides
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,16 +378,7 @@ mod tests {
 
     #[test]
     fn a_tls_certificate_needs_its_key() {
-        let dir = std::env::temp_dir().join(format!("backfilld-tls-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        let load = |toml: &str| {
-            std::fs::write(&file, toml).unwrap();
-            Settings::load(&Overrides {
-                config_file: Some(file.clone()),
-                ..Default::default()
-            })
-        };
+        let load = |toml: &str| load_test_config(toml, Overrides::default());
         let err = load("tls_cert = \"/etc/backfilld/cert.pem\"\n").unwrap_err();
         assert!(err.to_string().starts_with("config: tls_key:"), "{err}");
         let settings =

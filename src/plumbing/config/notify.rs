@@ -117,20 +117,11 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plumbing::config::Overrides;
+    use crate::plumbing::config::{load_test_config, Overrides};
 
     #[test]
     fn notify_entries_are_checked_and_name_their_key() {
-        let dir = std::env::temp_dir().join(format!("backfilld-notify-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        let load = |toml: &str| {
-            std::fs::write(&file, toml).unwrap();
-            Settings::load(&Overrides {
-                config_file: Some(file.clone()),
-                ..Default::default()
-            })
-        };
+        let load = |toml: &str| load_test_config(toml, Overrides::default());
         let secret = "https://user:pw@hooks.example:8443/services/T0/B0/SECRET?token=abc";
         let ok = load(&format!(
             "[[notify]]\nurl = \"{secret}\"\nevents = [\"failed\", \"completed\"]\n[[notify]]\nurl = \"http://127.0.0.1:9/hook\"\n"
