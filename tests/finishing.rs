@@ -320,15 +320,22 @@ async fn the_trigger_waits_out_a_busy_table_under_lock_timeout_and_is_recorded_o
     );
 }
 
-#[tokio::test]
-async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending_row_once() {
+/// A sweep about to start: 10,000 even keys backfilled by pass 1 (driven step by step, 100
+/// batches of `batch_size = 100`), then 10 odd keys inserted behind its cursor, which the
+/// sweep must find (as an application's writes land); the sweep's worker, its runtime and the
+/// presence its lease hangs on. `extra` adds lines to the job.
+async fn a_sweep_about_to_start(
+    db: &TestDb,
+    extra: &str,
+) -> (
+    backfilld::engine::worker::Worker,
+    std::sync::Arc<backfilld::engine::runtime::JobRuntime>,
+    backfilld::engine::lease::Presence,
+) {
     use backfilld::engine::worker::{Step, Worker, WorkerExit};
     use backfilld::store::progress;
     use tokio_util::sync::CancellationToken;
 
-    // Even keys for the backfill; odd keys inserted between the passes are what the sweep
-    // must find (behind the first pass's cursor, as an application's writes land).
-    let db = TestDb::new().await;
     db.exec(
         "CREATE TABLE t (id bigint PRIMARY KEY, v int, hits int NOT NULL DEFAULT 0);
          INSERT INTO t (id) SELECT 2 * i FROM generate_series(1, 10000) i;",
@@ -339,9 +346,9 @@ async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending
         "t",
         "\"id\"",
         "v = \"1\"\nhits = \"hits + 1\"",
-        "where = \"v IS NULL\"\nbatch_size = 100\npasses = 2",
+        &format!("where = \"v IS NULL\"\nbatch_size = 100\npasses = 2\n{extra}"),
     );
-    let (runtime, env, mut claims, presence) = common::start_job(&db, &toml).await;
+    let (runtime, env, mut claims, presence) = common::start_job(db, &toml).await;
     let cancel = CancellationToken::new();
     let mut pass1 = Worker::new(env.clone(), runtime.clone(), claims.remove(0));
     assert_eq!(pass1.claim.pass, 1);
@@ -372,8 +379,19 @@ async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending
     .await
     .unwrap();
     assert_eq!(claims.len(), 1, "the sweep's partition");
-    let mut sweep = Worker::new(env, runtime.clone(), claims.remove(0));
+    let sweep = Worker::new(env, runtime.clone(), claims.remove(0));
     assert_eq!(sweep.claim.pass, 2);
+    (sweep, runtime, presence)
+}
+
+#[tokio::test]
+async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending_row_once() {
+    use backfilld::engine::worker::{Step, WorkerExit};
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::new().await;
+    let (mut sweep, runtime, _presence) = a_sweep_about_to_start(&db, "").await;
+    let cancel = CancellationToken::new();
     let mut batches = 0;
     let mut largest = 0;
     let exit = loop {
@@ -399,5 +417,46 @@ async fn a_sweep_walks_further_while_nothing_is_pending_and_updates_each_pending
         .snapshot()
         .batch_size_reason
         .is_some_and(|r| r.starts_with("sweep")));
+    common::assert_each_hit_once(&db.pool, "t", 10_010).await;
+}
+
+#[tokio::test]
+async fn a_grown_sweep_walk_that_hits_lock_timeout_walks_batch_size_again() {
+    use backfilld::engine::worker::{Step, WorkerExit};
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::new().await;
+    let (mut sweep, runtime, _presence) =
+        a_sweep_about_to_start(&db, "lock_timeout = \"200ms\"").await;
+    let cancel = CancellationToken::new();
+    // The application holds one of the pending rows: the grown walk that meets it waits, and
+    // gives up at lock_timeout.
+    let held = common::hold_row(&db, 15_001).await;
+    let mut largest = 0;
+    let mut steps = 0;
+    while !runtime
+        .snapshot()
+        .batch_size_reason
+        .is_some_and(|r| r.contains("after lock_timeout"))
+    {
+        assert!(
+            matches!(sweep.step(&cancel).await, Step::Continue { .. }),
+            "the walk should meet the held row before the end"
+        );
+        largest = largest.max(runtime.snapshot().batch_size);
+        steps += 1;
+        assert!(steps < 100, "the walk should hit lock_timeout");
+    }
+    assert_eq!(largest, 1600, "the walk had grown");
+    assert_eq!(runtime.snapshot().batch_size, 100, "back to batch_size");
+    drop(held);
+    let exit = loop {
+        if let Step::Exit(exit) = sweep.step(&cancel).await {
+            break exit;
+        }
+        steps += 1;
+        assert!(steps < 1000, "the sweep should end");
+    };
+    assert_eq!(exit, WorkerExit::JobCompleted);
     common::assert_each_hit_once(&db.pool, "t", 10_010).await;
 }
