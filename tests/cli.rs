@@ -370,9 +370,13 @@ async fn run_without_a_terminal_ends_with_a_summary_line_counting_this_runs_rows
         ),
     );
     let path = path.to_str().unwrap();
+    // The first run is interrupted while a batch waits on a row the test holds, so it cannot
+    // finish first however slow the machine is; the batch completes once the row is let go.
+    let held = common::hold_row(&db, 1_550).await;
     let first = common::spawn(&db.url, &["run", path]);
-    common::wait_for_progress(&db, 1_500, Duration::from_secs(30)).await;
+    common::wait_for_a_lock_waiter(&db, "the first run's batch waiting on the held row").await;
     common::signal(first.id(), "INT");
+    held.commit().await.unwrap();
     let output = first.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{}", text(&output));
     let line = last_progress_line(&stderr(&output));

@@ -107,7 +107,7 @@ async fn a_killed_process_has_its_partitions_taken_over() {
     Api::new(&victim, Some(ADMIN))
         .submit(hits_job(
             "orphaned",
-            json!({"partitions": 2, "rows_per_second": 2000}),
+            json!({"partitions": 2, "rows_per_second": 800}),
         ))
         .await;
     eventually(
@@ -182,8 +182,9 @@ async fn three_replicas_under_random_kill_stop_and_restart_increment_every_row_o
 
     let mut actions = Vec::new();
     let mut landed_while_running = 0;
-    let chaos_until = Instant::now() + Duration::from_secs(16);
-    while Instant::now() < chaos_until {
+    // A number of faults, not a span of time: on a loaded machine a restart or a drain takes
+    // seconds, and a deadline would leave too few of them to land while the job runs.
+    while actions.len() < 14 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
         let now = Instant::now();
         for replica in &mut replicas {

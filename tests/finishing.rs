@@ -292,8 +292,9 @@ async fn the_trigger_waits_out_a_busy_table_under_lock_timeout_and_is_recorded_o
         "name = \"email\"\ntable = \"users\"\nkey = \"id\"\nwhere = \"email IS DISTINCT FROM customer_email\"\nlock_timeout = \"100ms\"\n[sync]\n[set]\nemail = \"customer_email\"\n",
     );
     let run = common::spawn(&db.url, &["run", job.to_str().unwrap()]);
-    // Another writer meanwhile is not stuck behind the trigger's lock request.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Another writer meanwhile is not stuck behind the trigger's lock request. (Waiting for
+    // the request itself, not a fixed time: under load `run` may not have asked yet.)
+    common::wait_for_a_lock_waiter(&db, "the trigger's lock request").await;
     let other = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("UPDATE users SET customer_email = 'other@old' WHERE id = 2").execute(&db.pool),

@@ -340,8 +340,9 @@ async fn an_endpoint_that_never_answers_holds_up_no_other() {
     })
     .await;
     let waited = asked.elapsed();
+    // Well under the silent endpoint's 10 s send timeout, with room for a loaded machine.
     assert!(
-        waited < Duration::from_millis(2500),
+        waited < Duration::from_secs(5),
         "the live endpoint waited {waited:?} for the silent one"
     );
 
@@ -391,6 +392,7 @@ async fn editing_the_events_keeps_the_backlog_and_drops_the_kinds_removed() {
     })
     .await;
     drop(before);
+    common::wait_for_no_backfilld_sessions(&db).await;
     // The receiver comes back once the queued ones are due again. The daemon was killed just as
     // the cancel was queued, which is when its round claims what is due and sends it: a claim
     // it committed before dying keeps every replica off that delivery for a minute (seen in CI:

@@ -5,24 +5,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::api::{hits_job, jobs_dir, Api};
-use common::{checkpointed, eventually, Daemon, TestDb};
+use common::{eventually, measured_rate, Daemon, TestDb};
 use reqwest::StatusCode;
 use serde_json::json;
 
 const LIMIT: f64 = 600.0;
 /// Each replica runs two partitions; with six, each of the three holds two.
 const CONFIG: &str = "workers = 2\nlease_ttl = \"3s\"\n";
-
-/// Rows per second the checkpoints moved by over `window`.
-async fn measured_rate(db: &TestDb, window: Duration) -> f64 {
-    let (start, before) = (Instant::now(), checkpointed(&db.pool).await);
-    tokio::time::sleep(window).await;
-    let after = checkpointed(&db.pool).await;
-    (after - before) as f64 / start.elapsed().as_secs_f64()
-}
 
 /// Waits (bounded) until each daemon's log says it runs `share` (e.g. "2 of the job's 6").
 async fn wait_for_share(daemons: &[&Daemon], share: &str) {

@@ -158,6 +158,42 @@ pub async fn wait_for_a_lock_waiter(db: &TestDb, what: &str) {
     .await
 }
 
+/// Rows per second the checkpoints moved by over about `window`, timed by the database's clock
+/// in the same statements that read the counts: a reply slowed by a loaded machine then shifts
+/// both ends of the window alike instead of shortening it.
+pub async fn measured_rate(db: &TestDb, window: std::time::Duration) -> f64 {
+    let read = || async {
+        sqlx::query_as::<_, (i64, f64)>(
+            "SELECT coalesce(sum(rows_scanned), 0)::int8,
+                    extract(epoch FROM clock_timestamp())::float8
+               FROM backfilld.progress",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let (before, t0) = read().await;
+    tokio::time::sleep(window).await;
+    let (after, t1) = read().await;
+    (after - before) as f64 / (t1 - t0)
+}
+
+/// Waits (bounded) until no backfilld session of this database is left: after a SIGKILL, the
+/// server may still run (and commit) a statement the process had sent before it died.
+pub async fn wait_for_no_backfilld_sessions(db: &TestDb) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = '{}' AND application_name = 'backfilld'",
+        db.name
+    );
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the killed process's sessions to end",
+        || async { (db.scalar_i64(&sql).await == 0).then_some(()) },
+    )
+    .await
+}
+
 /// Partitions whose lease some process holds.
 pub async fn held_leases(db: &TestDb) -> i64 {
     db.scalar_i64("SELECT count(*) FROM backfilld.progress WHERE lease_token IS NOT NULL")

@@ -168,13 +168,23 @@ pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_backfilld"))
 }
 
-/// A loopback port nothing listens on (at the moment of asking).
+/// A loopback port nothing listens on (at the moment of asking), never one this test process
+/// handed out before: the kernel may offer a port again once it is let go, and two tests (or
+/// two endpoints of one) would then share it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Where `tool` is on `PATH`, if it is.
