@@ -209,7 +209,7 @@ async fn derived_table(db: &TestDb) {
 }
 
 fn derived_job(name: &str) -> serde_json::Value {
-    let mut job = hits_job(name, json!({"rows_per_second": 1500, "partitions": 2}));
+    let mut job = hits_job(name, json!({"rows_per_second": 1000, "partitions": 2}));
     job["set"] = json!({"derived": "base * 2", "hits": "hits + 1"});
     job
 }
