@@ -413,10 +413,7 @@ async fn the_daemon_waits_for_an_unreachable_database_and_says_why() {
         asked.elapsed()
     );
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        body["error"].as_str().unwrap().contains("unreachable"),
-        "{body}"
-    );
+    common::api::assert_error_says(&body, "unreachable");
 }
 
 #[tokio::test]

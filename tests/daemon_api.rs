@@ -300,13 +300,7 @@ async fn a_refused_login_answers_503_saying_so() {
     let api = Api::new(&daemon, None);
     let (status, body) = api.get("/api/v1/jobs").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not permitted to log in"),
-        "{body}"
-    );
+    common::api::assert_error_says(&body, "not permitted to log in");
     drop(daemon);
     db.exec(&format!("DROP ROLE {role}")).await;
 }

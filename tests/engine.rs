@@ -249,7 +249,6 @@ async fn a_paused_job_or_a_lost_lease_writes_nothing() {
         ),
     )
     .await;
-    let schema = env.schema.clone();
     let cancel = CancellationToken::new();
     let mut worker = Worker::new(env, runtime, positions.remove(0));
     assert!(matches!(worker.step(&cancel).await, Step::Continue { .. }));
@@ -257,11 +256,7 @@ async fn a_paused_job_or_a_lost_lease_writes_nothing() {
 
     // An operator pauses the job (from any process: the state lives in the database).
     let job_id = worker.claim.job_id;
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::transition(&mut tx, &schema, job_id, JobState::Paused, "oncall", None)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    common::set_state(&db, job_id, JobState::Paused, "oncall").await;
     assert_eq!(
         worker.step(&cancel).await,
         Step::Exit(WorkerExit::Stopped(JobState::Paused))
@@ -269,11 +264,7 @@ async fn a_paused_job_or_a_lost_lease_writes_nothing() {
     assert_eq!(db.scalar_i64("SELECT sum(hits)::int8 FROM t").await, 100);
 
     // Resumed, but meanwhile another process took the lease over: this worker is fenced out.
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::transition(&mut tx, &schema, job_id, JobState::Running, "oncall", None)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    common::set_state(&db, job_id, JobState::Running, "oncall").await;
     db.exec("UPDATE backfilld.progress SET lease_token = gen_random_uuid()")
         .await;
     assert_eq!(

@@ -79,10 +79,7 @@ async fn pause_from_queued_and_asking_twice_are_fine() {
     // Still refused: what the state does not allow.
     let (status, body) = api.post("/api/v1/jobs/slow/resume", None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("cancelled"),
-        "{body}"
-    );
+    common::api::assert_error_says(&body, "cancelled");
     // The slot is free: the queued job runs to its end.
     api.wait_state("next", "completed", Duration::from_secs(30))
         .await;
@@ -136,13 +133,7 @@ async fn delete_frees_the_name_and_waits_for_the_sync_trigger_to_go() {
         .await;
     let (status, body) = delete(&admin, "once").await;
     assert_eq!(status, StatusCode::CONFLICT, "a running job: {body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("backfilld cancel once"),
-        "{body}"
-    );
+    common::api::assert_error_says(&body, "backfilld cancel once");
     assert_eq!(delete(&operator, "once").await.0, StatusCode::FORBIDDEN);
     assert_eq!(delete(&admin, "nobody").await.0, StatusCode::NOT_FOUND);
     let (status, _) = admin.post("/api/v1/jobs/once/cancel", None).await;
@@ -188,13 +179,7 @@ async fn delete_frees_the_name_and_waits_for_the_sync_trigger_to_go() {
         .await;
     let (status, body) = delete(&admin, "mail").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("backfilld sync remove"),
-        "{body}"
-    );
+    common::api::assert_error_says(&body, "backfilld sync remove");
     let output = db.cli(&["sync", "remove", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(delete(&admin, "mail").await.0, StatusCode::NO_CONTENT);

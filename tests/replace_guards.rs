@@ -11,17 +11,9 @@ use backfilld::plumbing::db::Schema;
 use backfilld::spec::JobSpec;
 use backfilld::store::{jobs, JobState};
 use common::pgbouncer::PgBouncer;
-use common::{hits_table, start_job, TestDb};
+use common::{hits_table, set_state, start_job, TestDb};
 
 const WITH_WHERE: &str = "name = \"j\"\ntable = \"t\"\nkey = \"id\"\nwhere = \"hits = 0\"\n";
-
-async fn set_state(db: &TestDb, id: i64, to: JobState) {
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::transition(&mut tx, &Schema::new("backfilld"), id, to, "test", None)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-}
 
 async fn replace(db: &TestDb, toml: &str) -> Result<submit::Replaced, SubmitError> {
     let spec = JobSpec::from_toml(toml, "test").unwrap();
@@ -42,7 +34,7 @@ async fn a_start_decided_on_a_queued_job_does_not_undo_a_pause_since() {
     hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let (runtime, _, _, _) = start_job(&db, &format!("{WITH_WHERE}[set]\nhits = \"1\"\n")).await;
     // As the scheduler does: it read the job as queued, then an operator paused it.
-    set_state(&db, runtime.id, JobState::Paused).await;
+    set_state(&db, runtime.id, JobState::Paused, "test").await;
     let mut tx = db.pool.begin().await.unwrap();
     let done = jobs::transition_from(
         &mut tx,
@@ -76,7 +68,7 @@ async fn a_sweeping_job_cannot_be_given_a_definition_without_where() {
     let db = TestDb::new().await;
     hits_table(&db.pool, "t", "bigint", "i", 10).await;
     let (runtime, _, _, _) = start_job(&db, &format!("{WITH_WHERE}[set]\nhits = \"1\"\n")).await;
-    set_state(&db, runtime.id, JobState::Paused).await;
+    set_state(&db, runtime.id, JobState::Paused, "test").await;
     db.exec("UPDATE backfilld.jobs SET pass = 2").await;
     let without_where = "name = \"j\"\ntable = \"t\"\nkey = \"id\"\n[set]\nhits = \"2\"\n";
     let Err(refused) = replace(&db, without_where).await else {
@@ -103,7 +95,7 @@ async fn a_job_is_not_replaced_under_its_installed_sync_trigger() {
     sync::ensure_installed(&env.pool, &env.schema, &runtime, "test")
         .await
         .unwrap();
-    set_state(&db, runtime.id, JobState::Paused).await;
+    set_state(&db, runtime.id, JobState::Paused, "test").await;
     let fixed = format!("{WITH_WHERE}[set]\nhits = \"2\"\n[sync]\non = [\"src\"]\n");
     let Err(refused) = replace(&db, &fixed).await else {
         panic!("replaced under a trigger that applies the old `set`");

@@ -8,6 +8,14 @@ use serde_json::{json, Value};
 
 use super::{eventually, Daemon, TestDb};
 
+/// Asserts an API error body's `error` says `words`.
+pub fn assert_error_says(body: &Value, words: &str) {
+    let error = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {body}"));
+    assert!(error.contains(words), "{body}");
+}
+
 /// Three tokens, one per role.
 pub const TOKENS: &str = r#"
 [[tokens]]

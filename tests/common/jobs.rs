@@ -19,6 +19,16 @@ use backfilld::store::{jobs, progress, JobState};
 /// Lease time-to-live for jobs driven step by step from a test.
 pub const JOB_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Moves job `id` to state `to` as `actor` would (an operator in another process: the state
+/// lives in the database).
+pub async fn set_state(db: &TestDb, id: i64, to: JobState, actor: &str) {
+    let mut tx = db.pool.begin().await.unwrap();
+    jobs::transition(&mut tx, &Schema::new("backfilld"), id, to, actor, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 /// Submits a job through the library and claims its partitions as this test's "process".
 pub async fn start_job(
     db: &TestDb,
@@ -34,11 +44,7 @@ pub async fn start_job(
         .await
         .unwrap();
     let id = submitted.job.id;
-    let mut tx = db.pool.begin().await.unwrap();
-    jobs::transition(&mut tx, &schema, id, JobState::Running, "test", None)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    set_state(db, id, JobState::Running, "test").await;
     let presence = Presence::new(&db.pool.connect_options(), db.pool.mode());
     let holder = presence.holder().await.unwrap();
     let claims = progress::claim(&db.pool, &schema, &holder, JOB_TTL, Some(id), 100)
